@@ -1,0 +1,423 @@
+"""Gemma 4 text decoder (also runs Gemma 3 text checkpoints), following transformers' gemma4.
+
+Every feature of the four variants: sliding/full layers with per-type head dims and KV heads,
+default RoPE on sliding layers and proportional partial RoPE on full layers, q/k/v norms with
+attention scale 1, `attention_k_eq_v`, `layer_scalar`, per-layer embeddings (PLE), KV sharing,
+the double-wide MLP, the mixture of experts and the final logit softcap.
+HF = transformers/models/gemma4/modeling_gemma4.py (5.23.0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import KVCache, SlidingKVCache, window_mask
+from .config import ModelConfigError, dataclass_from_dict
+from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gelu_tanh
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+@dataclass
+class TextConfig:
+    """Text decoder config; accepts hub and transformers-5 `config.json` keys (Gemma 4 and Gemma 3)."""
+
+    model_type: str = "gemma4_text"
+    vocab_size: int = 262_144
+    hidden_size: int = 2304
+    intermediate_size: int = 9216
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int = 256
+    global_head_dim: Optional[int] = None
+    num_global_key_value_heads: Optional[int] = None
+    per_layer_config: Optional[dict] = None
+    hidden_activation: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 131_072
+    rms_norm_eps: float = 1e-6
+    pad_token_id: Optional[int] = 0
+    tie_word_embeddings: bool = True
+    rope_parameters: Optional[dict] = None
+    attention_bias: bool = False
+    sliding_window: Optional[int] = 512
+    sliding_window_pattern: Optional[int] = None
+    layer_types: Optional[list] = None
+    final_logit_softcapping: Optional[float] = None
+    use_bidirectional_attention: Optional[str] = None
+    vocab_size_per_layer_input: int = 262_144
+    hidden_size_per_layer_input: Optional[int] = 256
+    attention_k_eq_v: bool = False
+    num_kv_shared_layers: int = 0
+    enable_moe_block: bool = False
+    use_double_wide_mlp: bool = False
+    num_experts: Optional[int] = None
+    top_k_experts: Optional[int] = None
+    moe_intermediate_size: Optional[int] = None
+    # Gemma 3 only
+    query_pre_attn_scalar: Optional[float] = None
+    attn_logit_softcapping: Optional[float] = None
+    rope_theta: Optional[float] = None
+    rope_local_base_freq: Optional[float] = None
+    rope_scaling: Optional[dict] = None
+    layer_head_dims: list = field(default_factory=list, repr=False)
+    layer_kv_heads: list = field(default_factory=list, repr=False)
+
+    @property
+    def is_gemma3(self) -> bool:
+        return self.model_type.startswith("gemma3")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "TextConfig":
+        """Build from a (text) config dict; unknown keys are dropped."""
+        params = dict(params)
+        if str(params.get("model_type", "")).startswith("gemma3"):
+            params.setdefault("sliding_window", 4096)
+            params.setdefault("hidden_size_per_layer_input", 0)
+            params.setdefault("query_pre_attn_scalar", 256)
+        return dataclass_from_dict(cls, params)
+
+    def __post_init__(self):
+        if self.use_bidirectional_attention == "all":
+            raise ModelConfigError(
+                "This checkpoint uses bidirectional attention over all tokens (an embedding model), "
+                "which the chat app does not run."
+            )
+        if self.layer_types is None:
+            pattern = self.sliding_window_pattern or 6  # configuration_gemma4.py:190 default 5:1
+            self.layer_types = [
+                SLIDING if (i + 1) % pattern else FULL for i in range(self.num_hidden_layers)
+            ]
+        self.layer_types = list(self.layer_types)
+        if not self.is_gemma3 and self.layer_types[-1] != FULL:
+            self.layer_types[-1] = FULL  # configuration_gemma4.py:197 forces the last layer full
+        self._resolve_rope()
+        self._resolve_layer_shapes()
+        if self.enable_moe_block and not (self.num_experts and self.top_k_experts and self.moe_intermediate_size):
+            raise ModelConfigError("enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size.")
+
+    def _resolve_rope(self):
+        if self.is_gemma3:
+            # configuration_gemma3.py:136-156: old-style rope_theta / rope_local_base_freq / rope_scaling
+            params = self.rope_parameters or {SLIDING: {"rope_type": "default"}, FULL: {"rope_type": "default"}}
+            params = {k: dict(v) for k, v in params.items()}
+            if self.rope_scaling:
+                params[FULL].update(self.rope_scaling)
+            params[FULL].setdefault("rope_theta", self.rope_theta or 1_000_000.0)
+            params[SLIDING].setdefault("rope_theta", self.rope_local_base_freq or 10_000.0)
+            self.rope_parameters = params
+        elif self.rope_parameters is None:
+            self.rope_parameters = {
+                SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
+                FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+            }
+
+    def _resolve_layer_shapes(self):
+        """Per-layer head dim and KV heads (configuration_gemma4.py:209-222)."""
+        overrides: dict[int, dict] = {}
+        if self.per_layer_config:
+            overrides = {int(k): dict(v) for k, v in self.per_layer_config.items() if str(k).isdigit()}
+        elif not self.is_gemma3:
+            full = {"head_dim": self.global_head_dim or 512}
+            if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
+                full["num_key_value_heads"] = self.num_global_key_value_heads
+            overrides = {i: full for i, t in enumerate(self.layer_types) if t == FULL}
+        self.layer_head_dims = [overrides.get(i, {}).get("head_dim", self.head_dim)
+                                for i in range(self.num_hidden_layers)]
+        self.layer_kv_heads = [overrides.get(i, {}).get("num_key_value_heads", self.num_key_value_heads)
+                               for i in range(self.num_hidden_layers)]
+
+    @property
+    def first_shared_layer(self) -> int:
+        return self.num_hidden_layers - self.num_kv_shared_layers
+
+    def kv_source_layers(self) -> list[int]:
+        """For each layer, the layer whose keys/values it attends to (itself unless KV-shared).
+
+        Shared layers reuse the last non-shared layer of the same type (configuration_gemma4.py:227-252).
+        """
+        first = self.first_shared_layer
+        last_of_type = {t: i for i, t in enumerate(self.layer_types[:first])}
+        sources = list(range(self.num_hidden_layers))
+        for i in range(first, self.num_hidden_layers):
+            if self.layer_types[i] not in last_of_type:
+                raise ModelConfigError(f"KV-shared layer {i} has no earlier {self.layer_types[i]} layer to share.")
+            sources[i] = last_of_type[self.layer_types[i]]
+        return sources
+
+
+def _norm(config: TextConfig, dims: int) -> nn.Module:
+    return OffsetRMSNorm(dims, config.rms_norm_eps) if config.is_gemma3 else RMSNorm(dims, config.rms_norm_eps)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TextConfig, layer_idx: int, width: Optional[int] = None):
+        super().__init__()
+        # HF:1059-1071: KV-shared layers of E2B use a double-wide MLP
+        double = config.use_double_wide_mlp and layer_idx >= config.first_shared_layer
+        width = width or config.intermediate_size * (2 if double else 1)
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.is_sliding = self.layer_type == SLIDING
+        self.head_dim = config.layer_head_dims[layer_idx]
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.layer_kv_heads[layer_idx]
+        self.has_kv = layer_idx < config.first_shared_layer
+        self.k_eq_v = config.attention_k_eq_v and not self.is_sliding
+        self.attn_softcap = config.attn_logit_softcapping
+        # HF:1172 Gemma 4 scales by 1 (the q/k norms do the job); Gemma 3 by query_pre_attn_scalar^-0.5
+        self.scale = config.query_pre_attn_scalar ** -0.5 if config.is_gemma3 else 1.0
+        dim, bias = config.hidden_size, config.attention_bias
+
+        self.q_proj = nn.Linear(dim, self.n_heads * self.head_dim, bias=bias)
+        self.q_norm = _norm(config, self.head_dim)
+        if self.has_kv:
+            self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+            if not self.k_eq_v:
+                self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=bias)
+            self.k_norm = _norm(config, self.head_dim)
+            self.use_v_norm = not config.is_gemma3
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=bias)
+        self.rope = RotaryEmbedding(self.head_dim, config.rope_parameters[self.layer_type])
+
+    def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0):
+        """Returns the output and this layer's (keys, values) for KV-shared layers to reuse."""
+        B, L, _ = x.shape
+        queries = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim))
+        queries = self.rope(queries.transpose(0, 2, 1, 3), offset=offset)
+
+        if shared_kv is not None:
+            keys, values = shared_kv
+        else:
+            raw_keys = self.k_proj(x).reshape(B, L, self.n_kv_heads, self.head_dim)
+            # HF:1231 k_eq_v: values come from the raw key projection, before k_norm and RoPE
+            values = raw_keys if self.k_eq_v else self.v_proj(x).reshape(B, L, self.n_kv_heads, self.head_dim)
+            keys = self.rope(self.k_norm(raw_keys).transpose(0, 2, 1, 3), offset=offset)
+            if self.use_v_norm:
+                values = mx.fast.rms_norm(values, None, self.k_norm.eps)  # HF:1182 v_norm has no weight
+            values = values.transpose(0, 2, 1, 3)
+            if cache is not None:
+                keys, values = cache.update_and_fetch(keys, values)
+
+        if self.attn_softcap:
+            out = _softcapped_attention(queries, keys, values, self.scale, mask, self.attn_softcap)
+        else:
+            out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
+        out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.o_proj(out), (keys, values)
+
+
+def _softcapped_attention(q, k, v, scale, mask, cap):
+    """Plain attention with a logit softcap (Gemma 2/3 option; no Gemma 4 checkpoint uses it)."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k, v = mx.repeat(k, n_rep, axis=1), mx.repeat(v, n_rep, axis=1)
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    scores = mx.tanh(scores / cap) * cap
+    if isinstance(mask, str):
+        n_q, n_k = scores.shape[-2:]
+        mask = mx.arange(n_k)[None] <= (mx.arange(n_q)[:, None] + n_k - n_q)
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    return mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype) @ v
+
+
+class Router(nn.Module):
+    """MoE router (HF:1302): sees the un-normed residual; softmax, top-k, renormalise, per-expert scale."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.top_k = config.top_k_experts
+        self.eps = config.rms_norm_eps
+        self.root_size = config.hidden_size ** -0.5
+        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.scale = mx.ones((config.hidden_size,))
+        self.per_expert_scale = mx.ones((config.num_experts,))
+
+    def __call__(self, x: mx.array):
+        h = mx.fast.rms_norm(x, None, self.eps) * self.scale * self.root_size
+        scores = self.proj(h).astype(mx.float32)
+        indices = mx.stop_gradient(mx.argpartition(-scores, kth=self.top_k - 1, axis=-1)[..., : self.top_k])
+        # softmax over all experts then renormalising the top k == softmax over the top-k logits
+        weights = mx.softmax(mx.take_along_axis(scores, indices, axis=-1), axis=-1)
+        weights = weights * self.per_expert_scale[indices].astype(mx.float32)
+        return indices, weights
+
+
+class Experts(nn.Module):
+    """Expert bank (HF:1263): `gate_up_proj` [E, 2I, H] and `down_proj` [E, H, I], run with gather_mm."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        hidden, inner, n = config.hidden_size, config.moe_intermediate_size, config.num_experts
+        self.gate_up_proj = ExpertLinear(hidden, 2 * inner, n)
+        self.down_proj = ExpertLinear(inner, hidden, n)
+
+    def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
+        x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, H]
+        sort = indices.size >= 64  # sorting by expert pays off once many tokens are routed
+        if sort:
+            x, flat_idx, inverse = _sort_by_expert(x, indices)
+            idx = flat_idx
+        else:
+            idx = indices
+        gate, up = mx.split(self.gate_up_proj(x, idx, sorted_indices=sort), 2, axis=-1)
+        y = self.down_proj(gelu_tanh(gate) * up, idx, sorted_indices=sort)
+        if sort:
+            y = mx.unflatten(y[inverse], 0, indices.shape)
+        y = y.squeeze(-2)  # [..., k, H]
+        return (y * mx.expand_dims(weights, -1).astype(y.dtype)).sum(axis=-2)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config, layer_idx)
+        hidden = config.hidden_size
+        self.input_layernorm = _norm(config, hidden)
+        self.post_attention_layernorm = _norm(config, hidden)
+        self.pre_feedforward_layernorm = _norm(config, hidden)
+        self.post_feedforward_layernorm = _norm(config, hidden)
+        self.enable_moe = config.enable_moe_block
+        if self.enable_moe:
+            self.router = Router(config)
+            self.experts = Experts(config)
+            self.post_feedforward_layernorm_1 = _norm(config, hidden)
+            self.pre_feedforward_layernorm_2 = _norm(config, hidden)
+            self.post_feedforward_layernorm_2 = _norm(config, hidden)
+        self.has_ple = bool(config.hidden_size_per_layer_input)
+        if self.has_ple:
+            self.per_layer_input_gate = nn.Linear(hidden, config.hidden_size_per_layer_input, bias=False)
+            self.per_layer_projection = nn.Linear(config.hidden_size_per_layer_input, hidden, bias=False)
+            self.post_per_layer_input_norm = _norm(config, hidden)
+        self.has_layer_scalar = not config.is_gemma3
+        if self.has_layer_scalar:
+            self.layer_scalar = mx.ones((1,))
+
+    def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0):
+        h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset)
+        x = x + self.post_attention_layernorm(h)
+
+        h = self.mlp(self.pre_feedforward_layernorm(x))
+        if self.enable_moe:
+            h = self.post_feedforward_layernorm_1(h)
+            indices, weights = self.router(x)  # HF:1404 router takes the residual before the norm
+            h2 = self.experts(self.pre_feedforward_layernorm_2(x), indices, weights)
+            h = h + self.post_feedforward_layernorm_2(h2)
+        x = x + self.post_feedforward_layernorm(h)
+
+        if self.has_ple:
+            gate = gelu_tanh(self.per_layer_input_gate(x)) * per_layer_input
+            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
+        if self.has_layer_scalar:
+            x = x * self.layer_scalar  # HF:1424 scales the whole residual stream
+        return x, kv
+
+
+class TextModel(nn.Module):
+    """The decoder stack; attribute names equal HF's `model.language_model.*` weights."""
+
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = [DecoderLayer(config, i) for i in range(config.num_hidden_layers)]
+        self.norm = _norm(config, config.hidden_size)
+        self.kv_sources = config.kv_source_layers()
+        self.ple_dim = config.hidden_size_per_layer_input or 0
+        if self.ple_dim:
+            total = config.num_hidden_layers * self.ple_dim
+            self.embed_tokens_per_layer = nn.Embedding(config.vocab_size_per_layer_input, total)
+            self.per_layer_model_projection = nn.Linear(config.hidden_size, total, bias=False)
+            self.per_layer_projection_norm = _norm(config, self.ple_dim)
+
+    def embed(self, input_ids: mx.array) -> mx.array:
+        """Scaled token embeddings; the scale is rounded to the weight dtype first (HF:1438)."""
+        h = self.embed_tokens(input_ids)
+        return h * mx.array(math.sqrt(self.config.hidden_size), dtype=h.dtype)
+
+    def per_layer_token_inputs(self, input_ids: mx.array) -> mx.array:
+        """The token-identity half of PLE, [B, L, layers, ple_dim] (HF:1713)."""
+        h = self.embed_tokens_per_layer(input_ids)
+        h = h * mx.array(math.sqrt(self.ple_dim), dtype=h.dtype)
+        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_dim)
+
+    def project_per_layer_inputs(self, embeds: mx.array, token_inputs: Optional[mx.array]) -> mx.array:
+        """Combine the context projection of the embeddings with the token half (HF:1760-1792)."""
+        proj = self.per_layer_model_projection(embeds) * (self.config.hidden_size ** -0.5)
+        proj = self.per_layer_projection_norm(
+            proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_dim)
+        )
+        if token_inputs is None:
+            return proj
+        return (proj + token_inputs) * (2.0 ** -0.5)
+
+    def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> dict:
+        """One mask per layer type, from the first cache of that type (or a plain causal one)."""
+        masks = dict(overrides or {})
+        for layer, c in zip(self.layers, cache):
+            kind = layer.layer_type
+            if kind in masks:
+                continue
+            window = self.config.sliding_window if kind == SLIDING else None
+            if c is not None:
+                masks[kind] = c.make_mask(n_queries, window_size=window)
+            elif n_queries == 1:
+                masks[kind] = None
+            elif window is not None and n_queries > window:
+                masks[kind] = window_mask(n_queries, 0, n_queries, 0, window, return_array=True)
+            else:
+                masks[kind] = "causal"
+        return masks
+
+    def __call__(self, inputs: Optional[mx.array] = None, cache: Optional[list] = None,
+                 input_embeddings: Optional[mx.array] = None, per_layer_inputs: Optional[mx.array] = None,
+                 mask_overrides: Optional[dict] = None) -> mx.array:
+        """Hidden states after the final norm, [B, L, hidden].
+
+        `input_embeddings` are already scaled (soft tokens merged in); `per_layer_inputs` is PLE's
+        token half, needed with `input_embeddings` since ids cannot be recovered from soft tokens.
+        """
+        h = self.embed(inputs) if input_embeddings is None else input_embeddings
+        if self.ple_dim:
+            if per_layer_inputs is None:
+                if inputs is None:
+                    raise ValueError("PLE models need input_ids or per_layer_inputs alongside input_embeddings.")
+                per_layer_inputs = self.per_layer_token_inputs(inputs)
+            per_layer_inputs = self.project_per_layer_inputs(h, per_layer_inputs)
+
+        n_layers = len(self.layers)
+        cache = list(cache or []) + [None] * (n_layers - len(cache or []))
+        offset = next((c.offset for c in cache if c is not None), 0)
+        masks = self.make_masks(h.shape[1], cache, mask_overrides)
+        kvs: list = [None] * n_layers
+        for i, (layer, c) in enumerate(zip(self.layers, cache)):
+            source = self.kv_sources[i]
+            shared = kvs[source] if source != i else None
+            ple = per_layer_inputs[:, :, i, :] if self.ple_dim else None
+            h, kvs[i] = layer(h, masks[layer.layer_type], c, ple, shared, offset)
+        return self.norm(h)
+
+    def make_cache(self) -> list:
+        """One cache per layer that owns keys/values (KV-shared layers get none)."""
+        return [
+            SlidingKVCache(self.config.sliding_window) if t == SLIDING else KVCache()
+            for t in self.config.layer_types[: self.config.first_shared_layer]
+        ]

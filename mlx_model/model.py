@@ -1,0 +1,180 @@
+"""The whole Gemma model: text decoder plus (for Gemma 4) the vision and audio towers.
+
+Module names equal the weight names of transformers' `Gemma4ForConditionalGeneration`
+(`model.language_model.*`, `model.vision_tower.*`, ...), so loading a hub checkpoint needs no
+renaming; `sanitize` maps the other layouts (text-only `Gemma4ForCausalLM`, Gemma 3) onto it.
+Follows mlx-lm's model protocol: `__call__(inputs, cache=None)`, `layers`, `make_cache()`,
+`sanitize`, `quant_predicate`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import ModelConfigError
+from .language import TextConfig, TextModel
+from .layers import softcap
+
+TEXT_ONLY_PREFIXES = ("model.layers.", "model.embed_tokens", "model.norm.", "model.per_layer_",
+                      "model.embed_tokens_per_layer")
+SUPPORTED_TYPES = ("gemma4", "gemma4_text", "gemma3", "gemma3_text")
+
+
+@dataclass
+class ModelConfig:
+    """Top-level config: a Gemma 4 (multimodal or text-only) or Gemma 3 text checkpoint."""
+
+    model_type: str
+    text_config: TextConfig
+    vision_config: Optional[dict] = None
+    audio_config: Optional[dict] = None
+    tie_word_embeddings: bool = True
+    image_token_id: int = 258_880
+    audio_token_id: int = 258_881
+    video_token_id: int = 258_884
+    boi_token_id: int = 255_999
+    eoi_token_id: int = 258_882
+    boa_token_id: int = 256_000
+    eoa_token_id: int = 258_883
+    eos_token_id: Any = None
+    quantization: Optional[dict] = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "ModelConfig":
+        """Parse a config.json dict (nested `text_config` or flat text-only)."""
+        model_type = params.get("model_type")
+        if model_type not in SUPPORTED_TYPES:
+            raise ModelConfigError(
+                f"model_type {model_type!r} is not a Gemma 4 or Gemma 3 model "
+                f"(expected one of {', '.join(SUPPORTED_TYPES)})."
+            )
+        if "text_config" in params:
+            text_params = dict(params.get("text_config") or {})
+            text_params.setdefault("model_type", model_type + "_text")
+            vision, audio = params.get("vision_config"), params.get("audio_config")
+            if model_type == "gemma3":
+                vision = None  # Gemma 3's SigLIP tower is not part of this app: text only
+        else:
+            text_params, vision, audio = dict(params), None, None
+        tie = params.get("tie_word_embeddings", text_params.get("tie_word_embeddings", True))
+        text_params["tie_word_embeddings"] = tie
+        return cls(
+            model_type=model_type,
+            text_config=TextConfig.from_dict(text_params),
+            vision_config=vision,
+            audio_config=audio,
+            tie_word_embeddings=tie,
+            image_token_id=params.get("image_token_id", params.get("image_token_index", 258_880)),
+            audio_token_id=params.get("audio_token_id", 258_881),
+            video_token_id=params.get("video_token_id", 258_884),
+            boi_token_id=params.get("boi_token_id", 255_999),
+            eoi_token_id=params.get("eoi_token_id", 258_882),
+            boa_token_id=params.get("boa_token_id", 256_000),
+            eoa_token_id=params.get("eoa_token_index", params.get("eoa_token_id", 258_883)),
+            eos_token_id=params.get("eos_token_id", text_params.get("eos_token_id")),
+            quantization=params.get("quantization"),
+            raw=params,
+        )
+
+
+class Gemma4Model(nn.Module):
+    """HF `Gemma4Model`: the `model.` prefix of every weight."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.language_model = TextModel(config.text_config)
+
+
+class Model(nn.Module):
+    """Text (and, where the checkpoint has them, image/audio) to next-token logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.args = config.text_config  # mlx-lm reads model.args for some helpers
+        self.model_type = config.model_type
+        self.model = Gemma4Model(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+
+    @property
+    def language_model(self) -> TextModel:
+        return self.model.language_model
+
+    def __call__(self, inputs: Optional[mx.array] = None, cache: Optional[list] = None,
+                 input_embeddings: Optional[mx.array] = None, per_layer_inputs: Optional[mx.array] = None,
+                 logits_to_keep: int = 0, mask_overrides: Optional[dict] = None) -> mx.array:
+        """Logits [B, L, V] (or [B, logits_to_keep, V]) for token ids [B, L].
+
+        `logits_to_keep=1` computes the LM head for the last position only, as prefill needs.
+        """
+        h = self.language_model(inputs, cache=cache, input_embeddings=input_embeddings,
+                                per_layer_inputs=per_layer_inputs, mask_overrides=mask_overrides)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:, :]
+        return self.logits(h)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        """LM head (tied to the embeddings unless the checkpoint says otherwise) and softcap."""
+        if self.config.tie_word_embeddings:
+            out = self.language_model.embed_tokens.as_linear(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return softcap(out, self.config.text_config.final_logit_softcapping)
+
+    @property
+    def layers(self):
+        return self.language_model.layers
+
+    def make_cache(self) -> list:
+        """Fresh per-layer caches for one conversation."""
+        return self.language_model.make_cache()
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Map a checkpoint's weights onto our module names. Pure, and idempotent."""
+        text = self.config.text_config
+        first_shared = text.first_shared_layer
+        out = {}
+        for name, value in weights.items():
+            name = _canonical_name(name)
+            if name is None or ".rotary_emb." in name:
+                continue
+            if self.config.tie_word_embeddings and name.startswith("lm_head."):
+                continue
+            if self.config.model_type == "gemma3" and not name.startswith(("model.language_model.", "lm_head.")):
+                continue  # Gemma 3's vision tower and projector are not used
+            shared = re.match(r"model\.language_model\.layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.", name)
+            if shared and int(shared.group(1)) >= first_shared:
+                continue  # HF:1577 KV-shared layers carry unused projections
+            if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+                name += ".weight"
+            out[name] = value
+        return out
+
+    @property
+    def quant_predicate(self):
+        """Which modules to quantize: the router at 8 bits, everything quantizable otherwise."""
+
+        def predicate(path: str, module: nn.Module):
+            if path.endswith("router.proj"):
+                return {"group_size": 64, "bits": 8}
+            return hasattr(module, "to_quantized")
+
+        return predicate
+
+
+def _canonical_name(name: str) -> Optional[str]:
+    """One checkpoint key in the `Gemma4ForConditionalGeneration` layout."""
+    if name.startswith("language_model.model."):  # older Gemma 3 multimodal layout
+        return "model.language_model." + name[len("language_model.model."):]
+    if name.startswith("language_model.lm_head."):
+        return name[len("language_model."):]
+    if name.startswith(TEXT_ONLY_PREFIXES):  # Gemma4ForCausalLM / Gemma3ForCausalLM
+        return "model.language_model." + name[len("model."):]
+    return name
