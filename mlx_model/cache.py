@@ -95,6 +95,16 @@ class KVCache:
         self.offset -= n
         return n
 
+    def checkpoint(self) -> int:
+        """A restore point: writes only ever go past the offset, so the offset alone is enough."""
+        return self.offset
+
+    def restore(self, checkpoint: int) -> None:
+        """Rewind to a restore point taken earlier in this conversation."""
+        if checkpoint > self.offset:
+            raise ValueError("cannot restore a cache forward in time")
+        self.offset = checkpoint
+
     @property
     def state(self):
         if self.keys is None:
@@ -226,6 +236,19 @@ class SlidingKVCache:
         n = min(self.offset, n)
         self.offset -= n
         return n
+
+    def checkpoint(self):
+        """A restore point: new array handles on the ring (copied lazily on the next in-place write)."""
+        if self.keys is None:
+            return (None, None, self.offset)
+        return (self.keys[...], self.values[...], self.offset)
+
+    def restore(self, checkpoint) -> None:
+        """Rewind (or jump) to a restore point, also after the ring has wrapped."""
+        keys, values, offset = checkpoint
+        self.keys = None if keys is None else keys[...]
+        self.values = None if values is None else values[...]
+        self.offset = offset
 
     @property
     def state(self):

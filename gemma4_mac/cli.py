@@ -1,0 +1,118 @@
+"""Command line: `python -m gemma4_mac ask --model PATH "question"` streams the answer to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+
+class CliError(Exception):
+    """A problem with the command's input; printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gemma4_mac", description="Gemma 4 on your Mac, offline.")
+    sub = parser.add_subparsers(dest="command")
+    ask = sub.add_parser("ask", help="ask one question and stream the answer")
+    ask.add_argument("question", help="the question (or, with --raw, the text to continue)")
+    ask.add_argument("--model", required=True, help="folder of a converted model")
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--think", action="store_true", help="let the model think first (thoughts go to stderr)")
+    ask.add_argument("--raw", action="store_true", help="no chat format: continue the text as is (base models)")
+    ask.add_argument("--max-tokens", type=int, default=512)
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ask.add_argument("--top-p", type=float, default=0.95)
+    ask.add_argument("--top-k", type=int, default=64)
+    ask.add_argument("--seed", type=int)
+    ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
+    ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
+    ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    return parser
+
+
+def _user_content(question: str, images: list[str], audio: list[str], videos: list[str]):
+    for kind, files in (("image", images), ("audio", audio), ("video", videos)):
+        for name in files:
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise CliError(f"cannot read {kind} file {name}: no such file")
+    if not (images or audio or videos):
+        return question
+    parts = [{"type": "image", "path": str(Path(p).expanduser())} for p in images]
+    parts += [{"type": "video", "path": str(Path(p).expanduser())} for p in videos]
+    parts += [{"type": "audio", "path": str(Path(p).expanduser())} for p in audio]
+    return parts + [{"type": "text", "text": question}]
+
+
+def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Load the model, stream the answer; thoughts go to `err` marked as such."""
+    from mlx_model import ModelLoadError, load
+
+    from .generate import GenerationError, SamplingSettings, stream_generate
+
+    if args.max_tokens <= 0:
+        raise CliError("--max-tokens must be a positive number")
+    if args.raw and (args.image or args.audio or args.video):
+        raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
+    content = _user_content(args.question, args.image, args.audio, args.video)
+    model_dir = Path(args.model).expanduser()
+    if not model_dir.is_dir():
+        raise CliError(f"model folder {args.model} does not exist")
+    try:
+        model, processor = load(model_dir)
+    except ModelLoadError as error:
+        raise CliError(str(error)) from error
+    sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                seed=args.seed, max_tokens=args.max_tokens)
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": content})
+    try:
+        events = stream_generate(model, processor, None if args.raw else messages,
+                                 prompt=args.question if args.raw else None,
+                                 enable_thinking=args.think, sampling=sampling)
+        in_thought = False
+        for event in events:
+            if event.kind == "thought":
+                if not in_thought:
+                    err.write("[thinking] ")
+                    in_thought = True
+                err.write(event.text)
+                err.flush()
+            elif event.kind == "answer":
+                if in_thought:
+                    err.write("\n")
+                    in_thought = False
+                out.write(event.text)
+                out.flush()
+            elif event.kind == "tool_call":
+                out.write(f"\n[tool call] {json.dumps(event.tool_call, ensure_ascii=False)}\n")
+            elif event.kind == "done":
+                out.write("\n")
+                stats = event.stats
+                err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
+                          f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
+    except GenerationError as error:
+        raise CliError(str(error)) from error
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Entry point for the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "ask":
+            return run_ask(args, out, err)
+        parser.print_help(err)
+        return 2
+    except CliError as error:
+        err.write(f"error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        err.write("\ninterrupted\n")
+        return 130
