@@ -39,34 +39,80 @@ def window_mask(n_queries: int, query_start: int, n_keys: int, key_start: int,
     return mask
 
 
-class KVCache:
-    """Cache of a full-attention layer: grows in steps of `step` tokens."""
+def _map(fn, store, *others):
+    """Apply fn to a stored tensor, or to each part of a quantized (data, scales, biases) triple."""
+    if isinstance(store, tuple):
+        return tuple(fn(*parts) for parts in zip(store, *others))
+    return fn(store, *others)
 
-    def __init__(self, step: int = 256):
+
+def _alloc(like, capacity: int):
+    return _map(lambda x: mx.zeros((*x.shape[:2], capacity, x.shape[3]), x.dtype), like)
+
+
+def _write(store, start: int, new) -> None:
+    n = (new[0] if isinstance(new, tuple) else new).shape[2]
+    for dst, src in (zip(store, new) if isinstance(store, tuple) else [(store, new)]):
+        dst[..., start:start + n, :] = src
+
+
+def _read(store, start: int, end: int):
+    return _map(lambda x: x[..., start:end, :], store)
+
+
+def _length(store) -> int:
+    return (store[0] if isinstance(store, tuple) else store).shape[2]
+
+
+def _nbytes(store) -> int:
+    return sum(x.nbytes for x in store) if isinstance(store, tuple) else store.nbytes
+
+
+class _Quantizer:
+    """Optional 8/4-bit storage of keys and values (MLX affine quantization along the head dim)."""
+
+    def __init__(self, bits: Optional[int], group_size: int):
+        if bits not in (None, 4, 8):
+            raise ValueError(f"KV cache precision must be 16, 8 or 4 bits, not {bits}.")
+        self.bits, self.group_size = bits, group_size
+
+    def __call__(self, x: mx.array):
+        if self.bits is None:
+            return x
+        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
+
+
+class KVCache:
+    """Cache of a full-attention layer: grows in steps of `step` tokens; optionally 8/4-bit."""
+
+    def __init__(self, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
         self.step = step
-        self.keys: Optional[mx.array] = None
-        self.values: Optional[mx.array] = None
+        self.quantize = _Quantizer(bits, group_size)
+        self.keys = None
+        self.values = None
         self.offset = 0
+
+    @property
+    def bits(self) -> Optional[int]:
+        return self.quantize.bits
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Append [B, H, L, D] keys/values; return everything cached so far."""
-        n_new = keys.shape[2]
-        needed = self.offset + n_new
-        if self.keys is None or needed > self.keys.shape[2]:
+        keys, values = self.quantize(keys), self.quantize(values)
+        needed = self.offset + _length(keys)
+        if self.keys is None or needed > _length(self.keys):
             self._grow(keys, values, needed)
-        self.keys[..., self.offset:needed, :] = keys
-        self.values[..., self.offset:needed, :] = values
+        _write(self.keys, self.offset, keys)
+        _write(self.values, self.offset, values)
         self.offset = needed
-        return self.keys[..., :needed, :], self.values[..., :needed, :]
+        return _read(self.keys, 0, needed), _read(self.values, 0, needed)
 
-    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
+    def _grow(self, keys, values, needed: int) -> None:
         capacity = ((needed + self.step - 1) // self.step) * self.step
-        batch, heads, _, _ = keys.shape
-        new_k = mx.zeros((batch, heads, capacity, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, capacity, values.shape[3]), values.dtype)
+        new_k, new_v = _alloc(keys, capacity), _alloc(values, capacity)
         if self.keys is not None and self.offset:
-            new_k[..., : self.offset, :] = self.keys[..., : self.offset, :]
-            new_v[..., : self.offset, :] = self.values[..., : self.offset, :]
+            _write(new_k, 0, _read(self.keys, 0, self.offset))
+            _write(new_v, 0, _read(self.values, 0, self.offset))
         self.keys, self.values = new_k, new_v
 
     def make_mask(self, n_queries: int, window_size: Optional[int] = None, return_array: bool = False) -> Mask:
@@ -82,9 +128,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes actually allocated (capacity, not just the filled part)."""
-        if self.keys is None:
-            return 0
-        return self.keys.nbytes + self.values.nbytes
+        return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
 
     def is_trimmable(self) -> bool:
         return True
@@ -109,7 +153,7 @@ class KVCache:
     def state(self):
         if self.keys is None:
             return []
-        return [self.keys[..., : self.offset, :], self.values[..., : self.offset, :]]
+        return [_read(self.keys, 0, self.offset), _read(self.values, 0, self.offset)]
 
     @state.setter
     def state(self, value):
@@ -118,93 +162,93 @@ class KVCache:
             self.offset = 0
             return
         self.keys, self.values = value
-        self.offset = self.keys.shape[2]
+        self.offset = _length(self.keys)
 
     @property
     def meta_state(self):
-        return (str(self.step),)
+        return (str(self.step), str(self.bits or 0), str(self.quantize.group_size))
 
     @meta_state.setter
     def meta_state(self, value):
-        (self.step,) = map(int, value)
+        step, bits, group = map(int, value)
+        self.step, self.quantize = step, _Quantizer(bits or None, group)
 
 
 class SlidingKVCache:
-    """Cache of a sliding-window layer: a ring holding the last `window` tokens.
+    """Cache of a sliding-window layer: a ring holding the last `window` tokens; optionally 8/4-bit.
 
     Position p lives in slot p % window once the ring is full. A single decoded token is written
     in place and attends to the whole ring (order does not matter without a mask); a multi-token
     chunk is attended in temporal order with an explicit window mask.
     """
 
-    def __init__(self, window: int, step: int = 256):
+    def __init__(self, window: int, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
         self.window = window
         self.step = step
-        self.keys: Optional[mx.array] = None
-        self.values: Optional[mx.array] = None
+        self.quantize = _Quantizer(bits, group_size)
+        self.keys = None
+        self.values = None
         self.offset = 0
-        self._last_chunk_start = 0  # absolute position of the first key returned by the last update
 
-    def _temporal(self):
-        """Cached keys/values in temporal order, and the absolute position of the first one."""
+    @property
+    def bits(self) -> Optional[int]:
+        return self.quantize.bits
+
+    def _temporal(self, store):
+        """The cached entries of `store` in temporal order."""
         kept = min(self.offset, self.window)
-        if self.keys is None or kept == 0:
-            return None, None, self.offset
         if self.offset <= self.window:
-            return self.keys[..., :kept, :], self.values[..., :kept, :], 0
+            return _read(store, 0, kept)
         split = self.offset % self.window
-        k = mx.concatenate([self.keys[..., split:, :], self.keys[..., :split, :]], axis=2)
-        v = mx.concatenate([self.values[..., split:, :], self.values[..., :split, :]], axis=2)
-        return k, v, self.offset - self.window
+        return _map(lambda x: mx.concatenate([x[..., split:, :], x[..., :split, :]], axis=2), store)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Add [B, H, L, D] keys/values; return the keys/values the new queries attend to."""
-        n_new = keys.shape[2]
+        keys, values = self.quantize(keys), self.quantize(values)
+        n_new = _length(keys)
         if n_new == 1:
             return self._update_one(keys, values)
-        old_k, old_v, start = self._temporal()
-        all_k = keys if old_k is None else mx.concatenate([old_k, keys], axis=2)
-        all_v = values if old_v is None else mx.concatenate([old_v, values], axis=2)
-        self._last_chunk_start = start
+        if self.keys is not None and self.offset:
+            cat = lambda a, b: mx.concatenate([a, b], axis=2)  # noqa: E731
+            keys = _map(cat, self._temporal(self.keys), keys)
+            values = _map(cat, self._temporal(self.values), values)
         self.offset += n_new
-        self._store_tail(all_k, all_v)
-        return all_k, all_v
+        self._store_tail(keys, values)
+        return keys, values
 
     def _update_one(self, keys, values):
         slot = self.offset % self.window
-        if self.keys is None or (self.offset < self.window and self.offset >= self.keys.shape[2]):
+        if self.keys is None or (self.offset < self.window and self.offset >= _length(self.keys)):
             self._reserve(keys, values, self.offset + 1)
-        self.keys[..., slot:slot + 1, :] = keys
-        self.values[..., slot:slot + 1, :] = values
+        _write(self.keys, slot, keys)
+        _write(self.values, slot, values)
         self.offset += 1
         kept = min(self.offset, self.window)
-        self._last_chunk_start = self.offset - kept
-        return self.keys[..., :kept, :], self.values[..., :kept, :]
+        return _read(self.keys, 0, kept), _read(self.values, 0, kept)
 
-    def _reserve(self, keys, values, needed):
+    def _reserve(self, keys, values, needed: int) -> None:
         capacity = min(self.window, ((needed + self.step - 1) // self.step) * self.step)
-        batch, heads, _, _ = keys.shape
-        new_k = mx.zeros((batch, heads, capacity, keys.shape[3]), keys.dtype)
-        new_v = mx.zeros((batch, heads, capacity, values.shape[3]), values.dtype)
+        new_k, new_v = _alloc(keys, capacity), _alloc(values, capacity)
         if self.keys is not None and self.offset:
-            used = min(self.offset, self.keys.shape[2])
-            new_k[..., :used, :] = self.keys[..., :used, :]
-            new_v[..., :used, :] = self.values[..., :used, :]
+            used = min(self.offset, _length(self.keys))
+            _write(new_k, 0, _read(self.keys, 0, used))
+            _write(new_v, 0, _read(self.values, 0, used))
         self.keys, self.values = new_k, new_v
 
-    def _store_tail(self, all_k, all_v):
+    def _store_tail(self, all_k, all_v) -> None:
         """Keep the last `window` positions of a temporally ordered chunk, in ring order."""
         kept = min(self.offset, self.window)
-        tail_k, tail_v = all_k[..., -kept:, :], all_v[..., -kept:, :]
+        total = _length(all_k)
+        tail_k, tail_v = _read(all_k, total - kept, total), _read(all_v, total - kept, total)
         if self.offset >= self.window:
             shift = self.offset % self.window
-            self.keys = mx.roll(tail_k, shift, axis=2) if shift else tail_k
-            self.values = mx.roll(tail_v, shift, axis=2) if shift else tail_v
+            roll = (lambda x: mx.roll(x, shift, axis=2)) if shift else (lambda x: x)
+            self.keys, self.values = _map(roll, tail_k), _map(roll, tail_v)
             return
         self.keys = self.values = None
         self._reserve(tail_k, tail_v, kept)
-        self.keys[..., :kept, :] = tail_k
-        self.values[..., :kept, :] = tail_v
+        _write(self.keys, 0, tail_k)
+        _write(self.values, 0, tail_v)
 
     def make_mask(self, n_queries: int, window_size: Optional[int] = None, return_array: bool = False) -> Mask:
         """Mask for the next `n_queries` tokens against what `update_and_fetch` will return."""
@@ -222,9 +266,7 @@ class SlidingKVCache:
 
     @property
     def nbytes(self) -> int:
-        if self.keys is None:
-            return 0
-        return self.keys.nbytes + self.values.nbytes
+        return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
 
     def is_trimmable(self) -> bool:
         # Tokens that fell out of the ring are gone; only an unwrapped ring can be rewound.
@@ -239,23 +281,24 @@ class SlidingKVCache:
 
     def checkpoint(self):
         """A restore point: new array handles on the ring (copied lazily on the next in-place write)."""
+        handle = lambda x: x[...]  # noqa: E731
         if self.keys is None:
             return (None, None, self.offset)
-        return (self.keys[...], self.values[...], self.offset)
+        return (_map(handle, self.keys), _map(handle, self.values), self.offset)
 
     def restore(self, checkpoint) -> None:
         """Rewind (or jump) to a restore point, also after the ring has wrapped."""
         keys, values, offset = checkpoint
-        self.keys = None if keys is None else keys[...]
-        self.values = None if values is None else values[...]
+        handle = lambda x: x[...]  # noqa: E731
+        self.keys = None if keys is None else _map(handle, keys)
+        self.values = None if values is None else _map(handle, values)
         self.offset = offset
 
     @property
     def state(self):
         if self.keys is None:
             return []
-        kept = min(self.offset, self.window)
-        return [self.keys[..., :kept, :], self.values[..., :kept, :]]
+        return [self.keys, self.values]
 
     @state.setter
     def state(self, value):
@@ -266,8 +309,10 @@ class SlidingKVCache:
 
     @property
     def meta_state(self):
-        return tuple(map(str, (self.window, self.step, self.offset)))
+        return tuple(map(str, (self.window, self.step, self.offset, self.bits or 0, self.quantize.group_size)))
 
     @meta_state.setter
     def meta_state(self, value):
-        self.window, self.step, self.offset = map(int, value)
+        window, step, offset, bits, group = map(int, value)
+        self.window, self.step, self.offset = window, step, offset
+        self.quantize = _Quantizer(bits or None, group)

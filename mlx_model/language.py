@@ -214,12 +214,39 @@ class Attention(nn.Module):
             if cache is not None:
                 keys, values = cache.update_and_fetch(keys, values)
 
-        if self.attn_softcap:
+        if isinstance(keys, tuple):
+            out = quantized_attention(queries, keys, values, self.scale, mask)
+        elif self.attn_softcap:
             out = _softcapped_attention(queries, keys, values, self.scale, mask, self.attn_softcap)
         else:
             out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
         return self.o_proj(out), (keys, values)
+
+
+def _explicit_mask(mask, n_queries: int, n_keys: int):
+    """Turn the kernel's "causal" shorthand (bottom-right aligned) into a boolean array."""
+    if isinstance(mask, str):
+        return mx.arange(n_keys)[None] <= (mx.arange(n_queries)[:, None] + n_keys - n_queries)
+    return mask
+
+
+def quantized_attention(queries: mx.array, keys: tuple, values: tuple, scale: float, mask) -> mx.array:
+    """Attention over an 8/4-bit KV cache with `mx.quantized_matmul` (no dequantized copy of the cache)."""
+    B, n_heads, L, D = queries.shape
+    n_kv = keys[0].shape[1]
+    group_size = D // keys[1].shape[-1]
+    bits = keys[0].shape[-1] * 32 // D
+    q = (queries * scale).reshape(B, n_kv, n_heads // n_kv, L, D)
+    k = tuple(mx.expand_dims(x, 2) for x in keys)
+    v = tuple(mx.expand_dims(x, 2) for x in values)
+    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
+    mask = _explicit_mask(mask, L, scores.shape[-1])
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(queries.dtype)
+    out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
+    return out.reshape(B, n_heads, L, D)
 
 
 def _softcapped_attention(q, k, v, scale, mask, cap):
@@ -229,9 +256,7 @@ def _softcapped_attention(q, k, v, scale, mask, cap):
         k, v = mx.repeat(k, n_rep, axis=1), mx.repeat(v, n_rep, axis=1)
     scores = (q * scale) @ k.swapaxes(-1, -2)
     scores = mx.tanh(scores / cap) * cap
-    if isinstance(mask, str):
-        n_q, n_k = scores.shape[-2:]
-        mask = mx.arange(n_k)[None] <= (mx.arange(n_q)[:, None] + n_k - n_q)
+    mask = _explicit_mask(mask, *scores.shape[-2:])
     if mask is not None:
         scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
     return mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype) @ v
@@ -415,9 +440,10 @@ class TextModel(nn.Module):
             h, kvs[i] = layer(h, masks[layer.layer_type], c, ple, shared, offset)
         return self.norm(h)
 
-    def make_cache(self) -> list:
-        """One cache per layer that owns keys/values (KV-shared layers get none)."""
+    def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
+        """One cache per layer that owns keys/values (KV-shared layers get none); 16, 8 or 4-bit."""
         return [
-            SlidingKVCache(self.config.sliding_window) if t == SLIDING else KVCache()
+            SlidingKVCache(self.config.sliding_window, bits=kv_bits, group_size=kv_group_size)
+            if t == SLIDING else KVCache(bits=kv_bits, group_size=kv_group_size)
             for t in self.config.layer_types[: self.config.first_shared_layer]
         ]

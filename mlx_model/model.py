@@ -132,9 +132,9 @@ class Model(nn.Module):
     def layers(self):
         return self.language_model.layers
 
-    def make_cache(self) -> list:
-        """Fresh per-layer caches for one conversation."""
-        return self.language_model.make_cache()
+    def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
+        """Fresh per-layer caches for one conversation; `kv_bits` 8 or 4 quantizes keys and values."""
+        return self.language_model.make_cache(kv_bits, kv_group_size)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Map a checkpoint's weights onto our module names. Pure, and idempotent."""

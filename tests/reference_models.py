@@ -88,12 +88,12 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * (1.0 / fan_in ** 0.5))
 
 
-def build_gemma4(variant: str, out_dir: Path, *, multimodal_layout: bool = False, seed: int = 0):
+def build_gemma4(variant: str, out_dir: Path, *, multimodal_layout: bool = False, seed: int = 0, **overrides):
     """A random tiny Gemma 4 checkpoint saved to `out_dir`; returns the float32 torch model (eval mode)."""
     from transformers import Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig
 
     torch.manual_seed(seed)
-    text_config = Gemma4TextConfig(**VARIANTS[variant])
+    text_config = Gemma4TextConfig(**{**VARIANTS[variant], **overrides})
     if multimodal_layout:
         config = Gemma4Config(text_config=text_config.to_dict(), vision_config=None, audio_config=None)
         model = Gemma4ForConditionalGeneration(config)
