@@ -1,0 +1,203 @@
+"""Memory planner: exact bytes of weights, KV cache and prefill scratch for a model and a context.
+
+On a Mac, weights, KV and scratch share one pool of unified memory; the app uses this to pick a
+context that fits and to refuse a model that would not, with the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .language import FULL, SLIDING, TextConfig
+
+GIB = 1024 ** 3
+DEFAULT_SAFETY_MARGIN = 0.15  # of physical memory left to macOS and other apps
+
+# Text configs of the published variants (architecture notes' table; towers excluded).
+VARIANT_CONFIGS: dict[str, dict] = {
+    "E2B": dict(model_type="gemma4_text", hidden_size=1536, num_hidden_layers=35, intermediate_size=6144,
+                num_attention_heads=8, num_key_value_heads=1, head_dim=256, global_head_dim=512,
+                sliding_window=512, sliding_window_pattern=5, num_kv_shared_layers=20,
+                use_double_wide_mlp=True, hidden_size_per_layer_input=256, final_logit_softcapping=30.0),
+    "E4B": dict(model_type="gemma4_text", hidden_size=2560, num_hidden_layers=42, intermediate_size=10240,
+                num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512,
+                sliding_window=512, sliding_window_pattern=6, num_kv_shared_layers=18,
+                hidden_size_per_layer_input=256, final_logit_softcapping=30.0),
+    "26B-A4B": dict(model_type="gemma4_text", hidden_size=2816, num_hidden_layers=30, intermediate_size=2112,
+                    num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
+                    attention_k_eq_v=True, head_dim=256, global_head_dim=512, sliding_window=1024,
+                    sliding_window_pattern=6, hidden_size_per_layer_input=0, enable_moe_block=True,
+                    num_experts=128, top_k_experts=8, moe_intermediate_size=704, final_logit_softcapping=30.0),
+    "31B": dict(model_type="gemma4_text", hidden_size=5376, num_hidden_layers=60, intermediate_size=21504,
+                num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4,
+                attention_k_eq_v=True, head_dim=256, global_head_dim=512, sliding_window=1024,
+                sliding_window_pattern=6, hidden_size_per_layer_input=0, final_logit_softcapping=30.0),
+}
+
+
+def quantized_bytes(n_elements: int, bits: Optional[int], group_size: int = 64, float_bytes: int = 2) -> int:
+    """Bytes of `n_elements` stored at `bits` (affine: a float scale and bias per group), or as floats."""
+    if not bits:
+        return n_elements * float_bytes
+    return n_elements * bits // 8 + 2 * (n_elements // group_size) * float_bytes
+
+
+@dataclass
+class WeightCount:
+    """Parameter counts of the text decoder, split by how they are stored."""
+
+    quantizable: int  # linears and embedding tables
+    router: int  # MoE routers, kept at 8 bits
+    floats: int  # norms, scalars
+
+
+def count_text_weights(config: TextConfig) -> WeightCount:
+    """Exact parameter counts of our TextModel for `config`."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    quantizable = config.vocab_size * h
+    floats = h
+    router = 0
+    for i in range(layers):
+        hd, kv = config.layer_head_dims[i], config.layer_kv_heads[i]
+        quantizable += h * config.num_attention_heads * hd * 2  # q_proj, o_proj
+        floats += hd + 4 * h + 1  # q_norm, four sandwich norms, layer_scalar
+        if i < config.first_shared_layer:
+            k_eq_v = config.attention_k_eq_v and config.layer_types[i] == FULL
+            quantizable += h * kv * hd * (1 if k_eq_v else 2)
+            floats += hd
+        double = config.use_double_wide_mlp and i >= config.first_shared_layer
+        quantizable += 3 * h * config.intermediate_size * (2 if double else 1)
+        if config.enable_moe_block:
+            quantizable += config.num_experts * 3 * h * config.moe_intermediate_size
+            router += h * config.num_experts
+            floats += h + config.num_experts + 3 * h
+        if config.hidden_size_per_layer_input:
+            quantizable += 2 * h * config.hidden_size_per_layer_input
+            floats += h
+    if config.hidden_size_per_layer_input:
+        total = layers * config.hidden_size_per_layer_input
+        quantizable += config.vocab_size_per_layer_input * total + h * total
+        floats += config.hidden_size_per_layer_input
+    return WeightCount(quantizable, router, floats)
+
+
+def weight_bytes(config: TextConfig, bits: Optional[int] = 4, group_size: int = 64) -> int:
+    """Bytes of the text weights at `bits` (None = bfloat16), router at 8 bits, norms in float."""
+    count = count_text_weights(config)
+    router_bits = 8 if bits else None
+    return (quantized_bytes(count.quantizable, bits, group_size)
+            + quantized_bytes(count.router, router_bits, 64) + count.floats * 2)
+
+
+def kv_bytes(config: TextConfig, context: int, kv_bits: Optional[int] = None, group_size: int = 64,
+             float_bytes: int = 2, step: int = 256) -> int:
+    """Bytes of the KV cache at `context` tokens: full layers grow (in steps), sliding layers are bounded."""
+    total = 0
+    for i in range(config.first_shared_layer):
+        hd, kv = config.layer_head_dims[i], config.layer_kv_heads[i]
+        if config.layer_types[i] == SLIDING:
+            tokens = min(context, config.sliding_window)
+        else:
+            tokens = -(-context // step) * step
+        total += 2 * quantized_bytes(tokens * kv * hd, kv_bits, group_size, float_bytes)
+    return total
+
+
+def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_bytes: int = 2) -> int:
+    """Growth of the KV cache per token (full-attention layers only)."""
+    return sum(2 * quantized_bytes(config.layer_kv_heads[i] * config.layer_head_dims[i], kv_bits, 64, float_bytes)
+               for i in range(config.first_shared_layer) if config.layer_types[i] == FULL)
+
+
+def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
+    """Peak temporary memory of one prefill chunk: the widest activations of one layer plus attention.
+
+    The LM head runs for one position only, so the vocabulary does not scale with the chunk.
+    """
+    h = config.hidden_size
+    widest_mlp = config.intermediate_size * (2 if config.use_double_wide_mlp else 1)
+    if config.enable_moe_block:
+        widest_mlp = max(widest_mlp, 2 * config.top_k_experts * config.moe_intermediate_size)
+    q_width = config.num_attention_heads * max(config.layer_head_dims)
+    activations = chunk * (4 * h + 3 * widest_mlp + 2 * q_width) * float_bytes
+    if config.hidden_size_per_layer_input:
+        activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
+    keys = min(context, chunk + context)
+    scores = config.num_attention_heads * chunk * keys * 4  # attention weights in float32
+    logits = config.vocab_size * 4 * 2
+    return activations + scores + logits
+
+
+def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int,
+                         candidates=(2048, 1024, 512, 256, 128)) -> int:
+    """The largest prefill chunk whose scratch fits `budget_bytes`."""
+    for chunk in candidates:
+        if prefill_scratch_bytes(config, chunk, context) <= budget_bytes:
+            return chunk
+    return candidates[-1]
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes of each part for one model, context and precision."""
+
+    weights: int
+    kv: int
+    scratch: int
+    chunk: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.scratch
+
+
+def plan(config: TextConfig, context: int, *, weight_bits: Optional[int] = 4, kv_bits: Optional[int] = None,
+         chunk: int = 512, weights: Optional[int] = None) -> MemoryPlan:
+    """Memory for `context` tokens; `weights` overrides the computed weight bytes (e.g. files on disk)."""
+    return MemoryPlan(
+        weights=weights if weights is not None else weight_bytes(config, weight_bits),
+        kv=kv_bytes(config, context, kv_bits),
+        scratch=prefill_scratch_bytes(config, chunk, context),
+        chunk=chunk,
+    )
+
+
+def largest_context(config: TextConfig, available_bytes: int, *, weight_bits: Optional[int] = 4,
+                    kv_bits: Optional[int] = None, weights: Optional[int] = None,
+                    safety_margin: float = DEFAULT_SAFETY_MARGIN, chunk: int = 512) -> int:
+    """The longest context (a multiple of 1024, up to the model's maximum) that fits with the margin."""
+    usable = int(available_bytes * (1.0 - safety_margin))
+    best, low, high = 0, 1, max(1, config.max_position_embeddings // 1024)
+    while low <= high:
+        mid = (low + high) // 2
+        needed = plan(config, mid * 1024, weight_bits=weight_bits, kv_bits=kv_bits, chunk=chunk,
+                      weights=weights).total
+        if needed <= usable:
+            best, low = mid * 1024, mid + 1
+        else:
+            high = mid - 1
+    return best
+
+
+def variant_table(contexts=(8192, 32768, 131072, 262144), kv_precisions=(None, 8, 4)) -> list[dict]:
+    """Rows of (variant, context, KV precision) -> GiB of weights, KV, scratch and total (4-bit weights)."""
+    rows = []
+    for name, raw in VARIANT_CONFIGS.items():
+        config = TextConfig.from_dict({**raw, "max_position_embeddings": 262_144})
+        for context in contexts:
+            for bits in kv_precisions:
+                p = plan(config, context, kv_bits=bits)
+                rows.append(dict(variant=name, context=context, kv_bits=bits or 16, weights_gib=p.weights / GIB,
+                                 kv_gib=p.kv / GIB, scratch_gib=p.scratch / GIB, total_gib=p.total / GIB))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The variant table as aligned text."""
+    header = f"{'variant':<9}{'context':>9}{'KV':>5}{'weights':>10}{'KV cache':>10}{'scratch':>9}{'total':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b"
+                     f"{r['weights_gib']:>9.2f}G{r['kv_gib']:>9.2f}G{r['scratch_gib']:>8.2f}G{r['total_gib']:>8.2f}G")
+    return "\n".join(lines)

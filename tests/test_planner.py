@@ -1,0 +1,53 @@
+"""The memory planner counts exactly what our model and caches allocate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+import mlx.core as mx
+
+from mlx_model import load_model
+from mlx_model.language import TextConfig
+from mlx_model.planner import (VARIANT_CONFIGS, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
+                               largest_context, variant_table)
+from tests.reference_models import TINY_VOCAB, VARIANTS, build_gemma4
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_weight_count_and_kv_bytes_match_the_model(tmp_path, name):
+    build_gemma4(name, tmp_path)
+    model = load_model(tmp_path)
+    params = sum(v.size for _, v in tree_flatten(model.parameters()))
+    count = count_text_weights(model.config.text_config)
+    assert count.quantizable + count.router + count.floats == params
+
+    context = 3 * 256 + 17  # a few growth steps of the full-attention cache, ring long wrapped
+    cache = model.make_cache()
+    model(mx.array(np.random.default_rng(0).integers(3, TINY_VOCAB, (1, context))), cache=cache)
+    mx.eval([c.state for c in cache])
+    measured = sum(c.nbytes for c in cache)
+    assert measured == kv_bytes(model.config.text_config, context, float_bytes=4)
+
+
+def test_published_kv_per_token_figures():
+    per_token = {n: kv_bytes_per_token(TextConfig.from_dict(c)) for n, c in VARIANT_CONFIGS.items()}
+    assert per_token == {"E2B": 6 * 1024, "E4B": 16 * 1024, "26B-A4B": 20 * 1024, "31B": 80 * 1024}
+    eight_bit = kv_bytes_per_token(TextConfig.from_dict(VARIANT_CONFIGS["31B"]), kv_bits=8)
+    assert eight_bit <= 0.55 * per_token["31B"]
+
+
+def test_largest_context_fits_and_grows_with_memory():
+    config = TextConfig.from_dict({**VARIANT_CONFIGS["E2B"], "max_position_embeddings": 131072})
+    small = largest_context(config, 4 * 1024 ** 3)
+    large = largest_context(config, 32 * 1024 ** 3)
+    assert 0 < small < large <= 131072
+    assert largest_context(config, 1 * 1024 ** 3) == 0  # weights alone do not fit
+
+
+def test_variant_table_prints_every_row():
+    rows = variant_table()
+    assert len(rows) == 4 * 4 * 3
+    text = format_table(rows)
+    assert "31B" in text and "256K" in text
