@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = {"ask"}
+COMMANDS = {"ask", "plan"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -30,7 +30,40 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
+    plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
+    plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")
     return parser
+
+
+def run_plan(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the planner's table: weights, KV (16/8/4-bit) and prefill scratch per context."""
+    from mlx_model.planner import GIB, format_table, largest_context, plan, variant_table
+
+    contexts = tuple(args.context or (8192, 32768, 131072, 262144))
+    if not args.model:
+        out.write(format_table(variant_table(contexts)) + "\n")
+        return 0
+    from mlx_model.loader import ModelLoadError, read_config, weight_files
+    from mlx_model.model import ModelConfig
+
+    path = Path(args.model).expanduser()
+    try:
+        config = ModelConfig.from_dict(read_config(path)).text_config
+        weights = sum(f.stat().st_size for f in weight_files(path))
+    except (ModelLoadError, ValueError) as error:
+        raise CliError(str(error)) from error
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for context in contexts:
+        for bits in (None, 8, 4):
+            p = plan(config, context, kv_bits=bits, weights=weights)
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV: weights {p.weights / GIB:.2f} GiB, "
+                      f"KV {p.kv / GIB:.2f} GiB, scratch {p.scratch / GIB:.2f} GiB, total {p.total / GIB:.2f} GiB\n")
+    out.write(f"largest context on this machine ({total / GIB:.0f} GiB): "
+              f"{largest_context(config, total, weights=weights)} tokens\n")
+    return 0
 
 
 def _user_content(question: str, images: list[str], audio: list[str], videos: list[str]):
@@ -108,6 +141,8 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
     try:
         if args.command == "ask":
             return run_ask(args, out, err)
+        if args.command == "plan":
+            return run_plan(args, out)
         parser.print_help(err)
         return 2
     except CliError as error:
