@@ -96,6 +96,7 @@ def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size:
             return logits
         model.language_model(batch, cache=cache)
         mx.eval([c.state for c in cache])
+        mx.clear_cache()  # return the chunk's scratch to the system before the next one
         if on_chunk:
             on_chunk(chunk)
     return None
