@@ -215,11 +215,14 @@ def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: 
 
 def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSettings, *,
                session=None, cancel: Optional[threading.Event] = None,
-               logits_processors: Optional[list[Callable]] = None) -> Iterator[GenerationEvent]:
+               logits_processors: Optional[list[Callable]] = None,
+               document_cache=None, model_id: Optional[str] = None) -> Iterator[GenerationEvent]:
     """Prefill what the cache lacks, generate, and stream parsed events ending with "done".
 
     With a `ChatSession`, the cached prefix is reused and restore points are taken at the
-    generation-prompt boundary, after the prompt and at the end of the answer.
+    generation-prompt boundary, after the prompt and at the end of the answer. With a
+    `DocumentCacheStore` (and the model's fingerprint), a long prompt prefix is read back from
+    disk when the session is empty, and saved there after it was computed.
     """
     from .output_parser import OutputParser
     from .session import ChatSession
@@ -229,6 +232,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     tokens = prepared.tokens
     mx.reset_peak_memory()
     started = time.perf_counter()
+    if document_cache is not None and model_id:
+        session.load_saved_prefix(document_cache, model_id, tokens)
     reused = session.prepare(tokens)
     stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=reused)
     boundary = prepared.generation_prompt_start
@@ -237,6 +242,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
                 on_chunk=session.append)
         if len(session.tokens) == boundary:
             session.mark()
+            if document_cache is not None and model_id:
+                document_cache.save(model_id, session.tokens, session.cache)
     logits = None
     if not (cancel is not None and cancel.is_set()):
         logits = prefill(model, tokens[len(session.tokens):], session.cache, cancel=cancel,
@@ -307,10 +314,13 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
 def stream_generate(model, processor, messages: Optional[list[dict]] = None, *, prompt: Optional[str] = None,
                     tools: Optional[list[dict]] = None, enable_thinking: bool = False,
                     sampling: SamplingSettings = SamplingSettings(),
-                    cancel: Optional[threading.Event] = None, session=None) -> Iterator[GenerationEvent]:
+                    cancel: Optional[threading.Event] = None, session=None, document_cache=None,
+                    model_id: Optional[str] = None) -> Iterator[GenerationEvent]:
     """Render `messages` with the model's chat format (or take a raw `prompt`) and stream the reply.
 
-    Pass the conversation's `ChatSession` to reuse its cache across turns.
+    Pass the conversation's `ChatSession` to reuse its cache across turns, and a
+    `DocumentCacheStore` with the model's fingerprint to reuse long prefixes across sessions.
     """
     prepared = prepare_prompt(processor, messages, prompt=prompt, tools=tools, enable_thinking=enable_thinking)
-    yield from run_prompt(model, processor, prepared, sampling, session=session, cancel=cancel)
+    yield from run_prompt(model, processor, prepared, sampling, session=session, cancel=cancel,
+                          document_cache=document_cache, model_id=model_id)

@@ -79,6 +79,27 @@ class ChatSession:
         """Record tokens that have just been run through the model into the cache."""
         self.tokens.extend(int(t) for t in tokens)
 
+    def load_saved_prefix(self, store, model_id: str, prompt_tokens: Sequence[int]) -> int:
+        """Into an empty session, memory-map the longest prefix of `prompt_tokens` saved on disk.
+
+        A damaged or foreign file is dropped by the store and the session simply starts empty.
+        """
+        from .document_cache import CacheFileError
+
+        if self.tokens:
+            return 0
+        entry = store.lookup(model_id, prompt_tokens)
+        if entry is None:
+            return 0
+        try:
+            n = store.load_into(entry, self.cache)
+        except CacheFileError:
+            self.reset()
+            return 0
+        self.tokens = [int(t) for t in prompt_tokens[:n]]
+        self.mark()
+        return n
+
     @property
     def n_cached(self) -> int:
         return len(self.tokens)
