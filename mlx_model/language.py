@@ -395,8 +395,15 @@ class TextModel(nn.Module):
         return (proj + token_inputs) * (2.0 ** -0.5)
 
     def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> dict:
-        """One mask per layer type, from the first cache of that type (or a plain causal one)."""
-        masks = dict(overrides or {})
+        """One mask per layer type, from the first cache of that type (or a plain causal one).
+
+        `overrides["vision_blocks"]` ([B, L] block ids, -1 outside images) makes sliding layers attend
+        bidirectionally inside each image: window AND (causal OR same block); full layers stay causal
+        (HF:2150-2230).
+        """
+        overrides = dict(overrides or {})
+        blocks = overrides.pop("vision_blocks", None)
+        masks = dict(overrides)
         for layer, c in zip(self.layers, cache):
             kind = layer.layer_type
             if kind in masks:
@@ -410,7 +417,25 @@ class TextModel(nn.Module):
                 masks[kind] = window_mask(n_queries, 0, n_queries, 0, window, return_array=True)
             else:
                 masks[kind] = "causal"
+        if blocks is not None and SLIDING in masks and bool((blocks >= 0).any()):
+            masks[SLIDING] = self._bidirectional_sliding_mask(blocks, cache)
         return masks
+
+    def _bidirectional_sliding_mask(self, blocks: mx.array, cache: list) -> mx.array:
+        n = blocks.shape[1]
+        sliding_cache = next((c for layer, c in zip(self.layers, cache)
+                              if c is not None and layer.layer_type == SLIDING), None)
+        window = self.config.sliding_window
+        offset = sliding_cache.offset if sliding_cache is not None else 0
+        kept = min(offset, window) if sliding_cache is not None else 0
+        base = window_mask(n, offset, kept + n, offset - kept, window, return_array=True)
+        same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
+        q_pos = mx.arange(offset, offset + n)[:, None]
+        k_pos = mx.arange(offset, offset + n)[None, :]
+        same = same & (k_pos > q_pos - window)
+        if kept:
+            same = mx.concatenate([mx.zeros((*same.shape[:2], kept), dtype=mx.bool_), same], axis=2)
+        return (base[None] | same)[:, None]
 
     def __call__(self, inputs: Optional[mx.array] = None, cache: Optional[list] = None,
                  input_embeddings: Optional[mx.array] = None, per_layer_inputs: Optional[mx.array] = None,

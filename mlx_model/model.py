@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .config import ModelConfigError
 from .language import TextConfig, TextModel
@@ -83,12 +84,33 @@ class ModelConfig:
         )
 
 
+class MultimodalInputError(ValueError):
+    """Attachments and placeholder tokens do not fit together; the message says how."""
+
+
 class Gemma4Model(nn.Module):
     """HF `Gemma4Model`: the `model.` prefix of every weight."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.language_model = TextModel(config.text_config)
+        text = config.text_config
+        self.language_model = TextModel(text)
+        self.has_vision = config.vision_config is not None
+        self.has_audio = config.audio_config is not None
+        if self.has_vision:
+            from .multimodal_embedder import MultimodalEmbedder
+            from .vision import VisionConfig, VisionModel
+
+            vision = VisionConfig.from_dict(config.vision_config)
+            self.vision_tower = VisionModel(vision)
+            self.embed_vision = MultimodalEmbedder(vision.hidden_size, text.hidden_size, vision.rms_norm_eps)
+        if self.has_audio:
+            from .audio import AudioConfig, AudioModel
+            from .multimodal_embedder import MultimodalEmbedder
+
+            audio = AudioConfig.from_dict(config.audio_config)
+            self.audio_tower = AudioModel(audio)
+            self.embed_audio = MultimodalEmbedder(audio.output_proj_dims, text.hidden_size, audio.rms_norm_eps)
 
 
 class Model(nn.Module):
@@ -109,16 +131,81 @@ class Model(nn.Module):
 
     def __call__(self, inputs: Optional[mx.array] = None, cache: Optional[list] = None,
                  input_embeddings: Optional[mx.array] = None, per_layer_inputs: Optional[mx.array] = None,
-                 logits_to_keep: int = 0, mask_overrides: Optional[dict] = None) -> mx.array:
+                 logits_to_keep: int = 0, mask_overrides: Optional[dict] = None,
+                 pixel_values: Optional[mx.array] = None, image_position_ids: Optional[mx.array] = None,
+                 pixel_values_videos: Optional[mx.array] = None, video_position_ids: Optional[mx.array] = None,
+                 input_features: Optional[mx.array] = None, input_features_mask: Optional[mx.array] = None,
+                 mm_token_type_ids: Optional[mx.array] = None) -> mx.array:
         """Logits [B, L, V] (or [B, logits_to_keep, V]) for token ids [B, L].
 
+        Multimodal inputs use transformers' names; their soft tokens replace the placeholder tokens.
         `logits_to_keep=1` computes the LM head for the last position only, as prefill needs.
         """
-        h = self.language_model(inputs, cache=cache, input_embeddings=input_embeddings,
-                                per_layer_inputs=per_layer_inputs, mask_overrides=mask_overrides)
+        if any(x is not None for x in (pixel_values, pixel_values_videos, input_features)):
+            input_embeddings, per_layer_inputs = self.embed_multimodal(
+                inputs,
+                image_features=self.image_features(pixel_values, image_position_ids) if pixel_values is not None
+                else None,
+                video_features=self.image_features(pixel_values_videos, video_position_ids)
+                if pixel_values_videos is not None else None,
+                audio_features=self.audio_features(input_features, input_features_mask)
+                if input_features is not None else None,
+            )
+        if mm_token_type_ids is not None and self.config.text_config.use_bidirectional_attention == "vision":
+            mask_overrides = {**(mask_overrides or {}), "vision_blocks": vision_block_ids(mm_token_type_ids)}
+        h = self.language_model(inputs if input_embeddings is None else None, cache=cache,
+                                input_embeddings=input_embeddings, per_layer_inputs=per_layer_inputs,
+                                mask_overrides=mask_overrides)
         if logits_to_keep:
             h = h[:, -logits_to_keep:, :]
         return self.logits(h)
+
+    def image_features(self, pixel_values: mx.array, position_ids: mx.array) -> mx.array:
+        """Soft tokens of images (or video frames) in text space, padding dropped: [n_tokens, hidden]."""
+        if not self.model.has_vision:
+            raise MultimodalInputError("This model has no vision tower: it cannot look at images or videos.")
+        features = self.model.vision_tower(pixel_values, position_ids)
+        if isinstance(features, (list, tuple)):
+            features = mx.concatenate(list(features), axis=0)
+        return self.model.embed_vision(features)
+
+    def audio_features(self, features: mx.array, mask: mx.array) -> mx.array:
+        """Soft tokens of audio clips in text space, padding dropped (HF:2444): [n_tokens, hidden]."""
+        if not self.model.has_audio:
+            raise MultimodalInputError("This model has no audio tower: use an E2B or E4B model for audio.")
+        hidden, valid = self.model.audio_tower(features, mask)
+        hidden = self.model.embed_audio(hidden)
+        keep = np.flatnonzero(np.array(valid).reshape(-1))
+        return hidden.reshape(-1, hidden.shape[-1])[mx.array(keep)]
+
+    def embed_multimodal(self, input_ids: mx.array, image_features: Optional[mx.array] = None,
+                         video_features: Optional[mx.array] = None,
+                         audio_features: Optional[mx.array] = None) -> tuple[mx.array, Optional[mx.array]]:
+        """Text embeddings with soft tokens in place of the placeholders, and PLE's token half.
+
+        Placeholders become pad for the text lookups (HF:2386-2393); soft tokens are not rescaled.
+        """
+        cfg, lm = self.config, self.language_model
+        ids = np.array(input_ids)
+        placeholder = {cfg.image_token_id: image_features, cfg.video_token_id: video_features,
+                       cfg.audio_token_id: audio_features}
+        is_mm = np.isin(ids, list(placeholder))
+        pad = cfg.text_config.pad_token_id or 0
+        text_ids = mx.array(np.where(is_mm, pad, ids))
+        embeds = lm.embed(text_ids)
+        per_layer = lm.per_layer_token_inputs(text_ids) if lm.ple_dim else None
+        flat = embeds.reshape(-1, embeds.shape[-1])
+        for token_id, features in placeholder.items():
+            slots = np.flatnonzero(ids.reshape(-1) == token_id)
+            n_features = 0 if features is None else features.shape[0]
+            if len(slots) != n_features:
+                raise MultimodalInputError(
+                    f"the prompt has {len(slots)} placeholder tokens for id {token_id} but the attachments gave "
+                    f"{n_features} soft tokens; build prompts with the model's processor"
+                )
+            if n_features:
+                flat[mx.array(slots)] = features.astype(flat.dtype)
+        return flat.reshape(embeds.shape), per_layer
 
     def logits(self, hidden: mx.array) -> mx.array:
         """LM head (tied to the embeddings unless the checkpoint says otherwise) and softcap."""
@@ -155,6 +242,13 @@ class Model(nn.Module):
             if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
                 name += ".weight"
             out[name] = value
+        for tower in ("vision_tower", "audio_tower"):
+            module = getattr(self.model, tower, None)
+            if module is not None and hasattr(module, "sanitize"):
+                prefix = f"model.{tower}."
+                part = {k: v for k, v in out.items() if k.startswith(prefix)}
+                out = {k: v for k, v in out.items() if not k.startswith(prefix)}
+                out.update(module.sanitize(part))
         return out
 
     @property
@@ -167,6 +261,15 @@ class Model(nn.Module):
             return hasattr(module, "to_quantized")
 
         return predicate
+
+
+def vision_block_ids(mm_token_type_ids: mx.array) -> mx.array:
+    """Index of the image/video block each token belongs to, -1 for other tokens (HF:2215)."""
+    types = np.array(mm_token_type_ids)
+    is_vision = (types == 1) | (types == 2)
+    starts = is_vision & ~np.concatenate([np.zeros_like(is_vision[:, :1]), is_vision[:, :-1]], axis=1)
+    groups = np.cumsum(starts, axis=1) - 1
+    return mx.array(np.where(is_vision, groups, -1))
 
 
 def _canonical_name(name: str) -> Optional[str]:
