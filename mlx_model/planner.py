@@ -111,9 +111,11 @@ def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_
 
 
 def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
-    """Peak temporary memory of one prefill chunk: the widest activations of one layer plus attention.
+    """Peak temporary memory of one prefill chunk at `context` tokens.
 
-    The LM head runs for one position only, so the vocabulary does not scale with the chunk.
+    The widest activations of one layer; attention scores and their softmax for the chunk against
+    every cached key (the SDPA fallback for 256/512-wide heads materialises both); one full-attention
+    layer's KV held twice while its cache grows; and the LM head for one position only.
     """
     h = config.hidden_size
     widest_mlp = config.intermediate_size * (2 if config.use_double_wide_mlp else 1)
@@ -123,10 +125,11 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
     activations = chunk * (4 * h + 3 * widest_mlp + 2 * q_width) * float_bytes
     if config.hidden_size_per_layer_input:
         activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
-    keys = min(context, chunk + context)
-    scores = config.num_attention_heads * chunk * keys * 4  # attention weights in float32
+    scores = 2 * config.num_attention_heads * chunk * context * float_bytes
+    growth = max((2 * context * config.layer_kv_heads[i] * config.layer_head_dims[i] * float_bytes
+                  for i in range(config.first_shared_layer) if config.layer_types[i] == FULL), default=0)
     logits = config.vocab_size * 4 * 2
-    return activations + scores + logits
+    return activations + scores + growth + logits
 
 
 def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int,
