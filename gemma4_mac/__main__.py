@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = {"ask", "plan"}
+COMMANDS = {"ask", "plan", "serve"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Dispatch to the command line or the window."""
+    """Dispatch to the command line, the server or the window."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        from .server import main as serve_main
+
+        return serve_main(argv[1:], err=sys.stderr)
     if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
         from .cli import main as cli_main
 

@@ -122,6 +122,8 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     in_thought = False
                 out.write(event.text)
                 out.flush()
+            elif event.kind == "notice":
+                err.write(f"[note] {event.text}\n")
             elif event.kind == "tool_call":
                 out.write(f"\n[tool call] {json.dumps(event.tool_call, ensure_ascii=False)}\n")
             elif event.kind == "done":
@@ -129,7 +131,8 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 stats = event.stats
                 err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
                           f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
-    except GenerationError as error:
+    except (GenerationError, ValueError) as error:
+        # ValueError: attachments the model cannot use (MultimodalInputError, unreadable image/audio/video)
         raise CliError(str(error)) from error
     return 0
 

@@ -83,6 +83,13 @@ def _unflatten_state(arrays: dict[str, mx.array], layout: list, cache: list) -> 
         c.state = state
 
 
+def _valid_meta(meta) -> bool:
+    """A description with the fields lookup and eviction read, of the right types."""
+    return (isinstance(meta, dict) and isinstance(meta.get("n_tokens"), int) and isinstance(meta.get("model_id"), str)
+            and isinstance(meta.get("tokens_sha256"), str) and isinstance(meta.get("file_sha256"), str)
+            and isinstance(meta.get("layout"), list) and isinstance(meta.get("last_used", 0), (int, float)))
+
+
 @dataclass
 class CacheEntry:
     """One saved prefix: its files and description."""
@@ -111,6 +118,8 @@ class DocumentCacheStore:
             try:
                 meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                meta = None
+            if not _valid_meta(meta):
                 self._remove(meta_path.stem)  # a half-written or damaged description: drop the entry
                 continue
             entries.append(CacheEntry(meta_path.stem, self.root / f"{meta_path.stem}.safetensors", meta_path, meta))

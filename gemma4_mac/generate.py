@@ -16,11 +16,11 @@ import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 
-PREFILL_CHUNK = 512
+from .prefill import PREFILL_CHUNK, GenerationError, prefill
 
-
-class GenerationError(RuntimeError):
-    """Generation cannot start: the message says what is wrong with the request."""
+__all__ = ["PREFILL_CHUNK", "GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt",
+           "SamplingSettings", "TokenStep", "generate_tokens", "prefill", "prepare_prompt", "run_prompt",
+           "stream_generate"]
 
 
 @dataclass
@@ -55,7 +55,7 @@ class GenerationStats:
 class GenerationEvent:
     """One step of the stream: answer or thought text, a parsed tool call, or the end with stats."""
 
-    kind: str  # "answer" | "thought" | "tool_call" | "done"
+    kind: str  # "answer" | "thought" | "tool_call" | "notice" | "done"
     text: str = ""
     tool_call: Optional[dict] = None
     token_ids: list[int] = field(default_factory=list)
@@ -68,38 +68,6 @@ class TokenStep:
 
     token: int
     logprobs: Optional[mx.array] = None
-
-
-def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size: int = PREFILL_CHUNK,
-            cancel: Optional[threading.Event] = None, want_logits: bool = True,
-            on_chunk: Optional[Callable[[Sequence[int]], None]] = None) -> Optional[mx.array]:
-    """Run tokens through the model in bounded chunks; returns the last position's logits.
-
-    Only the last chunk computes the LM head, and only for its last position. `on_chunk` hears
-    each chunk once it is in the cache. Returns None when cancelled or when no logits are wanted.
-    """
-    ids = list(tokens.tolist() if isinstance(tokens, mx.array) else tokens)
-    if not ids:
-        raise GenerationError("The prompt is empty: type a message first.")
-    start = 0
-    while start < len(ids):
-        if cancel is not None and cancel.is_set():
-            return None
-        chunk = ids[start:start + chunk_size]
-        start += len(chunk)
-        batch = mx.array(chunk)[None]
-        if start == len(ids) and want_logits:
-            logits = model(batch, cache=cache, logits_to_keep=1)[:, -1, :]
-            mx.eval(logits)
-            if on_chunk:
-                on_chunk(chunk)
-            return logits
-        model.language_model(batch, cache=cache)
-        mx.eval([c.state for c in cache])
-        mx.clear_cache()  # return the chunk's scratch to the system before the next one
-        if on_chunk:
-            on_chunk(chunk)
-    return None
 
 
 def generate_tokens(model, first_logits: mx.array, cache: list, sampling: SamplingSettings, *,
@@ -183,34 +151,67 @@ def _events_from_parser(parsed) -> Iterator[GenerationEvent]:
 
 @dataclass
 class PreparedPrompt:
-    """Token ids of a rendered prompt, and where its generation prompt starts (for restore points)."""
+    """Token ids of a rendered prompt, where its generation prompt starts (for restore points), and its
+    image, video and audio blocks (`mlx_model.processor.MediaBlock`)."""
 
     tokens: list[int]
     generation_prompt_start: Optional[int] = None
     parse_output: bool = True
+    media: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    opens_thought: bool = False
+
+    @property
+    def keys(self) -> list[int]:
+        """What caches match on: the tokens, with each media block's soft tokens named by its content."""
+        if not self.media:
+            return list(self.tokens)
+        keys = list(self.tokens)
+        for block in self.media:
+            keys[block.start:block.end] = [block.key] * block.length
+        return keys
+
+
+def _tokenizer_of(processor):
+    return processor.tokenizer if hasattr(processor, "tokenizer") else processor
 
 
 def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: Optional[str] = None,
                    tools: Optional[list[dict]] = None, enable_thinking: bool = False) -> PreparedPrompt:
-    """Render and tokenize a conversation (or take raw text, for base models)."""
+    """Render and tokenize a conversation with its attachments (or take raw text, for base models)."""
+    from .output_parser import prompt_opens_thought
+
     if processor is None:
         raise GenerationError("This model folder has no tokenizer files, so it cannot read text.")
-    tokenizer = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    tokenizer = _tokenizer_of(processor)
     if prompt is not None:
-        return PreparedPrompt(tokenizer.encode(prompt, add_special_tokens=True), None, parse_output=False)
+        tokens = tokenizer.encode(prompt, add_special_tokens=True)
+        bos = getattr(tokenizer, "bos_token_id", None)
+        if bos is not None and (not tokens or tokens[0] != bos):
+            tokens = [bos] + tokens  # a base model was trained on documents that start with <bos>
+        return PreparedPrompt(tokens, None, parse_output=False)
     if not messages:
         raise GenerationError("Nothing to answer: the conversation has no messages.")
     text = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
                                          add_generation_prompt=True)
-    tokens = tokenizer.encode(text, add_special_tokens=False)
+    media, notes = [], []
+    if hasattr(processor, "process_text"):
+        from mlx_model.processor import media_parts
+
+        parts = media_parts(messages)
+        processor._check_abilities(parts)
+        processed = processor.process_text(text, parts)
+        tokens, media, notes = processed.tokens, processed.media, processed.notes
+    else:
+        tokens = tokenizer.encode(text, add_special_tokens=False)
     head = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
                                          add_generation_prompt=False)
     boundary = None
     if text.startswith(head) and len(head) < len(text):
-        head_tokens = tokenizer.encode(head, add_special_tokens=False)
-        if tokens[: len(head_tokens)] == head_tokens:
-            boundary = len(head_tokens)
-    return PreparedPrompt(tokens, boundary)
+        suffix = tokenizer.encode(text[len(head):], add_special_tokens=False)
+        if suffix and tokens[-len(suffix):] == suffix:
+            boundary = len(tokens) - len(suffix)
+    return PreparedPrompt(tokens, boundary, media=media, notes=notes, opens_thought=prompt_opens_thought(text))
 
 
 def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSettings, *,
@@ -227,27 +228,30 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     from .output_parser import OutputParser
     from .session import ChatSession
 
-    tokenizer = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    tokenizer = _tokenizer_of(processor)
     session = session if session is not None else ChatSession(model)
-    tokens = prepared.tokens
+    tokens, keys, media = prepared.tokens, prepared.keys, prepared.media
+    for note in prepared.notes:  # e.g. a long recording split into 30 s clips: the person is told
+        yield GenerationEvent("notice", note)
     mx.reset_peak_memory()
     started = time.perf_counter()
     if document_cache is not None and model_id:
-        session.load_saved_prefix(document_cache, model_id, tokens)
-    reused = session.prepare(tokens)
+        session.load_saved_prefix(document_cache, model_id, keys)
+    reused = session.prepare(keys)
     stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=reused)
     boundary = prepared.generation_prompt_start
     if boundary is not None and reused < boundary < len(tokens):
         prefill(model, tokens[reused:boundary], session.cache, cancel=cancel, want_logits=False,
-                on_chunk=session.append)
+                on_chunk=session.append, media=media, position=reused, keys=keys[reused:boundary])
         if len(session.tokens) == boundary:
             session.mark()
             if document_cache is not None and model_id:
                 document_cache.save(model_id, session.tokens, session.cache)
     logits = None
     if not (cancel is not None and cancel.is_set()):
-        logits = prefill(model, tokens[len(session.tokens):], session.cache, cancel=cancel,
-                         on_chunk=session.append)
+        done = len(session.tokens)
+        logits = prefill(model, tokens[done:], session.cache, cancel=cancel, on_chunk=session.append,
+                         media=media, position=done, keys=keys[done:])
     if logits is None:
         stats.finish_reason = "cancelled"
         yield GenerationEvent("done", stats=stats)
@@ -258,7 +262,7 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     eos_ids = set(tokenizer.eos_token_ids)
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
-    parser = OutputParser() if prepared.parse_output else None
+    parser = OutputParser(in_thought=prepared.opens_thought) if prepared.parse_output else None
     stops = StopStringWatcher(sampling.stop_strings)
     first_token_at = None
     finish = "length"

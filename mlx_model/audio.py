@@ -68,7 +68,8 @@ class AudioConfig:
         # sanitize() tells HF from MLX conv layouts by shape; these values would make them identical.
         if self.subsampling_conv_channels[0] == 3 or self.conv_kernel_size == 1:
             raise ModelConfigError(
-                "audio_config with subsampling_conv_channels[0] == 3 or conv_kernel_size == 1 is not supported."
+                "audio_config with subsampling_conv_channels[0] == 3 or conv_kernel_size == 1 "
+                "is not supported."
             )
 
     @classmethod
@@ -116,7 +117,7 @@ class SubSampleConvProjectionLayer(nn.Module):
     def __call__(self, x: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
         # x: [B, T, F, C]; padded frames are zeroed before the conv (HF:380)
         x = x * mask[:, :, None, None].astype(x.dtype)
-        x = nn.relu(self.norm(self.conv(x)))
+        x = nn.relu(self.norm(self.conv(x.astype(self.conv.weight.dtype))))  # HF:383 runs in the conv's dtype
         return x, mask[:, ::2]
 
 
@@ -139,7 +140,7 @@ class SubSampleConvProjection(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Macaron half-step FFN: clip, RMSNorm, 4x SiLU MLP, clip, RMSNorm, * residual_weight, + residual (HF:420)."""
+    """Macaron half-step FFN (HF:420): clip, RMSNorm, 4x MLP, clip, RMSNorm, * residual_weight, + residual."""
 
     def __init__(self, config: AudioConfig):
         super().__init__()
@@ -217,9 +218,10 @@ class Attention(nn.Module):
         return x.reshape(b, num_blocks, self.chunk_size, n, d)
 
     def _block_context(self, x: mx.array, num_blocks: int) -> mx.array:
-        """[B, T, N, D] -> overlapping windows [B, nb, context, N, D] strided by chunk_size (HF:288 unfold)."""
+        """[B, T, N, D] -> overlapping windows [B, nb, context, N, D] strided by chunk (HF:288 unfold)."""
         b, t, n, d = x.shape
-        x = mx.pad(x, [(0, 0), (self.max_past_horizon, self.max_future_horizon + self.chunk_size - 1), (0, 0), (0, 0)])
+        right = self.max_future_horizon + self.chunk_size - 1
+        x = mx.pad(x, [(0, 0), (self.max_past_horizon, right), (0, 0), (0, 0)])
         index = mx.arange(num_blocks)[:, None] * self.chunk_size + mx.arange(self.context_size)[None, :]
         return mx.take(x, index.reshape(-1), axis=1).reshape(b, num_blocks, self.context_size, n, d)
 
@@ -316,7 +318,7 @@ class ConformerLayer(nn.Module):
 
 
 class AudioModel(nn.Module):
-    """The audio tower: `(features [B, T, 128], mask [B, T]) -> (hidden [B, T', output_proj_dims], mask [B, T'])`."""
+    """The audio tower: (features [B, T, 128], mask [B, T]) -> (hidden [B, T', out_dims], mask [B, T'])."""
 
     def __init__(self, config: AudioConfig):
         super().__init__()
@@ -341,7 +343,9 @@ class AudioModel(nn.Module):
         q_pos = (mx.arange(num_blocks)[:, None, None] * chunk + mx.arange(chunk)[None, :, None])
         k_pos = mx.arange(num_blocks)[:, None, None] * chunk - past + mx.arange(context)[None, None, :]
         distance = q_pos - k_pos
-        in_window = ((distance >= 0) & (distance < past)) | ((distance < 0) & (-distance < cfg.attention_context_right))
+        in_window = ((distance >= 0) & (distance < past)) | (
+            (distance < 0) & (-distance < cfg.attention_context_right)
+        )
         in_range = (q_pos < t) & (k_pos >= 0) & (k_pos < t)
         key_real = mx.take(mask, mx.clip(k_pos, 0, max(t - 1, 0)).reshape(-1), axis=1)
         key_real = key_real.reshape(mask.shape[0], num_blocks, 1, context)
@@ -352,7 +356,8 @@ class AudioModel(nn.Module):
         if input_features_mask is None:
             input_features_mask = mx.ones(input_features.shape[:2], dtype=mx.bool_)
         if input_features.shape[1] == 0:
-            empty = mx.zeros((input_features.shape[0], 0, self.config.output_proj_dims), dtype=input_features.dtype)
+            shape = (input_features.shape[0], 0, self.config.output_proj_dims)
+            empty = mx.zeros(shape, dtype=input_features.dtype)
             return empty, input_features_mask.astype(mx.bool_)
         x, mask = self.subsample_conv_projection(input_features, input_features_mask.astype(mx.bool_))
         position_embeddings = self.rel_pos_enc(x.dtype)

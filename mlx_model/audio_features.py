@@ -35,7 +35,11 @@ def mel_to_hertz(mels: np.ndarray | float) -> np.ndarray | float:
 
 
 def htk_mel_filter_bank(
-    num_frequency_bins: int, num_mel_filters: int, min_frequency: float, max_frequency: float, sampling_rate: int
+    num_frequency_bins: int,
+    num_mel_filters: int,
+    min_frequency: float,
+    max_frequency: float,
+    sampling_rate: int,
 ) -> np.ndarray:
     """Triangular HTK mel filters without normalisation, float64 [num_frequency_bins, num_mel_filters].
 
@@ -92,11 +96,12 @@ class AudioFeatureExtractor:
         self.fft_length = fft_length * 2 if self.fft_overdrive else fft_length
         self._window = periodic_hann(self.frame_length)
         self._mel_filters = htk_mel_filter_bank(
-            self.fft_length // 2 + 1, self.feature_size, self.min_frequency, self.max_frequency, self.sampling_rate
+            self.fft_length // 2 + 1, self.feature_size, self.min_frequency, self.max_frequency,
+            self.sampling_rate,
         )
         self._mel_floor = np.array(self.mel_floor, dtype=np.float64)
-        self._mean = None if self.per_bin_mean is None else np.array(self.per_bin_mean).reshape(1, 1, -1)
-        self._stddev = None if self.per_bin_stddev is None else np.array(self.per_bin_stddev).reshape(1, 1, -1)
+        self._mean = None if self.per_bin_mean is None else np.array(self.per_bin_mean).reshape(1, -1)
+        self._stddev = None if self.per_bin_stddev is None else np.array(self.per_bin_stddev).reshape(1, -1)
         self._rng = np.random.default_rng(self.dither_seed)
 
     @classmethod
@@ -111,9 +116,10 @@ class AudioFeatureExtractor:
         return max(0, (num_samples + self.frame_length // 2 - (self.frame_length + 1)) // self.hop_length + 1)
 
     def _spectrogram(self, waveform: np.ndarray, sample_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One padded clip -> (log-mel [frames, bins] float64, frame mask [frames] bool). Mirrors FE:163-217."""
+        """One padded clip -> (log-mel [frames, bins] float64, frame mask [frames] bool); FE:163-217."""
         if self.dither > 0.0:
-            waveform = waveform + self.dither * self._rng.standard_normal(waveform.shape).astype(waveform.dtype)
+            noise = self._rng.standard_normal(waveform.shape).astype(waveform.dtype)
+            waveform = waveform + self.dither * noise
         if self.input_scale_factor != 1.0:
             waveform = waveform * self.input_scale_factor
         # FE:177 semicausal padding: frame_length // 2 zeros in front, first frame centred at t = 0
@@ -124,9 +130,9 @@ class AudioFeatureExtractor:
         count = self.num_frames(len(waveform) - pad_left)
         if count == 0:
             return np.zeros((0, self.feature_size)), np.zeros((0,), dtype=bool)
-        frames = np.lib.stride_tricks.as_strided(
-            waveform, shape=(count, span), strides=(waveform.strides[0] * self.hop_length, waveform.strides[0])
-        )
+        step = waveform.strides[0]
+        strides = (step * self.hop_length, step)
+        frames = np.lib.stride_tricks.as_strided(waveform, shape=(count, span), strides=strides)
         if self.preemphasis > 0.0:
             if self.preemphasis_htk_flavor:
                 first = frames[..., :1] * (1.0 - self.preemphasis)
@@ -139,9 +145,9 @@ class AudioFeatureExtractor:
         spectrum = np.abs(np.fft.rfft(frames * self._window, n=self.fft_length, axis=-1))
         log_mel = np.log(np.matmul(spectrum, self._mel_filters) + self._mel_floor)
         if self._mean is not None:
-            log_mel = log_mel - self._mean[0]
+            log_mel = log_mel - self._mean
         if self._stddev is not None:
-            log_mel = log_mel / self._stddev[0]
+            log_mel = log_mel / self._stddev
         # FE:211 a frame is valid only when its last sample is real audio
         frame_ends = np.arange(count) * self.hop_length + span - 1
         return log_mel, sample_mask[frame_ends].astype(bool)
@@ -160,7 +166,8 @@ class AudioFeatureExtractor:
             clip = np.asarray(clip)
             if clip.ndim != 1:
                 raise AudioFeatureError(
-                    f"audio clip {index} has shape {clip.shape}; expected mono samples (1-D). Mix it down first."
+                    f"audio clip {index} has shape {clip.shape}; expected mono samples (1-D). "
+                    "Mix it down first."
                 )
             # FE pads via SequenceFeatureExtractor.pad, which stores float64 input as float32
             clip = clip.astype(np.float32, copy=False)[: self.max_length]
@@ -199,7 +206,9 @@ def num_audio_soft_tokens(num_samples_16k: int) -> int:
     return -(-valid_frames // 4)
 
 
-def split_into_clips(samples: np.ndarray, rate: int = SAMPLE_RATE, max_seconds: float = MAX_CLIP_SECONDS) -> list:
+def split_into_clips(
+    samples: np.ndarray, rate: int = SAMPLE_RATE, max_seconds: float = MAX_CLIP_SECONDS
+) -> list[np.ndarray]:
     """Cut mono samples into consecutive clips of at most `max_seconds` (the tower's 30 s limit).
 
     A final remainder too short to yield a soft token (10 ms or less at 16 kHz) is dropped;

@@ -20,10 +20,11 @@ import soxr
 
 TARGET_RATE = 16_000
 DEFAULT_MAX_SECONDS = 600.0
-# Decoded audio shorter than the declared length by more than this is reported as truncated.
-_TRUNCATION_TOLERANCE_SECONDS = 0.5
-# Containers whose declared length is exact (sample counts in the header), so a shortfall means damage.
-_EXACT_LENGTH_FORMATS = {"wav", "flac", "aiff", "w64"}
+# Decoded audio shorter than the declared length by more than max(0.5 s, 5 %) is reported as damaged.
+_SHORTFALL_SECONDS = 0.5
+_SHORTFALL_FRACTION = 0.05
+# Declared lengths of compressed streams are estimates; refuse up front only when clearly over the limit.
+_DECLARED_SLACK_SECONDS = 1.0
 
 AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -67,25 +68,57 @@ def _source_name(source: AudioSource, name: Optional[str]) -> str:
     return os.fspath(source)
 
 
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _open(source: AudioSource, label: str):
+    """Open with FFmpeg after the checks FFmpeg does not do; returns the container."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise AudioLoadError(f"{label} is empty (0 bytes); record or choose the audio again.")
-        handle = io.BytesIO(bytes(source))
+        data = bytes(source)
+        size, head, handle = len(data), data[:12], io.BytesIO(data)
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise AudioLoadError(f"{label}: no such file; check the path.")
-        if os.path.getsize(path) == 0:
-            raise AudioLoadError(f"{label} is empty (0 bytes); the file is damaged or was not fully written.")
+        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as file:
+                head = file.read(12)
+        except OSError as error:
+            message = f"{label} cannot be read ({error.strerror}); check its permissions."
+            raise AudioLoadError(message) from error
         handle = path
+    if size == 0:
+        raise AudioLoadError(
+            f"{label} is empty (0 bytes): it is damaged or was not fully written. "
+            "Re-download or re-export it."
+        )
+    _check_riff_size(head, size, label)
     try:
         return av.open(handle, mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
         raise AudioLoadError(
-            f"{label} is not an audio file FFmpeg can read ({error}). Use wav, flac, mp3, m4a/aac or ogg, "
-            "or re-export it from an audio editor."
+            f"{label} cannot be read as audio ({error}): it is damaged, cut short or not audio. "
+            "Use wav, flac, mp3, m4a/aac or ogg, or re-export it from an audio editor."
         ) from error
+
+
+def _check_riff_size(head: bytes, size: int, label: str) -> None:
+    """A WAV whose RIFF header promises more bytes than the file holds was cut short.
+
+    FFmpeg silently decodes what is there, so this is checked by hand. Streaming writers put 0 or
+    0xFFFFFFFF in the size field; those are not checked.
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    riff_size = int.from_bytes(head[4:8], "little")
+    if riff_size in (0, 0xFFFFFFFF) or riff_size + 8 <= size + 1:
+        return
+    raise AudioLoadError(
+        f"{label} is truncated: its header declares {riff_size + 8} bytes but the file has {size}. "
+        "Re-download or re-export the file."
+    )
 
 
 def _declared_seconds(container, stream) -> Optional[float]:
@@ -96,18 +129,71 @@ def _declared_seconds(container, stream) -> Optional[float]:
     return None
 
 
-def _float_frames(container, stream) -> Iterator[np.ndarray]:
-    """Decoded frames as planar float32 [channels, samples] at the stream's rate."""
-    converter = None
+def _too_long_message(label: str, declared: Optional[float], max_seconds: float) -> str:
+    length = f"is {_format_seconds(declared)} long, over" if declared is not None else "is longer than"
+    return (
+        f"{label} {length} the limit of {_format_seconds(max_seconds)}. Trim the recording, "
+        "or load it with truncate=True to use only the beginning."
+    )
+
+
+_INTEGER_SCALE = {
+    np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int64): 9223372036854775808.0,
+    np.dtype(np.int8): 128.0,
+}
+
+
+def _to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1); float samples unchanged."""
+    if data.dtype == np.uint8:
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if data.dtype in _INTEGER_SCALE:
+        return (data.astype(np.float64) / _INTEGER_SCALE[data.dtype]).astype(np.float32)
+    if np.issubdtype(data.dtype, np.floating):
+        return data.astype(np.float32, copy=False)
+    raise TypeError(f"unsupported sample type {data.dtype}")
+
+
+def _mono_frames(container, stream) -> Iterator[tuple[int, np.ndarray]]:
+    """Decoded frames as (rate, mono float32 samples), channels averaged."""
     for packet in container.demux(stream):
         for frame in packet.decode():
-            if converter is None or frame.sample_rate != converter.rate:
-                converter = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=frame.sample_rate)
-            for converted in converter.resample(frame):
-                yield converted.sample_rate, converted.to_ndarray().reshape(len(converted.layout.channels), -1)
-    if converter is not None:
-        for converted in converter.resample(None):
-            yield converted.sample_rate, converted.to_ndarray().reshape(len(converted.layout.channels), -1)
+            data = frame.to_ndarray()
+            channels = len(frame.layout.channels) or 1
+            if not frame.format.is_planar:  # packed: [1, samples * channels], interleaved
+                data = data.reshape(-1, channels).T
+            yield frame.sample_rate, _to_float(data).mean(axis=0, dtype=np.float32)
+
+
+def _decode_to_target_rate(container, stream, label: str, max_seconds: float, truncate: bool):
+    """Stream-decode to 16 kHz mono; returns (samples, seconds decoded, whether cut at max_seconds, rate)."""
+    pieces, resampler, rate = [], None, None
+    decoded_seconds, truncated = 0.0, False
+    try:
+        for frame_rate, mono in _mono_frames(container, stream):
+            if rate != frame_rate:
+                if resampler is not None:  # the stream changed rate: flush the old resampler
+                    pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                rate = frame_rate
+                resampler = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+            room = int(round((max_seconds - decoded_seconds) * rate))
+            if room < mono.size:
+                if not truncate:
+                    raise AudioLoadError(_too_long_message(label, None, max_seconds))
+                mono, truncated = mono[: max(room, 0)], True
+            decoded_seconds += mono.size / rate
+            pieces.append(resampler.resample_chunk(mono))
+            if truncated:
+                break
+    except av.error.FFmpegError as error:
+        raise AudioLoadError(
+            f"{label} is damaged: decoding failed after {decoded_seconds:.1f} s ({error}). "
+            "Re-download or re-export the file."
+        ) from error
+    if resampler is not None:
+        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    return samples, decoded_seconds, truncated, rate
 
 
 def load_audio(
@@ -121,82 +207,46 @@ def load_audio(
 
     Raises AudioLoadError for missing, empty, damaged, truncated or non-audio input, and for audio
     longer than `max_seconds` unless `truncate=True` (then only the first `max_seconds` are decoded).
-    `name` labels the source in messages (defaults to the path).
+    The format is recognised from the content, not the file name. `name` labels the source in messages.
     """
     label = _source_name(source, name)
-    container = _open(source, label)
-    with container:
+    with _open(source, label) as container:
         audio_streams = [s for s in container.streams if s.type == "audio"]
         if not audio_streams:
-            raise AudioLoadError(f"{label} has no audio track ({container.format.name}); choose an audio file.")
+            raise AudioLoadError(
+                f"{label} has no audio track (FFmpeg reads it as {container.format.name}); "
+                "choose an audio file."
+            )
         stream = audio_streams[0]
         declared = _declared_seconds(container, stream)
-        if declared is not None and declared > max_seconds and not truncate:
+        if declared is not None and declared > max_seconds + _DECLARED_SLACK_SECONDS and not truncate:
             raise AudioLoadError(_too_long_message(label, declared, max_seconds))
-        original_rate = stream.codec_context.sample_rate or 0
-        original_channels = stream.codec_context.channels or 0
-        pieces, resampler, rate = [], None, None
-        decoded_seconds, truncated = 0.0, False
-        try:
-            for frame_rate, planes in _float_frames(container, stream):
-                if rate != frame_rate:
-                    if resampler is not None:  # the stream changed rate: flush the old resampler
-                        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-                    rate = frame_rate
-                    resampler = soxr.ResampleStream(rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
-                mono = planes.mean(axis=0, dtype=np.float32)
-                keep = int(round((max_seconds - decoded_seconds) * rate))
-                if keep < mono.size:
-                    if not truncate:
-                        raise AudioLoadError(_too_long_message(label, None, max_seconds))
-                    mono, truncated = mono[: max(keep, 0)], True
-                decoded_seconds += mono.size / rate
-                pieces.append(resampler.resample_chunk(mono))
-                if truncated:
-                    break
-        except av.error.FFmpegError as error:
-            raise AudioLoadError(
-                f"{label} is damaged: decoding failed after {decoded_seconds:.1f} s ({error}). "
-                "Re-download or re-export the file."
-            ) from error
-        if resampler is not None:
-            pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        samples = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
-        container_name = container.format.name
-        codec = stream.codec_context.name
-
+        samples, decoded_seconds, truncated, rate = _decode_to_target_rate(
+            container, stream, label, max_seconds, truncate
+        )
+        info = AudioInfo(
+            source=label,
+            container=container.format.name,
+            codec=stream.codec_context.name,
+            original_rate=int(stream.codec_context.sample_rate or rate or 0),
+            original_channels=int(stream.codec_context.channels or 0),
+            duration_seconds=samples.size / TARGET_RATE,
+            truncated=truncated,
+        )
     if samples.size == 0:
-        raise AudioLoadError(f"{label} contains no audio samples; the file is empty or damaged.")
+        raise AudioLoadError(
+            f"{label} contains no audio samples: it is empty or damaged. Re-export or re-download it."
+        )
     if not np.all(np.isfinite(samples)):
         raise AudioLoadError(f"{label} contains invalid (NaN or infinite) samples; re-export the file.")
-    exact = any(part in _EXACT_LENGTH_FORMATS for part in container_name.split(","))
-    if exact and declared is not None and not truncated:
-        if decoded_seconds < min(declared, max_seconds) - _TRUNCATION_TOLERANCE_SECONDS:
-            raise AudioLoadError(
-                f"{label} is truncated: its header declares {declared:.1f} s but only {decoded_seconds:.1f} s "
-                "could be decoded. Re-download or re-export the file."
-            )
-    info = AudioInfo(
-        source=label,
-        container=container_name,
-        codec=codec,
-        original_rate=int(original_rate or rate or 0),
-        original_channels=int(original_channels),
-        duration_seconds=samples.size / TARGET_RATE,
-        truncated=truncated,
-    )
+    expected = None if declared is None else min(declared, max_seconds)
+    allowance = 0.0 if expected is None else max(_SHORTFALL_SECONDS, _SHORTFALL_FRACTION * expected)
+    if expected is not None and decoded_seconds < expected - allowance:
+        raise AudioLoadError(
+            f"{label} is truncated or damaged: its header declares {_format_seconds(declared)} but only "
+            f"{_format_seconds(decoded_seconds)} could be decoded. Re-download or re-export the file."
+        )
     return samples, info
-
-
-def _too_long_message(label: str, declared: Optional[float], max_seconds: float) -> str:
-    length = f" is {declared / 60:.1f} min long;" if declared is not None else " is longer than"
-    return (
-        f"{label}{length} the limit is {max_seconds / 60:.1f} min. Trim the recording, "
-        "or load it with truncate=True to use only the beginning."
-    )
-
-
-_INTEGER_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
 
 
 def from_microphone_buffer(
@@ -226,27 +276,28 @@ def from_microphone_buffer(
     else:
         chunks = [np.asarray(chunk) for chunk in buffer]
         data = np.concatenate(chunks) if chunks else np.zeros((0, channels), np.float32)
-    if data.dtype == np.uint8:
-        data = (data.astype(np.float32) - 128.0) / 128.0
-    elif data.dtype in _INTEGER_SCALE:
-        data = data.astype(np.float32) / _INTEGER_SCALE[data.dtype]
-    elif np.issubdtype(data.dtype, np.floating):
-        data = data.astype(np.float32, copy=False)
-    else:
-        raise AudioLoadError(f"{label}: unsupported sample type {data.dtype}.")
+    source_dtype = data.dtype
+    try:
+        data = _to_float(data)
+    except TypeError as error:
+        raise AudioLoadError(f"{label}: {error}; deliver float32 or int16 samples.") from error
     if data.ndim == 1:
         if data.size % channels:
             raise AudioLoadError(f"{label}: {data.size} samples do not split into {channels} channels.")
         data = data.reshape(-1, channels)
     if data.ndim != 2 or data.shape[1] != channels:
-        raise AudioLoadError(f"{label}: expected [frames, {channels}] samples, got shape {data.shape}.")
+        raise AudioLoadError(
+            f"{label}: expected {channels} channels as [frames, {channels}] samples, got shape {data.shape}."
+        )
+    if data.shape[0] == 0:
+        raise AudioLoadError(f"{label} is empty: nothing was captured. Check the input device and record again.")
     if not np.all(np.isfinite(data)):
         raise AudioLoadError(f"{label} contains invalid (NaN or infinite) samples; record again.")
     samples = resample(to_mono(data), rate)
     info = AudioInfo(
         source=label,
         container="raw",
-        codec=str(np.dtype(dtype) if isinstance(buffer, (bytes, bytearray, memoryview)) else data.dtype),
+        codec=str(source_dtype),
         original_rate=int(rate),
         original_channels=int(channels),
         duration_seconds=samples.size / TARGET_RATE,

@@ -24,9 +24,13 @@ def read_config(path: Path) -> dict[str, Any]:
     if not config_file.is_file():
         raise ModelLoadError(f"{path} has no config.json: choose a folder that holds a converted Gemma model.")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{config_file} is not valid JSON ({err}); re-download or re-convert the model.") from err
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} holds a JSON {type(config).__name__}, not a model description; "
+                             "re-download or re-convert the model.")
+    return config
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -92,9 +96,10 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
     raw_config = read_config(path)
     try:
         config = ModelConfig.from_dict(raw_config)
-    except (ModelConfigError, TypeError, ValueError) as err:
-        raise ModelLoadError(f"{path / 'config.json'}: {err}") from err
-    model = Model(config)
+        model = Model(config)  # a value of the wrong type or size (hand-edited config) fails here
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError) as err:
+        raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
+                             "re-convert the model.") from err
     weights = model.sanitize(read_weights(path))
     if config.quantization:
         _apply_quantization(model, config.quantization, weights)

@@ -1,0 +1,71 @@
+"""`python -m convert SRC DST [--bits 4|8] [--group-size 32|64] [--no-quantize] [--dtype ...] [--force]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ConversionError
+from .pipeline import DTYPES, convert_checkpoint
+from .progress import ConversionProgress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="python -m convert",
+        description="Convert a Gemma 4 / Gemma 3 checkpoint (Hugging Face folder, hub repo id, or GGUF file) "
+                    "into an MLX model folder.")
+    parser.add_argument("src", help="checkpoint folder, hub repo id (owner/name, or owner/name/file.gguf), "
+                                    "or a .gguf file")
+    parser.add_argument("dst", help="output folder (must not exist unless --force)")
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="quantization bits (default 4)")
+    parser.add_argument("--group-size", type=int, choices=(32, 64), default=64,
+                        help="quantization group size (default 64)")
+    parser.add_argument("--no-quantize", action="store_true", help="keep every weight in float (--dtype)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16",
+                        help="float type for unquantized weights, scales and biases (default bfloat16)")
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    return parser
+
+
+class _StatusLine:
+    """One rewritten status line on a terminal; one line per stage and per 10% when logging to a file."""
+
+    def __init__(self):
+        self.last, self.logged = "", ("", -1)
+        self.interactive = sys.stderr.isatty()
+
+    def __call__(self, report: ConversionProgress) -> None:
+        line = f"[{report.stage:9s}] {report.fraction * 100:5.1f}% {report.message[:90]}"
+        if self.interactive:
+            if line != self.last:
+                sys.stderr.write("\r" + line.ljust(len(self.last)))
+                sys.stderr.flush()
+                self.last = line
+            return
+        key = (report.stage, int(report.fraction * 10))
+        if key != self.logged:
+            sys.stderr.write(line + "\n")
+            self.logged = key
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a conversion; returns the process exit status (0 ok, 1 conversion error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        out = convert_checkpoint(args.src, args.dst, bits=args.bits, group_size=args.group_size,
+                                 quantize=not args.no_quantize, dtype=args.dtype, force=args.force,
+                                 progress=_StatusLine())
+    except ConversionError as error:
+        sys.stderr.write(f"\nerror: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: nothing was written.\n")
+        return 130
+    sys.stderr.write(f"\nDone: {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Hugging Face checkpoints as a conversion source: a local folder, or a hub repo id downloaded first.
+
+Reading is streamed: `mx.load` maps a shard lazily, so a tensor's bytes are read only when it is
+evaluated, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointIndexError, DownloadError, SourceNotFoundError, UnsupportedSourceError
+from .progress import Reporter
+
+INDEX_NAME = "model.safetensors.index.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt", ".npz")
+_NOT_COPIED = {INDEX_NAME, "config.json", "pytorch_model.bin.index.json"}
+# Files a user needs beside the weights; anything else small at the top level is copied too.
+HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "tokenizer.model", "*.txt", "*.md", "LICENSE*", "NOTICE*"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MAX_COPIED_FILE = 256 * 1024 * 1024
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """`owner/name` (optionally `owner/name/file.gguf`) that is not an existing path."""
+    parts = text.split("/")
+    if len(parts) == 3 and parts[2].endswith(".gguf"):
+        text = "/".join(parts[:2])
+    return bool(_REPO_ID.match(text))
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor -> dtype, shape, offsets); checks the file is complete."""
+    try:
+        with open(path, "rb") as handle:
+            raw_length = handle.read(8)
+            if len(raw_length) < 8:
+                raise CheckpointIndexError(f"{path} is empty or truncated; download it again.")
+            (length,) = struct.unpack("<Q", raw_length)
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CheckpointIndexError(f"{path} is not a readable safetensors file ({error}); download it again.") from error
+    header.pop("__metadata__", None)
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    size = path.stat().st_size
+    if 8 + length + end > size:
+        raise CheckpointIndexError(f"{path} is truncated: its header needs {8 + length + end} bytes, the file has "
+                                   f"{size}. Download it again.")
+    return header
+
+
+@dataclass
+class HFCheckpoint:
+    """A local Hugging Face checkpoint folder: config, shard list (index checked) and companion files."""
+
+    root: Path
+    config: dict[str, Any]
+    shards: list[Path]
+    tensor_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all weight shards."""
+        return sum(shard.stat().st_size for shard in self.shards)
+
+    @property
+    def largest_shard_bytes(self) -> int:
+        """Bytes of the biggest shard (the streaming memory bound is stated against it)."""
+        return max((shard.stat().st_size for shard in self.shards), default=0)
+
+    def companion_files(self) -> list[Path]:
+        """Top-level files to copy beside the converted weights (tokenizer, templates, processor configs...)."""
+        files = []
+        for path in sorted(self.root.iterdir()):
+            if (path.is_file() and not path.name.startswith(".") and path.name not in _NOT_COPIED
+                    and not path.name.endswith(_WEIGHT_SUFFIXES) and path.stat().st_size <= _MAX_COPIED_FILE):
+                files.append(path)
+        return files
+
+
+def open_checkpoint(root: Path) -> HFCheckpoint:
+    """Read config.json and check the index against the shards. Raises a ConversionError naming the file."""
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise UnsupportedSourceError(f"{root} has no config.json; it is not a Hugging Face checkpoint folder.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UnsupportedSourceError(f"{config_path} is not valid JSON ({error}).") from error
+    index_path = root / INDEX_NAME
+    if index_path.is_file():
+        return HFCheckpoint(root, config, *_shards_from_index(root, index_path))
+    shards = sorted(root.glob("*.safetensors"))
+    if not shards:
+        raise UnsupportedSourceError(f"{root} holds no .safetensors weights (PyTorch .bin checkpoints are not "
+                                     "supported; download the safetensors version).")
+    tensor_files = {}
+    for shard in shards:
+        for name in safetensors_header(shard):
+            if name in tensor_files:
+                raise CheckpointIndexError(f"tensor {name!r} is in both {tensor_files[name].name} and {shard.name}.")
+            tensor_files[name] = shard
+    return HFCheckpoint(root, config, shards, tensor_files)
+
+
+def _shards_from_index(root: Path, index_path: Path) -> tuple[list[Path], dict[str, Path]]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointIndexError(f"{index_path} is not a valid index (no weight_map): {error}.") from error
+    shard_names = sorted(set(weight_map.values()))
+    missing_files = [name for name in shard_names if not (root / name).is_file()]
+    if missing_files:
+        raise CheckpointIndexError(f"{index_path.name} lists shard(s) missing from {root}: {', '.join(missing_files)}. "
+                                   "The download is incomplete; download it again.")
+    tensor_files: dict[str, Path] = {}
+    for name in shard_names:
+        shard = root / name
+        present = set(safetensors_header(shard))
+        indexed = {tensor for tensor, file in weight_map.items() if file == name}
+        if indexed - present:
+            absent = sorted(indexed - present)
+            raise CheckpointIndexError(f"{index_path.name} places {len(absent)} tensor(s) in {name} that it lacks, "
+                                       f"e.g. {absent[:3]}. The shard is stale or damaged; download it again.")
+        if present - indexed:
+            extra = sorted(present - indexed)
+            raise CheckpointIndexError(f"{name} holds {len(extra)} tensor(s) that {index_path.name} places elsewhere "
+                                       f"or omits, e.g. {extra[:3]}. Index and shards are from different versions.")
+        tensor_files.update({tensor: shard for tensor in present})
+    return [root / name for name in shard_names], tensor_files
+
+
+def download(repo: str, reporter: Reporter, cache_dir: Path | None = None) -> Path:
+    """Download a hub repo (safetensors checkpoint), or one GGUF file given as `owner/name/file.gguf`.
+
+    Partial downloads resume on the next call (huggingface_hub keeps .incomplete files in its cache).
+    """
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+
+    tqdm_class = _forwarding_tqdm(reporter)
+    parts = repo.split("/")
+    try:
+        if len(parts) == 3:
+            reporter.report("download", 0, 1, item=repo, message=f"Downloading {parts[2]}")
+            path = huggingface_hub.hf_hub_download("/".join(parts[:2]), parts[2], cache_dir=cache_dir)
+            return Path(path)
+        reporter.report("download", 0, 1, item=repo, message=f"Downloading {repo}")
+        path = huggingface_hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
+                                                 tqdm_class=tqdm_class)
+    except hub_errors.GatedRepoError as error:
+        raise DownloadError(f"{repo} is gated: accept its licence on huggingface.co and log in with "
+                            "`hf auth login`, then try again.") from error
+    except hub_errors.RepositoryNotFoundError as error:
+        raise DownloadError(f"{repo} was not found on the Hugging Face hub (check the spelling, or log in "
+                            "if it is private).") from error
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as error:
+        raise DownloadError(f"Cannot download {repo}: the Hugging Face hub is unreachable (offline?) and the "
+                            "model is not in the local cache. Connect to the internet and try again; a "
+                            "partial download resumes where it stopped.") from error
+    except (hub_errors.HfHubHTTPError, OSError) as error:
+        raise DownloadError(f"Downloading {repo} failed ({error}). Try again; it resumes where it stopped.") from error
+    root = Path(path)
+    if not any(root.glob("*.safetensors")):
+        raise SourceNotFoundError(f"{repo} has no .safetensors weights. For a GGUF repo give the file as "
+                                  f"{repo}/<file>.gguf.")
+    return root
+
+
+def _forwarding_tqdm(reporter: Reporter):
+    from tqdm.auto import tqdm
+
+    class ForwardingTqdm(tqdm):
+        """Forwards huggingface_hub's progress bar to the conversion callback (and checks cancellation)."""
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            reporter.report("download", int(self.n), int(self.total or 0), item=str(self.desc or ""),
+                            message="Downloading")
+            return shown
+
+    return ForwardingTqdm

@@ -1,0 +1,177 @@
+"""convert_checkpoint: a Hugging Face checkpoint (folder or hub id) or GGUF file in, an MLX model folder out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError
+from .gguf_reader import GGUFFile
+from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint
+from .progress import ProgressCallback, Reporter
+from .quantize import QuantPlan
+from .sink import TensorSink
+from .writer import DEFAULT_SHARD_BYTES, OutputFolder, ShardWriter
+
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+SUPPORTED_GROUP_SIZES = (32, 64, 128)
+CONVERTER_VERSION = "gemma4-mac convert 1"
+_MIN_SHARD_BYTES = 1 << 30
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group_size: int = 64,
+                       quantize: bool = True, dtype: str = "bfloat16", force: bool = False,
+                       progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                       label: str | None = None, metadata: dict[str, Any] | None = None,
+                       max_shard_bytes: int | None = None) -> Path:
+    """Convert SRC (HF folder, hub repo id, `owner/name/file.gguf`, or a .gguf file) into an MLX model at DST.
+
+    bits/group_size: affine quantization of every quantizable module (router at 8 bits) unless
+    quantize=False. dtype: float type of everything kept in float (and of scales/biases).
+    force: replace an existing DST (only once the new model is complete). progress: called with
+    ConversionProgress reports. cancel: set it to stop; ConversionCancelled is raised and nothing is left.
+    label: display name recorded in config.json ("gemma4_mac.display_name"); metadata: more keys for
+    that "gemma4_mac" section. max_shard_bytes: output shard size (default: the largest input shard,
+    between 1 GiB and 4 GiB, which keeps peak memory near twice that shard).
+    Returns DST. Raises ConversionError subclasses with a message naming the file or tensor at fault.
+    """
+    if dtype not in DTYPES:
+        raise ConversionError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}.")
+    if quantize and bits not in SUPPORTED_BITS:
+        raise ConversionError(f"--bits {bits} is not supported; use one of {SUPPORTED_BITS}.")
+    if quantize and group_size not in SUPPORTED_GROUP_SIZES:
+        raise ConversionError(f"--group-size {group_size} is not supported; use one of {SUPPORTED_GROUP_SIZES}.")
+    reporter = Reporter(progress, cancel)
+    destination = Path(dst).expanduser().resolve()
+    source = _resolve_source(src, reporter)
+    if destination == source or destination in source.parents or source in destination.parents:
+        raise ConversionError(f"The destination {destination} must not be the source {source} or inside it.")
+    started = time.time()
+    folder = OutputFolder(destination, force)
+    try:
+        if source.is_file():
+            summary = _convert_gguf(source, folder.path, bits, group_size, quantize, dtype, reporter, max_shard_bytes)
+        else:
+            summary = _convert_folder(source, folder.path, bits, group_size, quantize, dtype, reporter,
+                                      max_shard_bytes)
+        config = summary.pop("config")
+        config["gemma4_mac"] = {"converter": CONVERTER_VERSION, "source": str(src), "dtype": dtype,
+                                "quantized": quantize, "seconds": round(time.time() - started, 1), **summary}
+        config["gemma4_mac"].update(metadata or {})
+        if label:
+            config["gemma4_mac"]["display_name"] = label
+        reporter.report("finalize", 0, 1, message="Writing config.json")
+        (folder.path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        result = folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    finally:
+        mx.clear_cache()
+    if progress is not None:
+        reporter.report("done", 1, 1, item=str(result), message=f"Converted to {result}")
+    return result
+
+
+def _resolve_source(src: str | Path, reporter: Reporter) -> Path:
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.is_file():
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic != b"GGUF":
+            raise UnsupportedSourceError(f"{path} is neither a GGUF file nor a checkpoint folder.")
+        return path.resolve()
+    if isinstance(src, str) and looks_like_repo_id(src):
+        return download(src, reporter).resolve()
+    raise SourceNotFoundError(f"{src} does not exist and is not a Hugging Face repo id (owner/name).")
+
+
+def _skeleton(config: dict[str, Any], config_file: str):
+    from mlx_model.config import ModelConfigError
+    from mlx_model.model import Model, ModelConfig
+
+    for key in ("quantization", "quantization_config"):
+        if config.get(key):
+            raise UnsupportedSourceError(f"{config_file} describes an already quantized model ({key}); convert the "
+                                         "original float checkpoint instead.")
+    try:
+        model = Model(ModelConfig.from_dict(config))
+    except (ModelConfigError, TypeError, ValueError, KeyError) as error:
+        raise UnsupportedSourceError(f"{config_file}: {error}") from error
+    expected = {name: tuple(array.shape) for name, array in tree_flatten(model.parameters())}
+    return model, expected
+
+
+def _shard_bytes(requested: int | None, largest_source: int) -> int:
+    # Output shards no bigger than the largest input shard keep peak memory within ~2x that shard.
+    return requested or min(DEFAULT_SHARD_BYTES, max(_MIN_SHARD_BYTES, largest_source))
+
+
+def _finish(writer: ShardWriter, sink: TensorSink, plan: QuantPlan | None, config: dict[str, Any]) -> dict:
+    sink.finish()
+    shards = writer.finish()
+    config = dict(config)
+    config.pop("quantization_config", None)
+    if plan is not None:
+        config["quantization"] = plan.config_entry()
+    return {"config": config, "shards": len(shards), "bytes": writer.total_bytes}
+
+
+def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize: bool, dtype: str,
+                    reporter: Reporter, max_shard_bytes: int | None) -> dict:
+    checkpoint: HFCheckpoint = open_checkpoint(root)
+    model, expected = _skeleton(checkpoint.config, str(root / "config.json"))
+    plan = QuantPlan(model, bits, group_size) if quantize else None
+    writer = ShardWriter(out, _shard_bytes(max_shard_bytes, checkpoint.largest_shard_bytes))
+    sink = TensorSink(expected, plan, DTYPES[dtype], writer, reporter)
+    total, done = checkpoint.total_bytes, 0
+    for shard in checkpoint.shards:
+        reporter.report("convert", done, total, item=shard.name, message=f"Converting {shard.name}")
+        try:
+            weights = mx.load(str(shard))
+        except (RuntimeError, ValueError, OSError) as error:
+            raise CheckpointIndexError(f"{shard} cannot be read ({error}); download it again.") from error
+        sanitized = model.sanitize(weights)
+        del weights  # the sanitized dict holds the only references: each tensor is freed once written
+        count, size = max(1, len(sanitized)), shard.stat().st_size
+        for position, name in enumerate(list(sanitized)):
+            reporter.report("convert", done + size * position // count, total, item=name,
+                            message=f"Converting {name}")
+            sink.add(name, sanitized.pop(name), shard.name)
+        sink.raise_unexpected()
+        done += size
+        mx.clear_cache()
+    summary = _finish(writer, sink, plan, checkpoint.config)
+    for companion in checkpoint.companion_files():
+        shutil.copy2(companion, out / companion.name)
+    return summary
+
+
+def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: bool, dtype: str,
+                  reporter: Reporter, max_shard_bytes: int | None) -> dict:
+    from .gguf_config import config_from_gguf, generation_config
+    from .gguf_source import convert_gguf_tensors
+    from .gguf_tokenizer import write_tokenizer_files
+
+    gguf = GGUFFile(path)
+    config = config_from_gguf(gguf)
+    model, expected = _skeleton(config, str(path))
+    plan = QuantPlan(model, bits, group_size) if quantize else None
+    writer = ShardWriter(out, _shard_bytes(max_shard_bytes, path.stat().st_size))
+    sink = TensorSink(expected, plan, DTYPES[dtype], writer, reporter)
+    convert_gguf_tensors(gguf, model.sanitize, sink, reporter)
+    summary = _finish(writer, sink, plan, config)
+    reporter.report("tokenizer", 0, 1, message="Rebuilding the tokenizer from the GGUF metadata")
+    write_tokenizer_files(gguf, out)
+    (out / "generation_config.json").write_text(json.dumps(generation_config(config), indent=2), encoding="utf-8")
+    return summary

@@ -1,0 +1,109 @@
+"""Sharded safetensors output written into a temporary folder beside DST and renamed into place at the end.
+
+Nothing that looks like a model exists at DST until `commit`: the work folder is hidden
+(`.<name>.partial-<id>`), config.json is written last, and any failure removes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import mlx.core as mx
+
+from .errors import DestinationExistsError, WriteError
+from .hf_source import INDEX_NAME
+
+DEFAULT_SHARD_BYTES = 4 << 30
+_PARTIAL_MARK = ".partial-"
+
+
+class OutputFolder:
+    """A work folder beside DST; `commit()` renames it to DST, `discard()` removes it."""
+
+    def __init__(self, destination: Path, force: bool):
+        self.destination = destination
+        if destination.exists() and not force:
+            raise DestinationExistsError(f"{destination} already exists; choose another destination or pass "
+                                         "--force (force=True) to replace it.")
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            for stale in destination.parent.glob(f".{destination.name}{_PARTIAL_MARK}*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a conversion that was killed
+            self.path = destination.parent / f".{destination.name}{_PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
+            self.path.mkdir()
+        except OSError as error:
+            raise WriteError(f"Cannot create a work folder beside {destination}: {error}.") from error
+
+    def commit(self) -> Path:
+        """Move the finished model to DST (replacing an old one only now, when the new one is complete)."""
+        old = None
+        try:
+            if self.destination.exists():
+                old = self.destination.parent / f".{self.destination.name}.old-{uuid.uuid4().hex[:8]}"
+                self.destination.rename(old)
+            self.path.rename(self.destination)
+        except OSError as error:
+            if old is not None and not self.destination.exists():
+                old.rename(self.destination)
+            raise WriteError(f"Cannot move the converted model to {self.destination}: {error}.") from error
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        return self.destination
+
+    def discard(self) -> None:
+        """Remove the work folder and everything in it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class ShardWriter:
+    """Buffers converted tensors and writes a safetensors shard whenever max_shard_bytes is reached."""
+
+    def __init__(self, folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES):
+        self.folder, self.max_shard_bytes = folder, max_shard_bytes
+        self.pending: dict[str, mx.array] = {}
+        self.pending_bytes = 0
+        self.shard_files: list[Path] = []
+        self.weight_map: dict[str, int] = {}
+        self.total_bytes = 0
+
+    def add(self, name: str, array: mx.array) -> None:
+        """Queue one evaluated tensor; flushes a shard first if it would overflow."""
+        if self.pending and self.pending_bytes + array.nbytes > self.max_shard_bytes:
+            self.flush()
+        self.pending[name] = array
+        self.pending_bytes += array.nbytes
+
+    def flush(self) -> None:
+        """Write the queued tensors as the next shard."""
+        if not self.pending:
+            return
+        path = self.folder / f"part-{len(self.shard_files) + 1:05d}.safetensors"
+        try:
+            mx.save_safetensors(str(path), self.pending, metadata={"format": "mlx"})
+        except (OSError, RuntimeError, ValueError) as error:
+            raise WriteError(f"Writing {path.name} into {self.folder} failed: {error}. Free some disk space "
+                             "or choose another destination.") from error
+        index = len(self.shard_files)
+        self.shard_files.append(path)
+        self.weight_map.update({name: index for name in self.pending})
+        self.total_bytes += self.pending_bytes
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self) -> list[str]:
+        """Flush, give the shards their final names and write model.safetensors.index.json."""
+        self.flush()
+        count = len(self.shard_files)
+        names = ["model.safetensors"] if count == 1 else [
+            f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        try:
+            for path, name in zip(self.shard_files, names):
+                path.rename(self.folder / name)
+            index = {"metadata": {"total_size": self.total_bytes},
+                     "weight_map": {k: names[i] for k, i in sorted(self.weight_map.items())}}
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2), encoding="utf-8")
+        except OSError as error:
+            raise WriteError(f"Finishing the shards in {self.folder} failed: {error}.") from error
+        return names

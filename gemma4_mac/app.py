@@ -1,0 +1,88 @@
+"""`main()`: start the desktop app (the window, the engine thread, history and settings)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gemma4_mac", description="Open the Gemma 4 window.")
+    parser.add_argument("--model", help="folder of a converted model to load (default: the one in Settings)")
+    parser.add_argument("--home", help="data folder for settings, history and attachments (default: the app's)")
+    parser.add_argument("--theme", choices=("system", "light", "dark"), help="override the appearance")
+    parser.add_argument("--fake-engine", action="store_true", help="scripted replies without a model (demos)")
+    return parser
+
+
+def build_app(argv: Sequence[str], *, backend=None, recorder=None):
+    """Create the QApplication, window, engine and controller; returns (app, window, controller)."""
+    from PySide6.QtCore import QCoreApplication
+    from PySide6.QtWidgets import QApplication
+
+    from ui.controller import ChatController
+    from ui.icons import app_icon
+    from ui.main_window import MainWindow
+    from ui.theme import ThemeManager
+
+    from .attachments import AttachmentStore
+    from .engine import Engine, FakeBackend
+    from .history import HistoryError, HistoryStore
+    from .paths import APP_NAME, attachments_dir, history_path, models_dir, settings_path
+    from .settings import load_settings
+
+    args = build_parser().parse_args(list(argv))
+    if args.home:
+        os.environ["GEMMA4_MAC_HOME"] = str(Path(args.home).expanduser())
+    QCoreApplication.setApplicationName(APP_NAME)
+    QCoreApplication.setOrganizationName("Gemma 4 on macOS")
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setWindowIcon(app_icon())
+    settings, warnings = load_settings(settings_path())
+    if args.model:
+        settings.model_path = str(Path(args.model).expanduser())
+    theme = ThemeManager(app, args.theme or settings.theme)
+    window = MainWindow()
+    try:
+        history = HistoryStore(history_path(), attachments_dir())
+    except HistoryError as error:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.critical(None, "Gemma", str(error))
+        raise SystemExit(1) from error
+    engine = Engine(backend or (FakeBackend(token_delay=0.02) if args.fake_engine else None))
+    controller = ChatController(window, engine, history, AttachmentStore(attachments_dir()), settings,
+                                settings_path=settings_path(), theme=theme, recorder=recorder,
+                                models_root=models_dir())
+    window.apply_palette(theme.palette)
+    if warnings:
+        window.banner.show_message("\n".join(warnings), "warning")
+    app.aboutToQuit.connect(controller.shutdown)
+    window.shortcuts["quit"].activated.connect(app.quit)
+    return app, window, controller
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Open the window and run until it is closed; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from PySide6.QtWidgets import QApplication  # noqa: F401
+    except ImportError as error:
+        sys.stderr.write(f"error: the window needs PySide6 ({error}). Install it with `pip install PySide6`.\n")
+        return 2
+    app, window, controller = build_app(argv)
+    from ui.tray import install_menu_bar
+
+    bar = install_menu_bar(app, window, controller)  # menu-bar item, global hotkey, quick-ask panel
+    if not (controller.settings.menu_bar_only and bar.tray.available):
+        window.show()
+        window.composer.edit.setFocus()  # ready for typing, as a Mac chat app opens
+    controller.start()
+    return app.exec()  # `bar` stays referenced until here; aboutToQuit closes the hotkey and panel
+
+
+if __name__ == "__main__":
+    sys.exit(main())

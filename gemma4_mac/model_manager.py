@@ -1,0 +1,191 @@
+"""Models on disk, whether they fit this machine's memory, and getting new ones.
+
+The memory estimate is deliberately simple (weights plus an allowance); `estimate_fit` is the one
+function to swap for the long-context planner. Conversion and the starter model use MLX, so the
+engine runs them on its thread; this module only describes and locates models.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .paths import models_dir
+
+GIB = 1024 ** 3
+STARTER_LABEL = "Gemma 3 270M (base, completion only; not a chat model)"
+RUNTIME_ALLOWANCE = 1 * GIB  # KV cache, prefill scratch and the app itself at a moderate context
+SYSTEM_SHARE = 0.25  # of physical memory left to macOS and other apps
+
+
+class ModelManagerError(RuntimeError):
+    """A model cannot be found, made or removed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class HubModel:
+    repo_id: str
+    label: str
+    size_4bit: float  # GiB of the 4-bit conversion, approximately
+    note: str = ""
+
+
+HUB_MODELS = (
+    HubModel("google/gemma-4-E2B-it", "Gemma 4 E2B instruct", 3.4, "recommended on 16 GB Macs"),
+    HubModel("google/gemma-4-E4B-it", "Gemma 4 E4B instruct", 5.2, "24 GB or more"),
+    HubModel("google/gemma-4-26B-A4B-it", "Gemma 4 26B-A4B instruct (MoE)", 15.6, "32 GB or more"),
+    HubModel("google/gemma-4-31B-it", "Gemma 4 31B instruct", 18.4, "48 GB or more"),
+)
+
+
+@dataclass
+class MemoryFit:
+    required_bytes: int
+    total_bytes: int
+    fits: bool
+
+    @property
+    def summary(self) -> str:
+        need, have = self.required_bytes / GIB, self.total_bytes / GIB
+        verdict = "fits" if self.fits else "too large"
+        return f"needs ≈{need:.1f} GB of {have:.0f} GB · {verdict}"
+
+
+@dataclass
+class ModelEntry:
+    path: Path
+    name: str
+    size_bytes: int
+    fit: MemoryFit
+    is_starter: bool = False
+    has_chat_template: bool = True
+
+    @property
+    def label(self) -> str:
+        return STARTER_LABEL if self.is_starter else self.name
+
+
+def total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of a model folder's .safetensors files."""
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def estimate_fit(path: Path, total: Optional[int] = None) -> MemoryFit:
+    """Whether a model folder fits this machine: weights plus an allowance against usable memory."""
+    total = total_memory() if total is None else total
+    required = weight_bytes(path) + RUNTIME_ALLOWANCE
+    return MemoryFit(required, total, required <= total * (1 - SYSTEM_SHARE))
+
+
+def read_model_config(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+def is_model_folder(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def is_starter_folder(path: Path) -> bool:
+    meta = read_model_config(path).get("gemma4_mac", {})
+    return bool(meta.get("starter")) or meta.get("display_name") == STARTER_LABEL or Path(path).name == "starter"
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the folder's tokenizer knows a chat format (base models only continue text)."""
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return bool(config.get("chat_template"))
+
+
+def describe(path: Path, total: Optional[int] = None) -> ModelEntry:
+    path = Path(path)
+    meta = read_model_config(path).get("gemma4_mac", {})
+    starter = is_starter_folder(path)
+    name = meta.get("display_name") or path.name
+    return ModelEntry(path, name, weight_bytes(path), estimate_fit(path, total), starter, has_chat_template(path))
+
+
+def list_models(extra: tuple[Path | str, ...] = (), root: Optional[Path] = None) -> list[ModelEntry]:
+    """Models in the app's models folder (and any `extra` folders), starter last."""
+    root = models_dir() if root is None else Path(root)
+    total = total_memory()
+    seen, entries = set(), []
+    candidates = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    for path in [*candidates, *(Path(e).expanduser() for e in extra if e)]:
+        resolved = path.resolve()
+        if resolved in seen or not is_model_folder(path):
+            continue
+        seen.add(resolved)
+        entries.append(describe(path, total))
+    return sorted(entries, key=lambda e: (e.is_starter, e.name.lower()))
+
+
+def destination_for(repo_id: str, bits: int = 4, root: Optional[Path] = None) -> Path:
+    """Where the model manager puts the conversion of a hub model."""
+    root = models_dir() if root is None else Path(root)
+    return root / f"{repo_id.split('/')[-1].lower()}-{bits}bit"
+
+
+def recommended_model(total: Optional[int] = None) -> HubModel:
+    """The model to suggest for this machine: E2B up to 16 GB, E4B up to 32 GB, 26B-A4B beyond."""
+    total = total_memory() if total is None else total
+    if total <= 17 * GIB:
+        return HUB_MODELS[0]
+    if total <= 33 * GIB:
+        return HUB_MODELS[1]
+    return HUB_MODELS[2]
+
+
+def delete_model(path: Path, root: Optional[Path] = None) -> None:
+    """Delete a model folder the app made (refuses anything outside its models folder)."""
+    root = (models_dir() if root is None else Path(root)).resolve()
+    path = Path(path).resolve()
+    if root not in path.parents:
+        raise ModelManagerError(f"{path} is not in the app's models folder {root}; delete it in Finder instead.")
+    shutil.rmtree(path)
+
+
+def ensure_starter(root: Optional[Path] = None) -> Path:
+    """The offline starter model's folder, written on first use (MLX work: call on the engine thread)."""
+    try:
+        from convert.errors import ConversionError
+        from convert.starter import ensure_starter_model
+    except ImportError as error:
+        raise ModelManagerError("No model is installed and the starter model is not part of this build "
+                                f"({error}). Open the model manager to download a Gemma 4 model.") from error
+    root = models_dir() if root is None else Path(root)
+    try:
+        return Path(ensure_starter_model(root))
+    except ConversionError as error:  # the engine reports ModelManagerError to the window
+        raise ModelManagerError(f"The offline starter model could not be prepared: {error}") from error
+
+
+def convert_hub_model(repo_id: str, destination: Path, *, progress: Callable, cancel, label: str = "") -> Path:
+    """Download and convert a hub checkpoint to 4-bit MLX (MLX work: call on the engine thread).
+
+    A cancelled or failed run leaves nothing at `destination`; the download cache lets the next run resume.
+    """
+    try:
+        from convert import convert_checkpoint
+    except ImportError as error:
+        raise ModelManagerError(f"The converter is not available in this build ({error}).") from error
+    return Path(convert_checkpoint(repo_id, destination, bits=4, progress=progress, cancel=cancel,
+                                   label=label or None))

@@ -1,0 +1,127 @@
+"""Prefill: run a prompt into the cache in bounded chunks, images and audio included.
+
+Only the last chunk computes the LM head, and only for its last position. A chunk never ends inside
+an image, video frame or audio clip, so a block that attends bidirectionally sees all of itself. The
+vision and audio towers run only for the blocks a chunk holds, i.e. never for what the conversation
+cache already has.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+PREFILL_CHUNK = 512
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot start: the message says what is wrong with the request."""
+
+
+def chunk_bounds(start: int, end: int, chunk_size: int, media: Sequence = ()) -> list[tuple[int, int]]:
+    """[start, end) cut into pieces of about `chunk_size` tokens that never split a media block."""
+    bounds = []
+    while start < end:
+        stop = min(start + chunk_size, end)
+        for block in media:
+            if block.start < stop < block.end:
+                # end before the block, or take it whole when it starts the chunk
+                stop = block.start if block.start > start else min(block.end, end)
+                break
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class _MediaEmbedder:
+    """Soft tokens for the media blocks of one prompt, each computed once, when first needed."""
+
+    def __init__(self, model, media: Sequence):
+        self.model = model
+        self.media = list(media)
+        self._features: dict[int, mx.array] = {}
+
+    def _block_features(self, index: int) -> mx.array:
+        if index not in self._features:
+            block = self.media[index]
+            first, second = (mx.array(a) for a in block.inputs)
+            if block.kind == "audio":
+                features = self.model.audio_features(first, second)
+            else:
+                features = self.model.image_features(first, second)
+            if features.shape[0] != block.length:
+                raise GenerationError(f"the {block.kind} tower returned {features.shape[0]} soft tokens where the "
+                                   f"prompt holds {block.length}; the model's processor files do not fit it")
+            mx.eval(features)
+            self._features[index] = features
+        return self._features[index]
+
+    def embed(self, ids: list[int], start: int) -> Optional[tuple[mx.array, Optional[mx.array], Optional[dict]]]:
+        """(input embeddings, PLE token inputs, mask overrides) for tokens at [start, start+len), or None."""
+        end = start + len(ids)
+        parts: dict[str, list[mx.array]] = {"image": [], "video": [], "audio": []}
+        types = np.zeros(len(ids), dtype=np.int32)
+        for index, block in enumerate(self.media):
+            lo, hi = max(block.start, start), min(block.end, end)
+            if lo >= hi:
+                continue
+            parts[block.kind].append(self._block_features(index)[lo - block.start:hi - block.start])
+            types[lo - start:hi - start] = {"image": 1, "video": 2, "audio": 3}[block.kind]
+        if not any(parts.values()):
+            return None
+        joined = {k: mx.concatenate(v, axis=0) if v else None for k, v in parts.items()}
+        embeds, per_layer = self.model.embed_multimodal(mx.array(ids)[None], image_features=joined["image"],
+                                                        video_features=joined["video"],
+                                                        audio_features=joined["audio"])
+        overrides = None
+        text_config = self.model.config.text_config
+        if getattr(text_config, "use_bidirectional_attention", None) == "vision" and ((types == 1) | (types == 2)).any():
+            from mlx_model.model import vision_block_ids
+
+            overrides = {"vision_blocks": vision_block_ids(mx.array(types)[None])}
+        return embeds, per_layer, overrides
+
+
+def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size: int = PREFILL_CHUNK,
+            cancel: Optional[threading.Event] = None, want_logits: bool = True,
+            on_chunk: Optional[Callable[[Sequence[int]], None]] = None, media: Sequence = (),
+            position: int = 0, keys: Optional[Sequence[int]] = None) -> Optional[mx.array]:
+    """Run tokens through the model in bounded chunks; returns the last position's logits.
+
+    `position` is the prompt index of `tokens[0]` (media blocks carry prompt indices); `on_chunk`
+    hears each chunk's `keys` (the tokens themselves by default) once it is in the cache. Returns
+    None when cancelled or when no logits are wanted.
+    """
+    ids = list(tokens.tolist() if isinstance(tokens, mx.array) else tokens)
+    if not ids:
+        raise GenerationError("The prompt is empty: type a message first.")
+    keys = list(keys) if keys is not None else ids
+    relevant = [b for b in media if b.end > position and b.start < position + len(ids)]
+    embedder = _MediaEmbedder(model, relevant) if relevant else None
+    bounds = chunk_bounds(position, position + len(ids), chunk_size, relevant)
+    for number, (lo, hi) in enumerate(bounds):
+        if cancel is not None and cancel.is_set():
+            return None
+        chunk = ids[lo - position:hi - position]
+        batch = mx.array(chunk)[None]
+        embedded = embedder.embed(chunk, lo) if embedder is not None else None
+        kwargs = {}
+        if embedded is not None:
+            embeds, per_layer, overrides = embedded
+            kwargs = dict(input_embeddings=embeds, per_layer_inputs=per_layer, mask_overrides=overrides)
+        last = number == len(bounds) - 1
+        if last and want_logits:
+            logits = model(batch, cache=cache, logits_to_keep=1, **kwargs)[:, -1, :]
+            mx.eval(logits)
+            if on_chunk:
+                on_chunk(keys[lo - position:hi - position])
+            return logits
+        model.language_model(None if kwargs else batch, cache=cache, **kwargs)
+        mx.eval([c.state for c in cache])
+        mx.clear_cache()  # return the chunk's scratch to the system before the next one
+        if on_chunk:
+            on_chunk(keys[lo - position:hi - position])
+    return None

@@ -1,0 +1,171 @@
+"""Constrained decoding: tokens that would break a JSON schema or a forced tool call are masked.
+
+The grammar engine is llguidance (Rust; the one vLLM, SGLang and llama.cpp use). A grammar is written
+in its Lark dialect, where `%json {...}` embeds a JSON schema and `<[id]>` names a special token, so a
+reply can be "an optional thought, then JSON that fits the schema" or "one or more tool calls to these
+functions, with arguments that fit their schemas" (call_grammar.py). The logits processor
+feeds each sampled token to the matcher and sets every token the
+grammar does not allow next to -inf; once the grammar is complete only end-of-turn tokens remain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from .call_grammar import CallRules
+from .errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+# JSON is written the way json.dumps writes it ({"a": 1, "b": [1, 2]}): natural for the model, and a
+# fixed layout means a model cannot run away with whitespace.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
+MARKERS = {"call_open": "<|tool_call>", "call_close": "<tool_call|>", "string": '<|"|>',
+           "thought_open": "<|channel>", "thought_close": "<channel|>"}
+
+
+class ConstraintUnavailable(BadRequest):
+    """The model's vocabulary lacks what the constraint needs (Gemma 3 has no tool-call tokens)."""
+
+
+@dataclass
+class ReplyShape:
+    """What the reply must look like; None fields are unconstrained."""
+
+    json_schema: Optional[dict] = None  # the answer is JSON fitting this schema
+    tools: Optional[list[tuple[str, Optional[dict]]]] = None  # the reply is calls to these (name, parameters)
+    tools_or_json: bool = False  # with both set: either calls or JSON
+    single_call: bool = False  # parallel_tool_calls=false: at most one call
+    allow_thought: bool = False  # a thought block may come first
+
+
+def build_grammar(shape: ReplyShape, token_ids: dict[str, int]) -> str:
+    """The Lark grammar for a reply shape (token ids of the markers by MARKERS key)."""
+    if shape.json_schema is None and not shape.tools:
+        raise ValueError("an unconstrained reply needs no grammar")
+    rules, bodies = [], []
+    if shape.json_schema is not None:
+        schema = dict(shape.json_schema)
+        schema["x-guidance"] = {**JSON_LAYOUT, **(schema.get("x-guidance") or {})}
+        rules.append("json_reply: %json " + json.dumps(schema))
+        bodies.append("json_reply")
+    if shape.tools:
+        calls = CallRules(token_ids["string"], token_ids["call_open"], token_ids["call_close"])
+        bodies.append(calls.calls_rule(shape.tools, shape.single_call))
+        rules += calls.rules
+    if not shape.tools_or_json:
+        bodies = bodies[:1]
+    head = "start: thought? body" if shape.allow_thought else "start: body"
+    rules.insert(0, "body: " + " | ".join(bodies))
+    if shape.allow_thought:
+        rules += [f'thought: <[{token_ids["thought_open"]}]> "thought\\n" THOUGHT_TEXT? '
+                  f'<[{token_ids["thought_close"]}]>',
+                  r"THOUGHT_TEXT: /(.|\n)+/"]
+    return "\n".join([head] + rules) + "\n"
+
+
+def _unpack(bitmask: bytes, size: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bitmask, dtype=np.uint8), bitorder="little")[:size].astype(bool)
+
+
+class GrammarLogitsProcessor:
+    """A `generate_tokens` logits processor: masks what the grammar forbids after the tokens so far.
+
+    The history of the first call is the prompt (or `prompt_length` tokens of it are); every later
+    token was sampled and is fed to the matcher exactly once.
+    """
+
+    def __init__(self, matcher, eos_token_ids: Sequence[int], prompt_length: Optional[int] = None):
+        self.matcher = matcher
+        self.prompt_length = prompt_length
+        self.eos_token_ids = list(eos_token_ids)
+        self.consumed = 0
+        self.failed: Optional[str] = None
+
+    def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
+        if self.prompt_length is None:
+            self.prompt_length = history.size
+        start = self.prompt_length + self.consumed
+        new = history[start:].tolist() if history.size > start else []
+        for token in new:
+            self.consumed += 1
+            if self.failed is None and not self.matcher.consume_token(int(token)):
+                self.failed = self.matcher.get_error() or f"token {token} was refused"
+                log.warning("constrained decoding stopped following the grammar: %s", self.failed)
+        vocab = logits.shape[-1]
+        if self.failed is not None or self.matcher.is_error():
+            allowed = np.zeros(vocab, dtype=bool)
+            allowed[[t for t in self.eos_token_ids if t < vocab]] = True  # end rather than go on blind
+        else:
+            allowed = _unpack(self.matcher.compute_bitmask(), vocab)
+        return mx.where(mx.array(allowed), logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+
+class BannedTokensProcessor:
+    """Never samples the given tokens (tool_choice "none" bans the tool-call opener)."""
+
+    def __init__(self, token_ids: Sequence[int], vocab_size: int):
+        banned = np.zeros(vocab_size, dtype=bool)
+        banned[[t for t in token_ids if 0 <= t < vocab_size]] = True
+        self.banned = mx.array(banned)
+
+    def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
+        return mx.where(self.banned, mx.array(-float("inf"), dtype=logits.dtype), logits)
+
+
+class ConstraintFactory:
+    """Logits processors for one tokenizer; llguidance's view of the vocabulary is built once (~5 s)."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._ll_tokenizer = None
+        self._lock = threading.Lock()
+
+    def token_ids(self) -> dict[str, int]:
+        """Ids of Gemma 4's reply markers; ConstraintUnavailable when the vocabulary lacks one."""
+        ids = {key: self.tokenizer.token_id(text) for key, text in MARKERS.items()}
+        missing = [MARKERS[k] for k, v in ids.items() if v is None]
+        if missing:
+            raise ConstraintUnavailable(f"the loaded model has no {', '.join(missing)} token(s): tool calls "
+                                        "and thoughts cannot be constrained with it (is it a Gemma 3 model?)")
+        return ids
+
+    def ll_tokenizer(self):
+        with self._lock:
+            if self._ll_tokenizer is None:
+                import llguidance.hf
+
+                hf = self.tokenizer.hf_tokenizer
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                    hf, n_vocab=max(self.vocab_size, len(hf)), eos_token=list(self.tokenizer.eos_token_ids))
+            return self._ll_tokenizer
+
+    def grammar_processor(self, shape: ReplyShape, *,
+                          param: str = "response_format") -> GrammarLogitsProcessor:
+        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built."""
+        import llguidance
+
+        ids = self.token_ids() if (shape.tools or shape.allow_thought) else {}
+        grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids))
+        tokenizer = self.ll_tokenizer()
+        problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        if problem:
+            raise BadRequest(f"{param}: the schema cannot be enforced: {problem.strip()}", param=param,
+                             code="invalid_schema")
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise BadRequest(f"{param}: the schema cannot be enforced: {matcher.get_error()}", param=param,
+                             code="invalid_schema")
+        return GrammarLogitsProcessor(matcher, self.tokenizer.eos_token_ids)
+
+    def banned(self, texts: Sequence[str]) -> BannedTokensProcessor:
+        ids = [self.tokenizer.token_id(t) for t in texts]
+        return BannedTokensProcessor([i for i in ids if i is not None], self.vocab_size)

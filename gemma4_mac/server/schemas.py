@@ -1,0 +1,189 @@
+"""Request bodies of the OpenAI API as pydantic models, and the response objects as plain dicts.
+
+Unknown fields are ignored (clients send many we have no use for); fields whose meaning we cannot
+honour (n > 1, logprobs) are refused with a 400 rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadRequest
+
+MAX_STOP_STRINGS = 16
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class Tool(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoiceFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"] = "function"
+    function: NamedToolChoiceFunction
+
+
+class JsonSchemaSpec(_Lenient):
+    name: str = "response"
+    description: Optional[str] = None
+    schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaSpec] = None
+
+
+class _SamplingFields(_Lenient):
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    top_k: Optional[int] = Field(default=None, ge=0)
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0.0)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    seed: Optional[int] = None
+    stop: Optional[Union[str, list[str]]] = None
+    n: int = 1
+    logprobs: Optional[Union[bool, int]] = None
+    user: Optional[str] = None
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if len(stops) > MAX_STOP_STRINGS:
+            raise BadRequest(f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
+        return tuple(s for s in stops if s)
+
+    def check_supported(self) -> None:
+        if self.n != 1:
+            raise BadRequest("only n=1 is supported: send the request again for more choices", param="n")
+        if self.logprobs:
+            raise BadRequest("logprobs are not supported by this server", param="logprobs")
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    tools: Optional[list[Tool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[ResponseFormat] = None
+    reasoning_effort: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+    def enable_thinking(self) -> bool:
+        """Thinking is off unless asked for: `reasoning_effort` other than none/minimal, or
+        `chat_template_kwargs.enable_thinking` (vLLM's spelling)."""
+        kwargs = self.chat_template_kwargs or {}
+        if "enable_thinking" in kwargs:
+            return bool(kwargs["enable_thinking"])
+        return self.reasoning_effort is not None and self.reasoning_effort not in ("none", "minimal")
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: Union[str, list[str], list[int]]
+    echo: bool = False
+    suffix: Optional[str] = None
+    best_of: Optional[int] = None
+
+
+def parse_request(model_class: type[BaseModel], body: bytes):
+    """The request body as `model_class`, or BadRequest naming the first faulty field."""
+    try:
+        data = json.loads(body or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"the request body is not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        return model_class.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise BadRequest(f"{param or 'body'}: {first['msg']}", param=param) from error
+
+
+# ------------------------------------------------------------------------------------------ responses
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(stats) -> dict:
+    """OpenAI's usage block from GenerationStats (with the reused prefix as cached tokens)."""
+    if stats is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    prompt, completion = int(stats.prompt_tokens), int(stats.generation_tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": int(getattr(stats, "cached_tokens", 0))}}
+
+
+def openai_finish_reason(stats, saw_tool_call: bool) -> str:
+    """stop | length | tool_calls (a cancelled run only reaches a client that is still there: stop)."""
+    reason = getattr(stats, "finish_reason", "stop") if stats is not None else "stop"
+    if saw_tool_call and reason in ("stop", "tool_calls"):
+        return "tool_calls"
+    return "length" if reason == "length" else "stop"
+
+
+def model_object(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "gemma4-mac"}
+
+
+def chat_completion(completion_id: str, model_id: str, message: dict, finish_reason: str, stats) -> dict:
+    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model_id,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
+            "usage": usage(stats)}
+
+
+def chat_chunk(completion_id: str, model_id: str, created: int, delta: dict,
+               finish_reason: Optional[str] = None) -> dict:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def usage_chunk(completion_id: str, model_id: str, created: int, stats) -> dict:
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+            "choices": [], "usage": usage(stats)}
+
+
+def text_completion(completion_id: str, model_id: str, created: int, text: str,
+                    finish_reason: Optional[str], stats=None) -> dict:
+    out = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id,
+           "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+    if stats is not None:
+        out["usage"] = usage(stats)
+    return out

@@ -1,0 +1,259 @@
+"""Save screenshots of the app's main states with the scripted engine (no model needed).
+
+    python scripts/screenshots.py [OUTPUT_FOLDER]      (default: .cache/screenshots)
+
+Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). Writes: empty,
+conversation (image with boxes, code), thinking (expanded), recording, model manager, settings,
+and a dark-mode conversation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+WINDOW_SIZE = (1280, 820)
+
+PHOTO_ANSWER = """I found both. The red car is parked on the road at the lower left, and the tree stands on the hill to its right:
+
+```json
+[
+  {"box_2d": [590, 120, 800, 430], "label": "red car"},
+  {"box_2d": [250, 640, 640, 860], "label": "tree"}
+]
+```
+
+To crop the car out of the photo with Pillow, scale the normalised box to pixels:
+
+```python
+from PIL import Image
+
+def crop_box(path, box_2d):
+    image = Image.open(path)
+    ymin, xmin, ymax, xmax = box_2d
+    w, h = image.size
+    return image.crop((xmin * w // 1000, ymin * h // 1000,
+                       xmax * w // 1000, ymax * h // 1000))
+
+crop_box("street.png", [590, 120, 800, 430]).save("car.png")
+```
+
+The coordinates are **normalised to 0–1000**, so the same box works at any resolution."""
+
+THOUGHT = ("The person wants to know why the sky is blue. Key idea: Rayleigh scattering — scattering strength "
+           "goes as 1/λ⁴, so blue light (≈450 nm) scatters about 5.5× more than red (≈700 nm). Violet scatters "
+           "even more, but the Sun emits less violet and our eyes are less sensitive to it. Mention sunsets: "
+           "longer path through air removes the blue. Keep it short, with one formula.")
+
+SKY_ANSWER = """The sky is blue because air molecules scatter short wavelengths of sunlight far more than long ones — **Rayleigh scattering**. The scattered intensity grows as
+
+`I ∝ 1 / λ⁴`
+
+so blue light (≈450 nm) is scattered about **5.5 times** more than red light (≈700 nm). That scattered blue light reaches your eyes from every direction of the sky.
+
+- **Why not violet?** The Sun emits less violet, and our eyes are less sensitive to it.
+- **Why are sunsets red?** Near the horizon sunlight crosses much more air, so most of the blue is scattered away before it reaches you."""
+
+
+def _script(request):
+    last = request.messages[-1]["content"]
+    text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+    steps = []
+    if request.enable_thinking:
+        steps += [("thought", w + " ") for w in THOUGHT.split(" ")]
+    answer = PHOTO_ANSWER if "car" in text else SKY_ANSWER
+    steps += [("answer", answer[i:i + 8]) for i in range(0, len(answer), 8)]
+    return steps
+
+
+def make_photo(path: Path) -> Path:
+    """A small illustrated street scene (sky, hills, a tree, a red car) to attach."""
+    from PySide6.QtCore import QPointF, QRectF, Qt
+    from PySide6.QtGui import QColor, QImage, QLinearGradient, QPainter, QPainterPath
+
+    w, h = 960, 640
+    image = QImage(w, h, QImage.Format_RGB32)
+    p = QPainter(image)
+    p.setRenderHint(QPainter.Antialiasing)
+    sky = QLinearGradient(0, 0, 0, h)
+    sky.setColorAt(0, QColor("#7EC8F7"))
+    sky.setColorAt(1, QColor("#DDF1FD"))
+    p.fillRect(0, 0, w, h, sky)
+    p.setPen(Qt.NoPen)
+    p.setBrush(QColor("#FFE27A"))
+    p.drawEllipse(QPointF(150, 110), 52, 52)
+    hill = QPainterPath(QPointF(0, 420))
+    hill.cubicTo(260, 300, 520, 330, 960, 380)
+    hill.lineTo(960, 640)
+    hill.lineTo(0, 640)
+    p.setBrush(QColor("#7CC46A"))
+    p.drawPath(hill)
+    p.setBrush(QColor("#8B8F98"))
+    p.drawRect(QRectF(0, 470, w, 110))
+    p.setBrush(QColor("#F5F5F5"))
+    for x in range(20, w, 120):
+        p.drawRect(QRectF(x, 520, 60, 8))
+    p.setBrush(QColor("#7A4E2D"))
+    p.drawRect(QRectF(718, 280, 26, 130))
+    p.setBrush(QColor("#3E9B4F"))
+    p.drawEllipse(QPointF(731, 240), 92, 84)
+    p.setBrush(QColor("#E0403A"))
+    body = QPainterPath()
+    body.addRoundedRect(QRectF(130, 420, 270, 70), 22, 22)
+    body.addRoundedRect(QRectF(185, 383, 150, 60), 24, 24)
+    p.drawPath(body.simplified())
+    p.setBrush(QColor("#CFE8F7"))
+    p.drawRoundedRect(QRectF(200, 395, 56, 36), 8, 8)
+    p.drawRoundedRect(QRectF(264, 395, 56, 36), 8, 8)
+    p.setBrush(QColor("#222222"))
+    for x in (190, 340):
+        p.drawEllipse(QPointF(x, 492), 28, 28)
+    p.setBrush(QColor("#BBBBBB"))
+    for x in (190, 340):
+        p.drawEllipse(QPointF(x, 492), 11, 11)
+    p.end()
+    image.save(str(path))
+    return path
+
+
+def make_fake_models(root: Path) -> None:
+    """Model folders with sparse weight files, so sizes and memory fit show without real weights."""
+    import json
+
+    gib = 1024 ** 3
+    for folder, label, size, extra in (
+            ("gemma-4-e2b-it-4bit", "Gemma 4 E2B instruct (4-bit)", 3.4 * gib, {}),
+            ("gemma-4-e4b-it-4bit", "Gemma 4 E4B instruct (4-bit)", 5.2 * gib, {}),
+            ("gemma-4-31b-it-4bit", "Gemma 4 31B instruct (4-bit)", 18.4 * gib, {}),
+            ("starter", "Gemma 3 270M (base, completion only; not a chat model)", 0.24 * gib, {"starter": True})):
+        path = root / folder
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"gemma4_mac": {"display_name": label, **extra}}))
+        (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "x"} if not extra else {}))
+        with open(path / "model.safetensors", "wb") as f:
+            f.truncate(int(size))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = Path(argv[0]) if argv else ROOT / ".cache" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gemma4-shots-"))
+    os.environ["GEMMA4_MAC_HOME"] = str(home)
+
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    from gemma4_mac.app import build_app
+    from gemma4_mac.engine import FakeBackend
+    from gemma4_mac.paths import models_dir
+    from gemma4_mac.settings import AppSettings, save_settings
+    from ui.recorder import FakeAudioSource, Recorder
+
+    make_fake_models(models_dir())
+    model_path = str(models_dir() / "gemma-4-e2b-it-4bit")
+    save_settings(AppSettings(model_path=model_path))
+    photo = make_photo(home / "street.png")
+    backend = FakeBackend(_script, token_delay=0.012, model_name="Gemma 4 E2B instruct (4-bit)", context_limit=32768)
+    recorder = Recorder(lambda: FakeAudioSource(chunk_seconds=0.05, interval_ms=15))
+    app, window, controller = build_app(["--theme", "light"], backend=backend, recorder=recorder)
+    window.resize(*WINDOW_SIZE)
+    window.show()
+    controller.start()
+
+    def settle(seconds: float = 0.3) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.01)
+
+    def wait(predicate, timeout: float = 20.0) -> None:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.005)
+        settle(0.3)
+
+    def shoot(widget, name: str) -> None:
+        settle(0.2)
+        path = out / f"{name}.png"
+        widget.grab().save(str(path))
+        print(path)
+
+    wait(lambda: controller.model_info is not None)
+    # a few older conversations for the sidebar
+    day = 86400
+    for title, age in (("Trip ideas for Lisbon", 0.2), ("Regex for ISO dates", 1.1), ("Summarise Q3 report.pdf", 3),
+                       ("SwiftUI list performance", 5), ("Sourdough hydration", 12), ("Explain KV caches", 40)):
+        conversation = controller.history.create_conversation(title)
+        controller.history.add_message(conversation.id, "user", title)
+        controller.history.db.execute("UPDATE conversations SET updated_at=? WHERE id=?",
+                                      (time.time() - age * day, conversation.id))
+    controller.history.db.commit()
+    controller.refresh_sidebar()
+    shoot(window, "01-empty")
+
+    controller.attach_files([str(photo)])
+    window.composer.set_text("Where is the red car? Also write Python to crop it.")
+    settle()
+    shoot(window, "02-composer-with-image")
+    controller.send()
+    wait(lambda: controller.stream is None)
+    window.transcript.scroll_to_bottom()
+    settle()
+    window.transcript.verticalScrollBar().setValue(0)
+    shoot(window, "03-conversation-image-code")
+    window.transcript.scroll_to_bottom()
+    shoot(window, "04-conversation-code")
+
+    controller.new_chat()
+    window.composer.set_thinking(True)
+    controller.set_thinking(True)
+    window.composer.set_text("Why is the sky blue?")
+    controller.send()
+    wait(lambda: controller.stream is None)
+    answer = window.transcript.messages[-1]
+    answer.thinking.set_expanded(True)
+    settle()
+    window.transcript.verticalScrollBar().setValue(0)
+    shoot(window, "05-thinking-expanded")
+
+    controller.recorder.start()
+    wait(lambda: controller.recorder.samples > 16000 * 7, timeout=10)
+    shoot(window, "06-recording")
+    controller.recorder.cancel()
+
+    dialog = controller.open_model_manager()
+    dialog.resize(640, 600)
+    dialog.set_progress({"stage": "download", "fraction": 0.42, "message": "model-00001-of-00002.safetensors"})
+    shoot(dialog, "07-model-manager")
+    dialog.close()
+    settings_dialog = controller.open_settings()
+    shoot(settings_dialog, "08-settings")
+    settings_dialog.close()
+
+    controller.theme.set_preference("dark")
+    window.apply_palette(controller.theme.palette)
+    first = controller.history.conversations()
+    target = next(c for c in first if "red car" in c.title)
+    controller.open_conversation(target.id)
+    settle()
+    window.transcript.verticalScrollBar().setValue(0)
+    shoot(window, "09-dark-conversation")
+    controller.new_chat()
+    shoot(window, "10-dark-empty")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

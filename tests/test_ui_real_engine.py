@@ -1,0 +1,92 @@
+"""The window end to end through the real engine thread: our MLX model (tiny, random, with the real
+Gemma 4 tokenizer) loaded from disk by MlxBackend; a question typed into the composer streams an
+answer, is stored with its stats, regenerated, and stopped mid-answer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from PySide6.QtCore import Qt
+
+from gemma4_mac.engine import Engine, MlxBackend
+from gemma4_mac.settings import AppSettings
+from tests.ui_support import make_harness
+
+pytestmark = pytest.mark.slow
+LOAD_TIMEOUT = 180_000  # loading the real tokenizer imports transformers: slow on a busy 2-core machine
+ANSWER_TIMEOUT = 120_000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.tiny_chat_model import build_tiny_chat_model
+
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-ui"))
+
+
+class ThreadSpy(MlxBackend):
+    """The real backend, noting which threads load and generate."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def load(self, path):
+        self.threads.add(threading.current_thread().name)
+        return super().load(path)
+
+    def generate(self, loaded, request, cancel):
+        self.threads.add(threading.current_thread().name)
+        yield from super().generate(loaded, request, cancel)
+
+
+def test_window_answers_through_the_real_engine_thread(qtbot, tmp_path, monkeypatch, tiny_model):
+    backend = ThreadSpy()
+    h = make_harness(qtbot, tmp_path, monkeypatch, backend=backend, load=False,
+                     settings=AppSettings(max_tokens=10, temperature=0.0))
+    try:
+        h.engine.load_model(str(tiny_model))
+        qtbot.waitUntil(lambda: h.controller.model_state in ("ready", "error"), timeout=LOAD_TIMEOUT)
+        assert h.controller.model_state == "ready", h.window.banner.label.text()
+        assert h.controller.model_info["chat"] is True and h.controller.model_info["path"] == str(tiny_model)
+        # the meter now counts with the real tokenizer (4 tokens: "Hello", " there", ",", " Gemma")
+        h.window.composer.set_text("Hello there, Gemma")
+        assert h.engine.count_tokens("Hello there, Gemma") == 4
+
+        deltas: list[str] = []
+        h.engine.answerDelta.connect(deltas.append)
+        h.engine.thoughtDelta.connect(deltas.append)
+        qtbot.keyClick(h.window.composer.edit, Qt.Key_Return)
+        qtbot.waitUntil(lambda: h.controller.stream is None, timeout=ANSWER_TIMEOUT)
+        stored = h.history.messages(h.controller.conversation_id)
+        assert [m.role for m in stored] == ["user", "assistant"] and stored[0].content == "Hello there, Gemma"
+        answer = stored[1]
+        assert answer.stats["prompt_tokens"] > 5 and 1 <= answer.stats["generation_tokens"] <= 10
+        assert answer.stats["finish_reason"] in ("stop", "length") and not answer.partial
+        assert answer.content + answer.thought == "".join(deltas)  # every streamed piece, in order, once
+        widget = h.window.transcript.messages[-1]
+        assert widget.answer == answer.content
+        assert "tok/s" in widget.stats_label.text() and "prompt tokens" in widget.stats_label.text()
+        assert backend.threads == {Engine.THREAD_NAME}
+
+        # regenerate: the same prompt, greedy, so the same answer again through the restored session
+        widget.regenerate_button.click()
+        qtbot.waitUntil(lambda: h.controller.stream is None, timeout=ANSWER_TIMEOUT)
+        again = h.history.messages(h.controller.conversation_id)
+        assert [m.role for m in again] == ["user", "assistant"] and again[1].content == answer.content
+
+        # stop a long answer part way: kept, marked partial
+        h.controller.apply_settings(AppSettings(max_tokens=3000, temperature=0.0))
+        count = len(deltas)
+        h.window.composer.set_text("Tell me a very long story")
+        h.window.composer.send_button.click()
+        qtbot.waitUntil(lambda: len(deltas) > count + 3, timeout=ANSWER_TIMEOUT)
+        h.window.composer.send_button.click()  # Stop
+        qtbot.waitUntil(lambda: h.controller.stream is None, timeout=ANSWER_TIMEOUT)
+        last = h.history.messages(h.controller.conversation_id)[-1]
+        assert last.partial and last.stats["finish_reason"] == "cancelled"
+        assert 3 <= last.stats["generation_tokens"] < 3000
+    finally:
+        h.controller.shutdown()
+        h.history.close()

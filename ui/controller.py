@@ -1,0 +1,728 @@
+"""The controller: wires the window's signals to history, attachments, settings and the engine.
+
+Questions to the person (confirmations, save paths, the context-overflow choice) go through
+replaceable callables so tests can answer them without modal dialogs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QTimer, Signal
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+
+from gemma4_mac import model_manager
+from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore, estimate_attachment_tokens)
+from gemma4_mac.documents import DocumentError, estimate_tokens
+from gemma4_mac.engine import DEFAULT_CONTEXT, Engine, GenerationRequest
+from gemma4_mac.history import HistoryStore, Message, model_messages
+from gemma4_mac.settings import AppSettings, save_settings
+
+from .main_window import MainWindow
+from .message_widgets import AssistantMessage
+from .model_dialog import ModelManagerDialog
+from .recorder import Recorder
+from .settings_dialog import SettingsDialog
+from .theme import ThemeManager
+
+SUGGESTION_PROMPTS = {
+    "Describe a photo": "What is in this photo? ",
+    "Summarise a PDF": "Summarise the key points of this document: ",
+    "Transcribe a voice note": "Transcribe this recording: ",
+    "Explain some code": "Explain what this code does:\n\n",
+}
+OVERFLOW_NEW_CHAT, OVERFLOW_TRIM, OVERFLOW_CANCEL = "new_chat", "trim", "cancel"
+
+
+@dataclass
+class StreamState:
+    """The answer being generated (it may belong to a conversation that is not on screen)."""
+
+    conversation_id: int
+    message_id: int
+    widget: Optional[AssistantMessage]
+    request_id: Optional[int] = None
+    answer: str = ""
+    thought: str = ""
+    tool_calls: list[dict] = field(default_factory=list)
+    thought_started: Optional[float] = None
+    thought_seconds: Optional[float] = None
+
+
+class ChatController(QObject):
+    settingsChanged = Signal(object, object)  # (old, new) AppSettings, after they were saved
+
+    def __init__(self, window: MainWindow, engine: Engine, history: HistoryStore, attachments: AttachmentStore,
+                 settings: AppSettings, *, settings_path: Optional[Path] = None,
+                 theme: Optional[ThemeManager] = None, recorder: Optional[Recorder] = None,
+                 models_root: Optional[Path] = None):
+        super().__init__(window)
+        self.window, self.engine, self.history, self.attachments = window, engine, history, attachments
+        self.settings, self.settings_path, self.theme = settings, settings_path, theme
+        self.models_root = models_root if models_root is not None else model_manager.models_dir()
+        self.recorder = recorder or Recorder(parent=self)
+        self.conversation_id: Optional[int] = None
+        self.pending: list[Attachment] = []
+        self.stream: Optional[StreamState] = None
+        # the engine is shared with the quick-ask panel: only signals after our generationStarted are ours
+        self.engine_request: Optional[int] = None
+        self.model_info: Optional[dict] = None
+        self.model_state = "idle"
+        self.history_tokens = 0
+        self.settings_dialog: Optional[SettingsDialog] = None
+        self.model_dialog: Optional[ModelManagerDialog] = None
+        self._shut_down = False
+        # questions to the person; tests replace these
+        self.confirm: Callable[[str, str], bool] = self._confirm
+        self.choose_save_path: Callable[[str, str], Optional[str]] = self._choose_save_path
+        self.choose_files: Callable[[], list[str]] = self._choose_files
+        self.choose_overflow: Callable[[int, int, bool], str] = self._choose_overflow
+        self._token_timer = QTimer(self, singleShot=True, interval=120, timeout=self.update_token_count)
+        self._wire()
+        window.composer.set_thinking(settings.thinking)
+        self.refresh_sidebar()
+        self.update_token_count()
+
+    # wiring
+
+    def _wire(self) -> None:
+        w, sidebar, composer, engine = self.window, self.window.sidebar, self.window.composer, self.engine
+        sidebar.newChatClicked.connect(self.new_chat)
+        w.shortcuts["new"].activated.connect(self.new_chat)
+        sidebar.conversationSelected.connect(self.open_conversation)
+        sidebar.renameRequested.connect(self.rename_conversation)
+        sidebar.deleteRequested.connect(self.delete_conversation)
+        sidebar.exportRequested.connect(self.export_conversation)
+        sidebar.searchChanged.connect(self.search)
+        sidebar.settingsClicked.connect(self.open_settings)
+        w.shortcuts["settings"].activated.connect(self.open_settings)
+        w.shortcuts["settings_alt"].activated.connect(self.open_settings)
+        w.shortcuts["stop"].activated.connect(self.stop)
+        sidebar.modelClicked.connect(self.open_model_manager)
+        w.export_button.clicked.connect(self._export_menu)
+        w.filesDropped.connect(self.attach_files)
+        w.imageDropped.connect(self.attach_image)
+        w.closing.connect(self.shutdown)
+        w.empty_state.suggestionClicked.connect(self._use_suggestion)
+        w.transcript.regenerateRequested.connect(self.regenerate)
+        w.transcript.editRequested.connect(self.edit_last_message)
+        composer.submitted.connect(self.send)
+        composer.stopClicked.connect(self.stop)
+        composer.filesReceived.connect(self.attach_files)
+        composer.imageReceived.connect(self.attach_image)
+        composer.longTextReceived.connect(self.attach_long_text)
+        composer.attachmentRemoved.connect(self.remove_attachment)
+        composer.attachClicked.connect(lambda: self.attach_files(self.choose_files()))
+        composer.recordClicked.connect(self.recorder.start)
+        composer.recordStopClicked.connect(self.recorder.stop)
+        composer.recordCancelClicked.connect(self.recorder.cancel)
+        composer.thinkingToggled.connect(self.set_thinking)
+        composer.textEdited.connect(lambda _text: self._token_timer.start())
+        self.recorder.started.connect(lambda: composer.set_recording(True))
+        self.recorder.levelChanged.connect(composer.set_level)
+        self.recorder.elapsedChanged.connect(composer.set_elapsed)
+        self.recorder.finished.connect(self._on_recording_finished)
+        self.recorder.cancelled.connect(lambda: composer.set_recording(False))
+        self.recorder.failed.connect(self._on_recording_failed)
+        engine.modelLoading.connect(self._on_model_loading)
+        engine.modelLoaded.connect(self._on_model_loaded)
+        engine.modelLoadFailed.connect(self._on_model_failed)
+        engine.generationStarted.connect(self._on_started)
+        engine.answerDelta.connect(self._on_answer)
+        engine.thoughtDelta.connect(self._on_thought)
+        engine.toolCallReceived.connect(self._on_tool_call)
+        engine.generationFinished.connect(self._on_finished)
+        engine.generationFailed.connect(self._on_failed)
+        engine.conversionProgress.connect(self._on_conversion_progress)
+        engine.conversionFinished.connect(self._on_conversion_finished)
+        engine.conversionFailed.connect(self._on_conversion_failed)
+        if self.theme is not None:
+            self.theme.themeChanged.connect(w.apply_palette)
+
+    # model
+
+    def start(self) -> None:
+        """Load the model the settings name (or the best one on disk, or the starter)."""
+        self.engine.load_model(self.initial_model_path())
+
+    def initial_model_path(self) -> Optional[str]:
+        if self.settings.model_path:
+            return self.settings.model_path
+        entries = [e for e in model_manager.list_models(root=self.models_root) if not e.is_starter and e.fit.fits]
+        return str(entries[0].path) if entries else None
+
+    def _on_model_loading(self, path: str) -> None:
+        self.model_state = "loading"
+        name = Path(path).name if path else "starter model"
+        self.window.sidebar.set_model_status(name, "loading")
+
+    def _on_model_loaded(self, info: dict) -> None:
+        self.model_info, self.model_state = info, "ready"
+        short = "Starter · Gemma 3 270M" if info.get("is_starter") else info.get("name", "Model")
+        self.window.sidebar.set_model_status(short, "ready")
+        if info.get("is_starter"):
+            self.window.banner.show_message(
+                "Using the offline starter model (Gemma 3 270M): it continues text and is not a chat model. "
+                "Open Models in the sidebar to download Gemma 4.", "info")
+        elif self.window.banner.property("level") in ("error", "info"):
+            self.window.banner.dismiss()
+        self._refresh_models()
+        self.update_token_count()
+
+    def _on_model_failed(self, message: str) -> None:
+        self.model_info, self.model_state = None, "error"
+        self.window.sidebar.set_model_status("Model", "error")
+        self.window.banner.show_message(f"The model could not be loaded: {message}", "error")
+
+    def context_limit(self) -> int:
+        if self.settings.context_size:
+            return self.settings.context_size
+        return int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
+
+    # conversations
+
+    def refresh_sidebar(self) -> None:
+        query = self.window.sidebar.search.text()
+        if query.strip():
+            self.window.sidebar.set_search_results(self.history.search(query), self.conversation_id)
+        else:
+            self.window.sidebar.set_conversations(self.history.conversations(), self.conversation_id)
+        conversation = self.history.conversation(self.conversation_id) if self.conversation_id else None
+        self.window.header_title.setText(conversation.title if conversation else "New chat")
+
+    def search(self, text: str) -> None:
+        self.refresh_sidebar()
+
+    def _drop_if_empty(self) -> None:
+        """A conversation left without a message (only attachments tried) is removed."""
+        cid = self.conversation_id
+        if cid is not None and not self.history.messages(cid) and (self.stream is None or
+                                                                  self.stream.conversation_id != cid):
+            self.history.delete_conversation(cid)
+            self.attachments.remove_conversation(cid)
+
+    def new_chat(self) -> None:
+        if self.recorder.recording:
+            self.recorder.cancel()
+        self._detach_stream_widget()
+        self._drop_if_empty()
+        self.conversation_id = None
+        self.pending = []
+        self.window.composer.set_attachments([])
+        self.window.composer.set_text("")
+        self.window.transcript.clear()
+        self.window.show_empty(True)
+        self.history_tokens = 0
+        self.refresh_sidebar()
+        self.update_token_count()
+        self.window.composer.edit.setFocus()
+
+    def open_conversation(self, conversation_id: int, reload: bool = False) -> None:
+        """Show a conversation; `reload` redraws it even when it is on screen (it changed elsewhere)."""
+        if conversation_id == self.conversation_id and not reload:
+            return
+        self._detach_stream_widget()
+        self._drop_if_empty()
+        self.conversation_id = conversation_id
+        self.pending = []
+        self.window.composer.set_attachments([])
+        messages = self.history.messages(conversation_id)
+        self.window.transcript.show_messages(messages)
+        self.window.show_empty(not messages)
+        if self.stream is not None and self.stream.conversation_id == conversation_id:
+            self._reattach_stream()
+        self.history_tokens = self._estimate_messages(messages)
+        self.refresh_sidebar()
+        self.update_token_count()
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        self.history.rename_conversation(conversation_id, title)
+        self.refresh_sidebar()
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        conversation = self.history.conversation(conversation_id)
+        if conversation is None:
+            return
+        if not self.confirm("Delete this chat?",
+                            f"“{conversation.title}” and its attachments will be deleted from this Mac."):
+            return
+        if self.stream is not None and self.stream.conversation_id == conversation_id:
+            self.engine.cancel()
+            self.stream.widget = None
+        self.history.delete_conversation(conversation_id)
+        self.attachments.remove_conversation(conversation_id)
+        if conversation_id == self.conversation_id:
+            self.conversation_id = None
+            self.new_chat()
+        else:
+            self.refresh_sidebar()
+
+    def export_conversation(self, conversation_id: int, fmt: str) -> Optional[Path]:
+        conversation = self.history.conversation(conversation_id)
+        if conversation is None:
+            return None
+        suffix = ".md" if fmt == "markdown" else ".json"
+        safe = "".join(ch if ch.isalnum() or ch in " -_" else "_" for ch in conversation.title).strip() or "Chat"
+        target = self.choose_save_path(f"{safe}{suffix}", fmt)
+        if not target:
+            return None
+        text = self.history.export_markdown(conversation_id) if fmt == "markdown" else \
+            self.history.export_json(conversation_id)
+        try:
+            Path(target).write_text(text, encoding="utf-8")
+        except OSError as error:
+            self.window.banner.show_message(f"Could not write {target}: {error.strerror or error}.", "error")
+            return None
+        return Path(target)
+
+    def _export_menu(self) -> None:
+        if self.conversation_id is None:
+            return
+        menu = QMenu(self.window)
+        menu.addAction("Export as Markdown…", lambda: self.export_conversation(self.conversation_id, "markdown"))
+        menu.addAction("Export as JSON…", lambda: self.export_conversation(self.conversation_id, "json"))
+        button = self.window.export_button
+        menu.popup(button.mapToGlobal(button.rect().bottomLeft()))
+
+    def ensure_conversation(self) -> int:
+        if self.conversation_id is None:
+            self.conversation_id = self.history.create_conversation(model=self._model_name()).id
+            self.refresh_sidebar()
+        return self.conversation_id
+
+    def _model_name(self) -> str:
+        return (self.model_info or {}).get("name", "")
+
+    # attachments
+
+    def attach_files(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        cid = self.ensure_conversation()
+        problems = []
+        for path in paths:
+            try:
+                self.pending.append(self.attachments.import_file(cid, Path(path)))
+            except (AttachmentError, DocumentError, OSError) as error:
+                problems.append(str(error))
+        self._pending_changed(problems)
+
+    def attach_image(self, image: QImage, name: str = "") -> None:
+        if image.isNull():
+            return
+        data = QByteArray()
+        buffer = QBuffer(data)
+        buffer.open(QIODevice.WriteOnly)
+        image.save(buffer, "PNG")
+        buffer.close()
+        cid = self.ensure_conversation()
+        name = name or time.strftime("Pasted image %H.%M.%S.png")
+        try:
+            self.pending.append(self.attachments.import_bytes(cid, bytes(data), name, "image"))
+        except AttachmentError as error:
+            self._pending_changed([str(error)])
+            return
+        self._pending_changed([])
+
+    def attach_long_text(self, text: str) -> None:
+        cid = self.ensure_conversation()
+        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "Pasted text")[:40]
+        try:
+            self.pending.append(self.attachments.import_text(cid, text, f"{first_line}.txt"))
+        except (AttachmentError, DocumentError) as error:
+            self._pending_changed([str(error)])
+            return
+        self._pending_changed([])
+
+    def remove_attachment(self, index: int) -> None:
+        if 0 <= index < len(self.pending):
+            self.attachments.remove(self.pending.pop(index))
+            self._pending_changed([])
+
+    def _pending_changed(self, problems: list[str]) -> None:
+        self.window.composer.set_attachments(self.pending)
+        if problems:
+            self.window.banner.show_message("\n".join(problems), "warning")
+        self.update_token_count()
+
+    def _on_recording_finished(self, wav: bytes, seconds: float) -> None:
+        self.window.composer.set_recording(False)
+        cid = self.ensure_conversation()
+        try:
+            self.pending.append(self.attachments.import_bytes(cid, wav, time.strftime("Recording %H.%M.%S.wav"),
+                                                              "audio"))
+        except AttachmentError as error:
+            self._pending_changed([str(error)])
+            return
+        self._pending_changed([])
+
+    def _on_recording_failed(self, message: str) -> None:
+        self.window.composer.set_recording(False)
+        self.window.banner.show_message(message, "warning")
+
+    def _use_suggestion(self, title: str) -> None:
+        self.window.composer.set_text(SUGGESTION_PROMPTS.get(title, ""))
+        self.window.composer.edit.setFocus()
+
+    # tokens
+
+    def _estimate_messages(self, messages: list[Message]) -> int:
+        budget = self.settings.image_token_budget
+        return sum(estimate_tokens(m.content) + 4 + sum(estimate_attachment_tokens(a, budget) for a in m.attachments)
+                   for m in messages)
+
+    def update_token_count(self) -> int:
+        """Estimated tokens of the conversation plus the message being written; shown against the limit."""
+        composer = self.window.composer
+        used = self.history_tokens + self.engine.count_tokens(composer.text) + sum(
+            estimate_attachment_tokens(a, self.settings.image_token_budget) for a in self.pending)
+        used += estimate_tokens(self.settings.system_prompt)
+        composer.set_token_count(used, self.context_limit())
+        return used
+
+    # sending
+
+    def send(self, text: Optional[str] = None) -> bool:
+        """Send the composer's message; returns False when nothing was sent."""
+        text = (self.window.composer.text if text is None else text).strip()
+        if self.stream is not None or (not text and not self.pending):
+            return False
+        if self.recorder.recording:
+            return False
+        used, limit = self.update_token_count(), self.context_limit()
+        if used > limit:
+            choice = self.choose_overflow(used, limit, any(a.is_document for a in self.pending))
+            if choice == OVERFLOW_CANCEL:
+                return False
+            if choice == OVERFLOW_NEW_CHAT and self.history.messages(self.conversation_id or -1):
+                self._move_pending_to_new_chat()
+            if choice == OVERFLOW_TRIM or self._estimate_pending(text) > limit:
+                self._trim_documents(text, limit)
+        cid = self.ensure_conversation()
+        attachments, self.pending = self.pending, []
+        self.history.add_message(cid, "user", text, attachments=attachments, model=self._model_name())
+        self.window.composer.set_text("")
+        self.window.composer.set_attachments([])
+        self.window.show_empty(False)
+        self.window.transcript.add_user(text, attachments)
+        self.refresh_sidebar()
+        self._start_generation()
+        return True
+
+    def _estimate_pending(self, text: str) -> int:
+        return estimate_tokens(text) + sum(estimate_attachment_tokens(a, self.settings.image_token_budget)
+                                           for a in self.pending)
+
+    def _move_pending_to_new_chat(self) -> None:
+        old = self.conversation_id
+        self.conversation_id = None
+        cid = self.ensure_conversation()
+        moved = []
+        for attachment in self.pending:
+            moved.append(self.attachments.import_file(cid, Path(attachment.path)))
+            moved[-1].name = attachment.name
+            self.attachments.remove(attachment)
+        self.pending = moved
+        self.window.transcript.clear()
+        self.history_tokens = 0
+        del old
+
+    def _trim_documents(self, text: str, limit: int) -> None:
+        """Cut document attachments so the whole prompt fits `limit` tokens (shared out evenly)."""
+        documents = [a for a in self.pending if a.is_document]
+        if not documents:
+            return
+        fixed = self.history_tokens + estimate_tokens(text) + estimate_tokens(self.settings.system_prompt) + sum(
+            estimate_attachment_tokens(a, self.settings.image_token_budget) for a in self.pending if not a.is_document)
+        room = max(limit - fixed - self.settings.max_tokens // 4 - 64, 256)
+        for a in documents:
+            share = room / len(documents)
+            chars = int(a.meta.get("chars") or a.size)
+            tokens = max(int(a.meta.get("tokens") or 1), 1)
+            if tokens > share:
+                a.meta["max_chars"] = int(chars * share / tokens)
+                a.meta["tokens"] = int(share)
+
+    def _start_generation(self) -> None:
+        cid = self.conversation_id
+        messages = self.history.messages(cid)
+        self.history_tokens = self._estimate_messages(messages)
+        request = GenerationRequest(
+            conversation_id=cid, messages=model_messages(messages, self.settings.system_prompt),
+            enable_thinking=self.settings.thinking, sampling=self.settings.sampling_kwargs(),
+            kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
+        if self.model_info is not None and not self.model_info.get("chat", True):
+            request.raw_prompt = messages[-1].content  # a base model continues the text as written
+        images = [a.path for m in messages if m.role == "user" for a in m.attachments if a.kind == "image"]
+        stored = self.history.add_message(cid, "assistant", "", partial=True, model=self._model_name())
+        widget = self.window.transcript.add_assistant(Path(images[-1]) if images else None)
+        widget.start_streaming()
+        self.stream = StreamState(cid, stored.id, widget)
+        self.window.composer.set_generating(True)
+        self.stream.request_id = self.engine.generate(request)
+
+    def stop(self) -> None:
+        if self.recorder.recording:
+            self.recorder.cancel()
+        elif self.stream is not None:
+            self.engine.cancel()
+
+    def regenerate(self) -> None:
+        """Answer the last question again."""
+        if self.stream is not None or self.conversation_id is None:
+            return
+        messages = self.history.messages(self.conversation_id)
+        if not messages or messages[-1].role != "assistant":
+            return
+        last = messages[-1]
+        self.history.delete_messages_from(self.conversation_id, last.position)
+        self.window.transcript.remove_from(len(messages) - 1)
+        self._start_generation()
+
+    def edit_last_message(self) -> None:
+        """Put the last question back into the composer (with its attachments) and remove it and its answer."""
+        if self.stream is not None or self.conversation_id is None:
+            return
+        messages = self.history.messages(self.conversation_id)
+        users = [i for i, m in enumerate(messages) if m.role == "user"]
+        if not users:
+            return
+        index = users[-1]
+        message = messages[index]
+        self.history.delete_messages_from(self.conversation_id, message.position)
+        self.window.transcript.remove_from(index)
+        self.pending = list(message.attachments)
+        self.window.composer.set_attachments(self.pending)
+        self.window.composer.set_text(message.content)
+        self.window.composer.edit.setFocus()
+        remaining = messages[:index]
+        self.window.show_empty(not remaining)
+        self.history_tokens = self._estimate_messages(remaining)
+        self.update_token_count()
+
+    # stream events
+
+    def _on_started(self, request_id: int) -> None:
+        self.engine_request = request_id
+
+    def _streaming_ours(self) -> bool:
+        """Whether the engine is streaming our request now (not a cancelled earlier one, not the panel's)."""
+        return self.stream is not None and self.engine_request == self.stream.request_id
+
+    def _ended_ours(self) -> bool:
+        """Whether the finished/failed signal now arriving ends our request (then forget the engine's id)."""
+        ours = self._streaming_ours() or (
+            # a turn refused before it started (no model loaded) never sends generationStarted
+            self.stream is not None and self.engine_request is None and self.engine.model_info is None)
+        self.engine_request = None
+        return ours
+
+    def _on_answer(self, text: str) -> None:
+        if not self._streaming_ours():
+            return
+        if self.stream.thought_started is not None and self.stream.thought_seconds is None:
+            self.stream.thought_seconds = time.monotonic() - self.stream.thought_started
+        self.stream.answer += text
+        if self.stream.widget is not None:
+            self.stream.widget.append_answer(text)
+
+    def _on_thought(self, text: str) -> None:
+        if not self._streaming_ours():
+            return
+        if self.stream.thought_started is None:
+            self.stream.thought_started = time.monotonic()
+        self.stream.thought += text
+        if self.stream.widget is not None:
+            self.stream.widget.append_thought(text)
+
+    def _on_tool_call(self, call: dict) -> None:
+        if not self._streaming_ours():
+            return
+        self.stream.tool_calls.append(call)
+        if self.stream.widget is not None:
+            self.stream.widget.add_tool_call(call)
+
+    def _on_finished(self, stats: dict) -> None:
+        if not self._ended_ours():
+            return
+        stream, self.stream = self.stream, None
+        self.window.composer.set_generating(False)
+        stats = dict(stats)
+        if stream.thought_started is not None:
+            stats["thinking_seconds"] = stream.thought_seconds or (time.monotonic() - stream.thought_started)
+        partial = stats.get("finish_reason") == "cancelled"
+        self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
+                                    tool_calls=stream.tool_calls, stats=stats, partial=partial)
+        if stream.widget is not None:
+            if stream.widget.thinking is not None:
+                stream.widget.thinking.finish(stats.get("thinking_seconds"))
+            stream.widget.finish(stats, partial)
+        if stream.conversation_id == self.conversation_id:
+            self.history_tokens = self._estimate_messages(self.history.messages(self.conversation_id))
+            self.update_token_count()
+        self.refresh_sidebar()
+
+    def _on_failed(self, message: str) -> None:
+        if not self._ended_ours():
+            return  # another request's failure (the quick-ask panel shows its own)
+        stream, self.stream = self.stream, None
+        self.window.composer.set_generating(False)
+        if stream.answer or stream.thought:
+            self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
+                                        tool_calls=stream.tool_calls, partial=True)
+        else:
+            stored = [m for m in self.history.messages(stream.conversation_id) if m.id == stream.message_id]
+            if stored:
+                self.history.delete_messages_from(stream.conversation_id, stored[0].position)
+        if stream.widget is not None:
+            stream.widget.show_error(message)
+        self.window.banner.show_message(message, "error")
+
+    def _detach_stream_widget(self) -> None:
+        if self.stream is not None:
+            self.stream.widget = None
+
+    def _reattach_stream(self) -> None:
+        widgets = self.window.transcript.messages
+        if not widgets or not isinstance(widgets[-1], AssistantMessage):
+            return
+        widget = widgets[-1]
+        self.stream.widget = widget
+        if self.stream.thought:
+            widget.append_thought(self.stream.thought)
+        widget.answer = self.stream.answer
+        widget.start_streaming()
+
+    # settings and models
+
+    def set_thinking(self, on: bool) -> None:
+        self.apply_settings(dataclasses.replace(self.settings, thinking=on))
+
+    def apply_settings(self, new: AppSettings) -> None:
+        old, self.settings = self.settings, new
+        try:
+            save_settings(new, self.settings_path)
+        except (OSError, ValueError) as error:
+            self.window.banner.show_message(f"Settings could not be saved: {error}", "error")
+        self.window.composer.set_thinking(new.thinking)
+        if self.theme is not None and new.theme != old.theme:
+            self.theme.set_preference(new.theme)
+        if new.model_path != old.model_path:
+            self.engine.load_model(new.model_path or None)
+        self.update_token_count()
+        self.settingsChanged.emit(old, new)
+
+    def open_settings(self) -> SettingsDialog:
+        models = model_manager.list_models(extra=(self.settings.model_path,), root=self.models_root)
+        auto = int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
+        dialog = SettingsDialog(self.settings, models, auto, self.window)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.settings()))
+        dialog.manageModelsClicked.connect(self.open_model_manager)
+        self.settings_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def open_model_manager(self) -> ModelManagerDialog:
+        if self.model_dialog is not None and self.model_dialog.isVisible():
+            self.model_dialog.raise_()
+            return self.model_dialog
+        dialog = ModelManagerDialog(model_manager.total_memory(), self.models_root, self.window)
+        dialog.useModelRequested.connect(self.use_model)
+        dialog.deleteModelRequested.connect(self.delete_model)
+        dialog.downloadRequested.connect(lambda repo, dest, label: self.engine.convert_model(repo, Path(dest), label))
+        dialog.cancelDownloadRequested.connect(self.engine.cancel_conversion)
+        self.model_dialog = dialog
+        self._refresh_models()
+        dialog.open()
+        return dialog
+
+    def _refresh_models(self) -> None:
+        if self.model_dialog is None:
+            return
+        current = (self.model_info or {}).get("path", "")
+        extra = tuple(p for p in (self.settings.model_path, current) if p and Path(p).is_dir())
+        self.model_dialog.set_models(model_manager.list_models(extra=extra, root=self.models_root), current)
+
+    def use_model(self, path: str) -> None:
+        self.apply_settings(dataclasses.replace(self.settings, model_path=path))
+        self._refresh_models()
+
+    def delete_model(self, path: str) -> None:
+        if not self.confirm("Delete this model?", f"{path} will be deleted from this Mac."):
+            return
+        try:
+            model_manager.delete_model(Path(path), root=self.models_root)
+        except (model_manager.ModelManagerError, OSError) as error:
+            self.window.banner.show_message(str(error), "error")
+        self._refresh_models()
+
+    def _on_conversion_progress(self, report: dict) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_progress(report)
+
+    def _on_conversion_finished(self, path: str) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_finished(path)
+            self._refresh_models()
+        self.window.banner.show_message(f"The model is ready in {path}. Choose “Use” in Models to switch to it.",
+                                        "info")
+
+    def _on_conversion_failed(self, message: str) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_failed(message)
+        else:
+            self.window.banner.show_message(message, "error")
+
+    # shutdown
+
+    def shutdown(self) -> None:
+        """Keep an answer cut off by quitting (marked partial) and stop the engine thread."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if self.recorder.recording:
+            self.recorder.cancel()
+        if self.stream is not None:
+            self.history.update_message(self.stream.message_id, content=self.stream.answer,
+                                        thought=self.stream.thought, tool_calls=self.stream.tool_calls, partial=True)
+            self.stream = None
+        self._drop_if_empty()
+        self.engine.shutdown(timeout=3.0)
+
+    # default questions (modal dialogs)
+
+    def _confirm(self, title: str, text: str) -> bool:
+        box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Cancel, self.window)
+        delete = box.addButton("Delete", QMessageBox.DestructiveRole)
+        box.exec()
+        return box.clickedButton() is delete
+
+    def _choose_save_path(self, suggested: str, fmt: str) -> Optional[str]:
+        pattern = "Markdown (*.md)" if fmt == "markdown" else "JSON (*.json)"
+        path, _ = QFileDialog.getSaveFileName(self.window, "Export chat", str(Path.home() / suggested), pattern)
+        return path or None
+
+    def _choose_files(self) -> list[str]:
+        paths, _ = QFileDialog.getOpenFileNames(self.window, "Attach files", str(Path.home()))
+        return paths
+
+    def _choose_overflow(self, used: int, limit: int, has_documents: bool) -> str:
+        box = QMessageBox(QMessageBox.Information, "This does not fit the context",
+                          f"The conversation and this message come to about {used:,} tokens, but the context "
+                          f"holds {limit:,}. You can raise the context size in Settings if this Mac has the "
+                          "memory, or:", QMessageBox.NoButton, self.window)
+        new_chat = box.addButton("Send in a new chat", QMessageBox.AcceptRole)
+        trim = box.addButton("Trim the documents to fit", QMessageBox.AcceptRole) if has_documents else None
+        box.addButton(QMessageBox.Cancel)
+        box.exec()
+        clicked = box.clickedButton()
+        if clicked is new_chat:
+            return OVERFLOW_NEW_CHAT
+        if trim is not None and clicked is trim:
+            return OVERFLOW_TRIM
+        return OVERFLOW_CANCEL
