@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 
-from .prefill import PREFILL_CHUNK, GenerationError, prefill
+from .prefill import PREFILL_CHUNK, GenerationError, planned_chunk_size, prefill
 
 __all__ = ["PREFILL_CHUNK", "GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt",
            "SamplingSettings", "TokenStep", "generate_tokens", "prefill", "prepare_prompt", "run_prompt",
@@ -240,9 +240,11 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     reused = session.prepare(keys)
     stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=reused)
     boundary = prepared.generation_prompt_start
+    chunk_size = planned_chunk_size(model, len(tokens))
     if boundary is not None and reused < boundary < len(tokens):
         prefill(model, tokens[reused:boundary], session.cache, cancel=cancel, want_logits=False,
-                on_chunk=session.append, media=media, position=reused, keys=keys[reused:boundary])
+                on_chunk=session.append, media=media, position=reused, keys=keys[reused:boundary],
+                chunk_size=chunk_size)
         if len(session.tokens) == boundary:
             session.mark()
             if document_cache is not None and model_id:
@@ -251,7 +253,7 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     if not (cancel is not None and cancel.is_set()):
         done = len(session.tokens)
         logits = prefill(model, tokens[done:], session.cache, cancel=cancel, on_chunk=session.append,
-                         media=media, position=done, keys=keys[done:])
+                         media=media, position=done, keys=keys[done:], chunk_size=chunk_size)
     if logits is None:
         stats.finish_reason = "cancelled"
         yield GenerationEvent("done", stats=stats)

@@ -15,6 +15,8 @@ import mlx.core as mx
 import numpy as np
 
 PREFILL_CHUNK = 512
+SCRATCH_SHARE = 0.1  # of the memory free now, for one chunk's temporaries
+MAX_SCRATCH_BYTES = 2 << 30
 
 
 class GenerationError(RuntimeError):
@@ -34,6 +36,21 @@ def chunk_bounds(start: int, end: int, chunk_size: int, media: Sequence = ()) ->
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def planned_chunk_size(model, context: int, available_bytes: Optional[int] = None) -> int:
+    """The largest chunk whose prefill scratch at `context` tokens fits a share of free memory (the planner)."""
+    from mlx_model.planner import choose_prefill_chunk
+
+    config = getattr(getattr(model, "config", None), "text_config", None)
+    if config is None or not hasattr(config, "layer_types"):
+        return PREFILL_CHUNK
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    budget = min(int(available_bytes * SCRATCH_SHARE), MAX_SCRATCH_BYTES)
+    return choose_prefill_chunk(config, context, budget)
 
 
 class _MediaEmbedder:

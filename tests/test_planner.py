@@ -10,7 +10,7 @@ import mlx.core as mx
 
 from mlx_model import load_model
 from mlx_model.language import TextConfig
-from mlx_model.planner import (VARIANT_CONFIGS, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
+from mlx_model.planner import (VARIANT_CONFIGS, prefill_scratch_bytes, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
                                largest_context, variant_table)
 from tests.reference_models import TINY_VOCAB, VARIANTS, build_gemma4
 
@@ -51,3 +51,18 @@ def test_variant_table_prints_every_row():
     assert len(rows) == 4 * 4 * 3
     text = format_table(rows)
     assert "31B" in text and "256K" in text
+
+
+def test_generation_takes_the_planners_chunk_for_the_memory_it_has():
+    from types import SimpleNamespace
+
+    from gemma4_mac.prefill import planned_chunk_size
+
+    config = TextConfig.from_dict({**VARIANT_CONFIGS["31B"], "max_position_embeddings": 262_144})
+    model = SimpleNamespace(config=SimpleNamespace(text_config=config))
+    roomy = planned_chunk_size(model, 8192, available_bytes=64 << 30)
+    tight = planned_chunk_size(model, 200_000, available_bytes=8 << 30)
+    assert tight < roomy
+    # each chosen chunk's scratch fits the share of free memory it was given (2 GiB at most)
+    assert prefill_scratch_bytes(config, roomy, 8192) <= 2 << 30 < prefill_scratch_bytes(config, 2 * roomy, 8192)
+    assert tight == 128 or prefill_scratch_bytes(config, tight, 200_000) <= (8 << 30) * 0.1
