@@ -170,6 +170,35 @@ def third_turn_ttft_mlx_lm(model, doc, questions, thought, answer) -> float:
     return ttft
 
 
+def kv_precision_figures(model, tokens) -> dict:
+    """KV bytes at 8 and 4 bits against the 16-bit cache of a bfloat16 model, and the planner's figure for each.
+
+    Answer quality under quantized KV is measured on the parity checkpoints (tests/test_kv_quantization.py):
+    these random weights give near-uniform logits, where any perturbation flips the argmax.
+    """
+    from mlx_model.planner import kv_bytes as planned_kv
+
+    config = model.config.text_config
+    figures, base = {}, 1
+    for bits in (None, 8, 4):
+        cache = model.make_cache(kv_bits=bits)
+        logits = prefill(model, tokens, cache)
+        for _ in range(DECODE_TOKENS):
+            logits = model(mx.argmax(logits, axis=-1).reshape(1, 1), cache=cache)[:, -1, :]
+        mx.eval(logits)
+        measured = sum(c.nbytes for c in cache)
+        if bits is None:
+            base = measured
+        figures[f"{bits or 16}bit"] = {
+            "kv_bytes": int(measured),
+            "ratio_to_16bit": measured / base,
+            "planner_kv_bytes": planned_kv(config, len(tokens) + DECODE_TOKENS, bits),
+        }
+    figures["context"] = len(tokens)
+    figures["decode_tokens"] = DECODE_TOKENS
+    return figures
+
+
 def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
     """All measurements; returns the JSON-ready result."""
     rng = np.random.default_rng(0)
@@ -178,6 +207,7 @@ def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
         write_checkpoint(path)
         ours = load_model(path)
         theirs = load_mlx_lm(path)
+        ours_bf16 = load_model(path, dtype=mx.bfloat16)  # KV precision is judged against a 16-bit cache
     config = ours.config.text_config
     result = {"config": {k: BENCH_CONFIG[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
                                                       "sliding_window", "num_kv_shared_layers")},
@@ -196,6 +226,8 @@ def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
             "planner_estimate_bytes": estimate,
             "planner_error": estimate / max(a["peak_beyond_weights_bytes"], 1) - 1.0,
         }
+    result["kv_precision"] = kv_precision_figures(ours_bf16, rng.integers(3, 262_000, max(contexts)).tolist())
+    del ours_bf16
     doc = rng.integers(3, 262_000, doc_tokens).tolist()
     questions = [rng.integers(3, 262_000, 24).tolist() + [105, 4] for _ in range(3)]
     thought, answer = rng.integers(3, 262_000, 200).tolist(), rng.integers(3, 262_000, 60).tolist()

@@ -100,6 +100,7 @@ class MlxBackend:
         self._session, self._session_key = None, None  # the old model's cache goes with it
         try:
             folder = model_manager.ensure_starter() if starter else Path(path).expanduser()
+            _refuse_if_too_large(folder)
             model, processor = load(folder)
         except (ModelLoadError, model_manager.ModelManagerError, OSError, ValueError) as error:
             raise EngineError(str(error)) from error
@@ -210,6 +211,22 @@ def _forward(progress: Callable[[dict], None]) -> Callable[[Any], None]:
 def _reset_quantized(session, kv_bits: int) -> None:
     session.cache = session.model.make_cache(kv_bits=kv_bits)
     session.tokens, session.restore_points = [], []
+
+
+def _refuse_if_too_large(folder: Path) -> None:
+    """Refuse, with the numbers, a model the planner says this machine cannot hold (instead of swapping)."""
+    from . import model_manager
+
+    fit = model_manager.estimate_fit(folder)
+    if fit.fits:
+        return
+    gib = model_manager.GIB
+    usable = fit.total_bytes * (1 - model_manager.SYSTEM_SHARE)
+    raise EngineError(
+        f"{folder.name} needs about {fit.required_bytes / gib:.1f} GB ({model_manager.weight_bytes(folder) / gib:.1f} GB "
+        f"of weights plus room for a conversation), but this computer has {fit.total_bytes / gib:.0f} GB of memory, "
+        f"of which about {usable / gib:.1f} GB can hold a model. Choose a smaller model (E4B or E2B) in the model "
+        "manager.")
 
 
 @dataclass

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     model_path = str(models_dir() / "gemma-4-e2b-it-4bit")
     save_settings(AppSettings(model_path=model_path))
     photo = make_photo(home / "street.png")
-    backend = FakeBackend(_script, token_delay=0.012, model_name="Gemma 4 E2B instruct (4-bit)", context_limit=32768)
+    backend = FakeBackend(_script, token_delay=0.02, model_name="Gemma 4 E2B instruct (4-bit)", context_limit=32768)
     recorder = Recorder(lambda: FakeAudioSource(chunk_seconds=0.05, interval_ms=15))
     app, window, controller = build_app(["--theme", "light"], backend=backend, recorder=recorder)
     window.resize(*WINDOW_SIZE)

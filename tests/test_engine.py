@@ -305,3 +305,32 @@ def test_real_generation_cancels_promptly(make_engine, qtbot):
         engine.cancel()
     assert finished.args[0]["finish_reason"] == "cancelled"
     assert finished.args[0]["generation_tokens"] < 100_000
+
+
+def test_streaming_signals_do_not_drain_the_true_singleton(make_engine, qtbot):
+    """PySide 6.12's emit drops a reference to True per call; thousands of deltas must not abort the app."""
+    import sys
+
+    engine, seen = make_engine(FakeBackend(lambda r: [("answer", "x")] * 3000))
+    engine.load_model(None)
+    before = sys.getrefcount(True)
+    with qtbot.waitSignal(engine.generationFinished, timeout=TIMEOUT):
+        engine.generate(request())
+    assert len(seen.of("answerDelta")) == 3000
+    assert sys.getrefcount(True) > before - 100
+
+
+def test_a_model_too_large_for_this_machine_is_refused_with_the_numbers(tmp_path, monkeypatch):
+    from gemma4_mac import model_manager
+
+    folder = tmp_path / "gemma-4-31b-it-4bit"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with open(folder / "model.safetensors", "wb") as handle:
+        handle.truncate(18 * model_manager.GIB)  # sparse: 18 GB of weights on paper, nothing on disk
+    monkeypatch.setattr(model_manager, "total_memory", lambda: 16 * model_manager.GIB)
+    with pytest.raises(EngineError) as refused:
+        MlxBackend().load(folder)
+    message = str(refused.value)
+    assert "19.0 GB" in message and "18.0 GB of weights" in message and "16 GB of memory" in message
+    assert "12.0 GB can hold a model" in message and "smaller model" in message

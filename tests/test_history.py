@@ -10,6 +10,17 @@ from gemma4_mac.history import (DEFAULT_TITLE, HIT_END, HIT_START, HistoryError,
 from tests.pdf_fixtures import write_pdf
 
 
+def png_bytes() -> bytes:
+    """A real (tiny) PNG: attachments are checked with the model's own image reader."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.new("RGB", (4, 3), "red").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def store(tmp_path):
     history = HistoryStore(tmp_path / "history.sqlite3", tmp_path / "attachments")
@@ -48,7 +59,7 @@ def test_first_user_message_names_the_conversation(store):
 def test_messages_keep_order_attachments_stats_and_partial(store, tmp_path):
     attachments = AttachmentStore(tmp_path / "attachments")
     cid = store.create_conversation().id
-    image = attachments.import_bytes(cid, b"\x89PNG", "shot.png", "audio")
+    image = attachments.import_bytes(cid, png_bytes(), "shot.png", "image")
     store.add_message(cid, "user", "What is this?", attachments=[image])
     answer = store.add_message(cid, "assistant", "", partial=True)
     store.update_message(answer.id, content="A screenshot.", thought="Look at it.", stats={"prompt_tokens": 300},
@@ -133,8 +144,7 @@ def test_model_messages_put_documents_before_the_question_and_media_as_parts(sto
     attachments = AttachmentStore(tmp_path / "attachments")
     cid = store.create_conversation().id
     pdf = attachments.import_file(cid, write_pdf(tmp_path / "memo.pdf", ["Launch is on Friday"]))
-    image = attachments.import_bytes(cid, b"png", "a.png", "audio")
-    image.kind = "image"
+    image = attachments.import_bytes(cid, png_bytes(), "a.png", "image")
     store.add_message(cid, "user", "When is launch?", attachments=[pdf])
     store.add_message(cid, "assistant", "Friday.", thought="from the memo")
     store.add_message(cid, "user", "And this?", attachments=[image])

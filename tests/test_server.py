@@ -30,7 +30,7 @@ import pytest
 from gemma4_mac.server import (GenerationService, ModelSlot, ModelWorker, ServerHandle, ServerOptions,
                                create_app)
 from mlx_model import load
-from tests.tiny_chat_model import build_tiny_chat_model
+from tests.tiny_chat_model import TINY_CHAT_CONFIG, build_tiny_chat_model
 
 MODEL_ID = "tiny-gemma-4"
 TOOL_CALL_OPEN, TOOL_RESPONSE, END_OF_TURN = 48, 50, 106
@@ -48,7 +48,7 @@ class ScriptBook:
     one token by token (its last token repeats); with none queued the model's own logits are used.
     A reply starts at the prompt's last prefill chunk, the one call made with `logits_to_keep`."""
 
-    capabilities = ("vision", "audio")  # lets attachments through; the reply is scripted anyway
+    capabilities = ("vision", "audio")  # the wrapped model has both towers; the reply is scripted anyway
 
     def __init__(self, model):
         self.model = model
@@ -59,6 +59,9 @@ class ScriptBook:
 
     def make_cache(self, *args, **kwargs):
         return self.model.make_cache(*args, **kwargs)
+
+    def __getattr__(self, name):  # the towers (image_features, audio_features, ...) are the real model's
+        return getattr(self.model, name)
 
     def __call__(self, inputs, cache=None, logits_to_keep=0, **kwargs):
         logits = self.model(inputs, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
@@ -105,13 +108,36 @@ class Harness:
         self.book.scripts.append(self.tokenizer.encode(text, add_special_tokens=False) + [end])
 
 
+def build_tiny_multimodal_model(path: Path) -> Path:
+    """The tiny chat model plus tiny vision and audio towers (so the processor expands attachments)."""
+    from mlx.utils import tree_flatten
+    from transformers import Gemma4AudioConfig, Gemma4VisionConfig
+
+    from mlx_model.model import Model, ModelConfig
+
+    build_tiny_chat_model(path)  # tokenizer files
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, position_embedding_size=64).to_dict()
+    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              subsampling_conv_channels=[128, 8], output_proj_dims=32).to_dict()
+    config = {"model_type": "gemma4", "text_config": TINY_CHAT_CONFIG, "vision_config": vision,
+              "audio_config": audio, "eos_token_id": TINY_CHAT_CONFIG["eos_token_id"]}
+    mx.random.seed(0)
+    model = Model(ModelConfig.from_dict(config))
+    weights = {k: 0.05 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
+    mx.save_safetensors(str(path / "model.safetensors"), weights)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    path = build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+    path = build_tiny_multimodal_model(tmp_path_factory.mktemp("tiny-chat"))
     worker = ModelWorker()
 
     def load_wrapped() -> ModelSlot:
         model, processor = load(path)
+        processor.image_token_budget = 70  # the smallest: a short prompt on two cores
         return ModelSlot(ScriptBook(model), processor, {"id": MODEL_ID, "context_limit": 16384})
 
     slot = worker.load(load_wrapped).wait()
@@ -310,7 +336,10 @@ def test_image_and_audio_parts_reach_the_prompt_as_temporary_files(server, tmp_p
     reply = ask(server, content, max_tokens=20)
     assert reply.choices[0].message.content == "A small picture and a tone."
     prompt = server.observed.prompts[-1]
-    assert prompt.count(IMAGE_TOKEN) == 2 and prompt.count(AUDIO_TOKEN) == 1
+    begin_image, begin_audio = (server.tokenizer.encode(marker, add_special_tokens=False)[0]
+                                for marker in ("<|image>", "<|audio>"))
+    assert prompt.count(begin_image) == 2 and prompt.count(begin_audio) == 1  # each expanded by the processor
+    assert prompt.count(IMAGE_TOKEN) > 2 and prompt.count(AUDIO_TOKEN) > 1
     parts = server.observed.attachments[-1]
     assert [kind for kind, _, _ in parts] == ["image", "image", "audio"]
     assert all(existed for _, _, existed in parts)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from gemma4_mac.server import ModelWorker, QueueFullError, main
+from gemma4_mac.server import ModelSlot, ModelWorker, QueueFullError, main
 from gemma4_mac.server.worker import WorkerStoppedError
 from gemma4_mac.server.call_grammar import CallRules
 from gemma4_mac.server.constrained import ReplyShape, build_grammar
@@ -93,6 +93,66 @@ class FakeSession:
 
     def reset(self):
         self.tokens, self.resets = [], self.resets + 1
+
+
+def test_a_long_job_serves_waiting_jobs_between_its_steps_but_never_another_long_one():
+    worker = ModelWorker()
+    order, gate = [], threading.Event()
+
+    def long_job(name):
+        def run(slot):
+            for step in range(3):
+                order.append(f"{name} {step}")
+                if step == 0:
+                    gate.wait(10)  # the others queue up meanwhile
+                worker.serve_waiting()
+        return run
+
+    try:
+        first = worker.submit("window", long_job("convert A"), exclusive=True)
+        second = worker.submit("window", long_job("convert B"), exclusive=True)
+        quick = [worker.submit(source, lambda slot, s=source: order.append(s)) for source in ("server", "window")]
+        gate.set()
+        for job in (first, second, *quick):
+            job.wait(10)
+        # both quick jobs ran inside A's first step; B waited for A to end (no conversion inside another)
+        assert order == ["convert A 0", "server", "window", "convert A 1", "convert A 2",
+                         "convert B 0", "convert B 1", "convert B 2"]
+        assert worker.serve_waiting() == 0  # off the model thread it does nothing
+    finally:
+        assert worker.stop()
+
+
+def test_stopping_cancels_the_long_job_and_the_one_it_serves():
+    worker = ModelWorker()
+    inner_started = threading.Event()
+
+    def inner(slot):
+        inner_started.set()
+        worker.current.cancel.wait(10)
+
+    def outer(slot):
+        while not worker.current.cancel.is_set():
+            worker.serve_waiting()
+            threading.Event().wait(0.01)
+        return "stopped"
+
+    outer_job = worker.submit("window", outer, exclusive=True)
+    inner_job = worker.submit("server", inner)
+    assert inner_started.wait(10)
+    assert worker.stop(timeout=10)
+    assert outer_job.wait(1) == "stopped" and inner_job.cancel.is_set() and outer_job.cancel.is_set()
+
+
+def test_slot_listeners_hear_each_model_change_on_the_model_thread():
+    worker = ModelWorker(name="model-thread")
+    heard = []
+    worker.add_slot_listener(lambda slot: heard.append((slot, threading.current_thread().name)))
+    try:
+        slot = worker.load(lambda: ModelSlot("model", "processor")).wait(10)
+        assert heard == [(None, "model-thread"), (slot, "model-thread")]
+    finally:
+        worker.stop()
 
 
 def test_session_pool_picks_the_longest_prefix_and_evicts_the_least_recent():

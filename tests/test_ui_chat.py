@@ -232,3 +232,31 @@ def test_late_signals_of_a_cancelled_request_are_dropped(harness_factory, qtbot)
     h.wait_idle()
     stored = h.history.messages(h.controller.conversation_id)[-1]
     assert stored.content == "new " * 30 and not stored.partial
+
+
+def test_a_question_sent_while_the_model_loads_waits_for_it(harness_factory, qtbot):
+    """Whether the model chats or only continues text is known once it has loaded: the turn waits."""
+    h = harness_factory(backend=FakeBackend(load_delay=0.4), load=False)
+    h.controller.start()  # no model in Settings or on disk: the starter (a base model)
+    qtbot.waitUntil(lambda: h.controller.model_state == "loading", timeout=TIMEOUT)
+    h.window.composer.set_text("Once upon a time")
+    h.controller.send()
+    assert h.controller.stream is not None and h.controller.stream.request_id is None
+    assert h.backend.requests == [] and h.window.composer.generating
+    h.wait_idle()
+    assert h.backend.requests[-1].raw_prompt == "Once upon a time"
+    assert not h.history.messages(h.controller.conversation_id)[-1].partial
+
+
+def test_stop_while_waiting_for_the_model_sends_nothing(harness_factory, qtbot):
+    h = harness_factory(backend=FakeBackend(load_delay=0.4), load=False)
+    h.controller.start()
+    qtbot.waitUntil(lambda: h.controller.model_state == "loading", timeout=TIMEOUT)
+    h.window.composer.set_text("never mind")
+    h.controller.send()
+    h.controller.stop()
+    assert h.controller.stream is None and not h.window.composer.generating
+    h.wait_model()
+    qtbot.wait(100)
+    assert h.backend.requests == []
+    assert h.history.messages(h.controller.conversation_id)[-1].partial

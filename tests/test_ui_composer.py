@@ -140,6 +140,13 @@ def test_record_through_the_audio_seam(harness_factory, qtbot):
     assert abs(attachment.meta["duration"] - frames / rate) < 0.01
     h.type_and_send("Transcribe this")
     assert h.backend.requests[-1].messages[-1]["content"][0] == {"type": "audio", "path": str(attachment.path)}
+    # the clip sits in the question with a play button that plays the app's copy
+    from ui.message_widgets import AttachmentView
+
+    (view,) = h.window.transcript.messages[0].findChildren(AttachmentView)
+    assert view.play_button is not None and view.play_button.player is None  # no player until pressed
+    view.play_button.click()
+    assert view.play_button.player.source().toLocalFile() == str(attachment.path)
 
 
 def test_recording_stops_by_itself_at_30_seconds(harness_factory, qtbot):

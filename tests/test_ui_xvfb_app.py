@@ -83,3 +83,22 @@ def test_the_window_answers_a_typed_question_and_quits_cleanly(tmp_path):
     answer = messages[1]
     assert not answer["partial"] and answer["stats"]["finish_reason"] in ("stop", "length")
     assert 1 <= answer["stats"]["generation_tokens"] <= 12
+
+
+def test_a_fresh_start_opens_with_the_starter_model_and_completes_text(tmp_path):
+    """What `make run` does on a fresh machine: no model anywhere, so the offline starter (Gemma 3 270M,
+    converted from its PyPI package on first use) loads; being a base model, it continues the text."""
+    cached = ROOT / ".cache" / "app-starter-models"  # the converted starter, kept between runs (~290 MB)
+    cached.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(cached, target_is_directory=True)
+    (home / "settings.json").write_text(json.dumps({"max_tokens": 3, "temperature": 0.0}))
+    with xvfb_display() as display:
+        code, messages, log = ask_the_window(display, home, [], "The capital of France is", timeout=900)
+    assert code == 0, log[-3000:]
+    assert [m["role"] for m in messages] == ["user", "assistant"], log[-3000:]
+    answer = messages[1]
+    assert answer["stats"]["prompt_tokens"] <= 8  # the raw text, no chat template around it
+    assert answer["stats"]["generation_tokens"] == 3 and answer["content"].strip()
+    assert any(p.name.startswith("gemma-3-270m") for p in cached.iterdir())

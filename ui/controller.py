@@ -173,10 +173,14 @@ class ChatController(QObject):
             self.window.banner.dismiss()
         self._refresh_models()
         self.update_token_count()
+        if self.stream is not None and self.stream.request_id is None:
+            self._submit_stream()  # a question sent while the model was loading
 
     def _on_model_failed(self, message: str) -> None:
         self.model_info, self.model_state = None, "error"
         self.window.sidebar.set_model_status("Model", "error")
+        if self.stream is not None and self.stream.request_id is None:
+            self._fail_stream("No model is loaded. Choose one in the model manager.")
         self.window.banner.show_message(f"The model could not be loaded: {message}", "error")
 
     def context_limit(self) -> int:
@@ -252,8 +256,12 @@ class ChatController(QObject):
                             f"“{conversation.title}” and its attachments will be deleted from this Mac."):
             return
         if self.stream is not None and self.stream.conversation_id == conversation_id:
-            self.engine.cancel()
             self.stream.widget = None
+            if self.stream.request_id is None:
+                self.stream = None  # it never reached the engine
+                self.window.composer.set_generating(False)
+            else:
+                self.engine.cancel()
         self.history.delete_conversation(conversation_id)
         self.attachments.remove_conversation(conversation_id)
         if conversation_id == self.conversation_id:
@@ -452,23 +460,33 @@ class ChatController(QObject):
         cid = self.conversation_id
         messages = self.history.messages(cid)
         self.history_tokens = self._estimate_messages(messages)
-        request = GenerationRequest(
-            conversation_id=cid, messages=model_messages(messages, self.settings.system_prompt),
-            enable_thinking=self.settings.thinking, sampling=self.settings.sampling_kwargs(),
-            kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
-        if self.model_info is not None and not self.model_info.get("chat", True):
-            request.raw_prompt = messages[-1].content  # a base model continues the text as written
         images = [a.path for m in messages if m.role == "user" for a in m.attachments if a.kind == "image"]
         stored = self.history.add_message(cid, "assistant", "", partial=True, model=self._model_name())
         widget = self.window.transcript.add_assistant(Path(images[-1]) if images else None)
         widget.start_streaming()
         self.stream = StreamState(cid, stored.id, widget)
         self.window.composer.set_generating(True)
-        self.stream.request_id = self.engine.generate(request)
+        if self.model_info is None and self.model_state == "loading":
+            return  # sent while the model loads: whether it is a chat model decides the prompt, so wait
+        self._submit_stream()
+
+    def _submit_stream(self) -> None:
+        """Hand the current turn to the engine (now, or once the model that was loading is ready)."""
+        stream = self.stream
+        messages = [m for m in self.history.messages(stream.conversation_id) if m.id != stream.message_id]
+        request = GenerationRequest(
+            conversation_id=stream.conversation_id, messages=model_messages(messages, self.settings.system_prompt),
+            enable_thinking=self.settings.thinking, sampling=self.settings.sampling_kwargs(),
+            kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
+        if self.model_info is not None and not self.model_info.get("chat", True):
+            request.raw_prompt = messages[-1].content  # a base model continues the text as written
+        stream.request_id = self.engine.generate(request)
 
     def stop(self) -> None:
         if self.recorder.recording:
             self.recorder.cancel()
+        elif self.stream is not None and self.stream.request_id is None:
+            self._finish_stream({"finish_reason": "cancelled"})  # still waiting for the model: nothing ran
         elif self.stream is not None:
             self.engine.cancel()
 
@@ -512,13 +530,15 @@ class ChatController(QObject):
 
     def _streaming_ours(self) -> bool:
         """Whether the engine is streaming our request now (not a cancelled earlier one, not the panel's)."""
-        return self.stream is not None and self.engine_request == self.stream.request_id
+        return self.stream is not None and self.stream.request_id is not None and \
+            self.engine_request == self.stream.request_id
 
     def _ended_ours(self) -> bool:
         """Whether the finished/failed signal now arriving ends our request (then forget the engine's id)."""
+        submitted = self.stream is not None and self.stream.request_id is not None
         ours = self._streaming_ours() or (
             # a turn refused before it started (no model loaded) never sends generationStarted
-            self.stream is not None and self.engine_request is None and self.engine.model_info is None)
+            submitted and self.engine_request is None and self.engine.model_info is None)
         self.engine_request = None
         return ours
 
@@ -548,8 +568,10 @@ class ChatController(QObject):
             self.stream.widget.add_tool_call(call)
 
     def _on_finished(self, stats: dict) -> None:
-        if not self._ended_ours():
-            return
+        if self._ended_ours():
+            self._finish_stream(stats)
+
+    def _finish_stream(self, stats: dict) -> None:
         stream, self.stream = self.stream, None
         self.window.composer.set_generating(False)
         stats = dict(stats)
@@ -568,8 +590,10 @@ class ChatController(QObject):
         self.refresh_sidebar()
 
     def _on_failed(self, message: str) -> None:
-        if not self._ended_ours():
-            return  # another request's failure (the quick-ask panel shows its own)
+        if self._ended_ours():  # else another request's failure (the quick-ask panel shows its own)
+            self._fail_stream(message)
+
+    def _fail_stream(self, message: str) -> None:
         stream, self.stream = self.stream, None
         self.window.composer.set_generating(False)
         if stream.answer or stream.thought:

@@ -59,6 +59,23 @@ def _stop(p, c):
     p.drawRoundedRect(QRectF(5.5, 5.5, 9, 9), 2, 2)
 
 
+def _play(p, c):
+    p.setPen(Qt.NoPen)
+    p.setBrush(QBrush(c))
+    path = QPainterPath(QPointF(6.5, 4.5))
+    path.lineTo(15.5, 10)
+    path.lineTo(6.5, 15.5)
+    path.closeSubpath()
+    p.drawPath(path)
+
+
+def _pause(p, c):
+    p.setPen(Qt.NoPen)
+    p.setBrush(QBrush(c))
+    p.drawRoundedRect(QRectF(5.5, 4.5, 3.2, 11), 1, 1)
+    p.drawRoundedRect(QRectF(11.3, 4.5, 3.2, 11), 1, 1)
+
+
 def _mic(p, c):
     _stroke(p, c)
     p.drawRoundedRect(QRectF(7.25, 2.5, 5.5, 10), 2.75, 2.75)
@@ -314,7 +331,7 @@ GLYPHS: dict[str, Callable[[QPainter, QColor], None]] = {
     "chevron_down": _chevron_down, "trash": _trash, "pencil": _pencil, "export": _export, "refresh": _refresh,
     "close": _close, "document": _document, "waveform": _waveform, "image": _image, "video": _video,
     "download": _download, "chip": _chip, "sidebar": _sidebar, "lightbulb": _lightbulb, "wrench": _wrench,
-    "sparkle": _sparkle,
+    "sparkle": _sparkle, "play": _play, "pause": _pause,
 }
 
 

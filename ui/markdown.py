@@ -94,6 +94,8 @@ def markdown_html(markdown: str, palette: Palette, size: int = 14) -> str:
     body = _markdown().render(markdown)
     body = body.replace("<table>", '<table cellspacing="0" cellpadding="6" style="border-collapse: collapse;">')
     body = re.sub(r"(</p>|</ul>|</ol>|</table>|</pre>)\s*$", r"\1", body.rstrip())
+    # Qt's rich text has no padding on inline spans: thin spaces keep the shading off the letters
+    body = re.sub(r"<code>(.*?)</code>", "<code>&#8201;\\1&#8201;</code>", body, flags=re.S)
     return f"<html><head><style>{_css(palette, size)}</style></head><body>{body}</body></html>"
 
 

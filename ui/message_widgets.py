@@ -280,6 +280,12 @@ class AttachmentView(QFrame):
             text.addWidget(title)
             text.addWidget(meta)
             layout.addLayout(text)
+        self.play_button = None
+        if attachment.kind in ("audio", "video"):
+            from .media_player import PlayButton
+
+            self.play_button = PlayButton(Path(attachment.path))
+            layout.addWidget(self.play_button)
         self.apply_palette(current_palette())
 
     def apply_palette(self, palette: Palette) -> None:

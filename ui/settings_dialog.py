@@ -115,6 +115,18 @@ class SettingsDialog(QDialog):
         form.addRow("", self.menu_bar_only)
         layout.addLayout(form)
 
+        layout.addWidget(_section("Local server"))
+        server_row = QHBoxLayout()
+        self.server_enabled = QCheckBox("Serve this model to other apps (OpenAI-compatible API) on port")
+        self.server_enabled.setChecked(settings.server_enabled)
+        self.server_enabled.setToolTip(f"http://{settings.server_host}:PORT/v1 — scripts, editors and agents that "
+                                       "speak the OpenAI API share the model with this window")
+        self.server_port = QSpinBox(minimum=1, maximum=65535)
+        self.server_port.setValue(settings.server_port)
+        server_row.addWidget(self.server_enabled, 1)
+        server_row.addWidget(self.server_port)
+        layout.addLayout(server_row)
+
         rule = QFrame()
         rule.setObjectName("rule")
         rule.setFixedHeight(1)
@@ -134,4 +146,5 @@ class SettingsDialog(QDialog):
             max_tokens=self.max_tokens.value(), context_size=int(self.context.currentData()),
             kv_precision=int(self.kv.currentData()), image_token_budget=int(self.image_budget.currentData()),
             theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
-            menu_bar_only=self.menu_bar_only.isChecked())
+            menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
+            server_port=self.server_port.value())
