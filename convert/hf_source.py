@@ -147,7 +147,8 @@ def download(repo: str, reporter: Reporter, cache_dir: Path | None = None) -> Pa
     try:
         if len(parts) == 3:
             reporter.report("download", 0, 1, item=repo, message=f"Downloading {parts[2]}")
-            path = huggingface_hub.hf_hub_download("/".join(parts[:2]), parts[2], cache_dir=cache_dir)
+            path = huggingface_hub.hf_hub_download("/".join(parts[:2]), parts[2], cache_dir=cache_dir,
+                                                   tqdm_class=tqdm_class)
             return Path(path)
         reporter.report("download", 0, 1, item=repo, message=f"Downloading {repo}")
         path = huggingface_hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
@@ -179,7 +180,9 @@ def _forwarding_tqdm(reporter: Reporter):
 
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
-            reporter.report("download", int(self.n), int(self.total or 0), item=str(self.desc or ""),
+            # counted here too: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) does not advance self.n
+            self.forwarded = getattr(self, "forwarded", 0) + (n or 0)
+            reporter.report("download", int(self.forwarded), int(self.total or 0), item=str(getattr(self, "desc", "") or ""),
                             message="Downloading")
             return shown
 

@@ -24,7 +24,7 @@ DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 CONVERTER_VERSION = "gemma4-mac convert 1"
-_MIN_SHARD_BYTES = 1 << 30
+_MIN_SHARD_BYTES = 256 << 20
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group_size: int = 64,
@@ -39,8 +39,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
     force: replace an existing DST (only once the new model is complete). progress: called with
     ConversionProgress reports. cancel: set it to stop; ConversionCancelled is raised and nothing is left.
     label: display name recorded in config.json ("gemma4_mac.display_name"); metadata: more keys for
-    that "gemma4_mac" section. max_shard_bytes: output shard size (default: the largest input shard,
-    between 1 GiB and 4 GiB, which keeps peak memory near twice that shard).
+    that "gemma4_mac" section. max_shard_bytes: output shard size (default: half the largest input
+    shard, 256 MiB to 2 GiB, which keeps peak memory under twice that shard plus 1 GiB).
     Returns DST. Raises ConversionError subclasses with a message naming the file or tensor at fault.
     """
     if dtype not in DTYPES:
@@ -113,8 +113,9 @@ def _skeleton(config: dict[str, Any], config_file: str):
 
 
 def _shard_bytes(requested: int | None, largest_source: int) -> int:
-    # Output shards no bigger than the largest input shard keep peak memory within ~2x that shard.
-    return requested or min(DEFAULT_SHARD_BYTES, max(_MIN_SHARD_BYTES, largest_source))
+    # Output waits in memory until its shard is written: half the largest input shard (256 MiB to 2 GiB)
+    # keeps peak memory under twice that shard plus 1 GiB (scripts/bench_convert.py measures it).
+    return requested or min(DEFAULT_SHARD_BYTES, max(_MIN_SHARD_BYTES, largest_source // 2))
 
 
 def _finish(writer: ShardWriter, sink: TensorSink, plan: QuantPlan | None, config: dict[str, Any]) -> dict:

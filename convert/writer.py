@@ -16,7 +16,7 @@ import mlx.core as mx
 from .errors import DestinationExistsError, WriteError
 from .hf_source import INDEX_NAME
 
-DEFAULT_SHARD_BYTES = 4 << 30
+DEFAULT_SHARD_BYTES = 2 << 30
 _PARTIAL_MARK = ".partial-"
 
 

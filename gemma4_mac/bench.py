@@ -25,6 +25,7 @@ from mlx_model import load_model
 from mlx_model.planner import kv_bytes, prefill_scratch_bytes
 
 from .generate import PREFILL_CHUNK, prefill
+from .prefill import RESERVE_AFTER_PROMPT
 from .session import ChatSession
 
 BENCH_CONFIG = dict(
@@ -216,7 +217,7 @@ def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
         tokens = rng.integers(3, 262_000, context).tolist()
         a = measure_context(ours, ours.make_cache, _prefill_ours, tokens)
         b = measure_context(theirs, theirs.make_cache, _prefill_theirs, tokens)
-        estimate = kv_bytes(config, context, float_bytes=4) + prefill_scratch_bytes(config, PREFILL_CHUNK, context,
+        estimate = kv_bytes(config, context + RESERVE_AFTER_PROMPT, float_bytes=4) + prefill_scratch_bytes(config, PREFILL_CHUNK, context,
                                                                                     float_bytes=4)
         result["contexts"][str(context)] = {
             "ours": a, "mlx_lm": b,

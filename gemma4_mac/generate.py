@@ -253,7 +253,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     if not (cancel is not None and cancel.is_set()):
         done = len(session.tokens)
         logits = prefill(model, tokens[done:], session.cache, cancel=cancel, on_chunk=session.append,
-                         media=media, position=done, keys=keys[done:], chunk_size=chunk_size)
+                         media=media, position=done, keys=keys[done:], chunk_size=chunk_size,
+                         reserve_after=min(sampling.max_tokens, 4096))
     if logits is None:
         stats.finish_reason = "cancelled"
         yield GenerationEvent("done", stats=stats)

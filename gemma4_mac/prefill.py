@@ -17,6 +17,7 @@ import numpy as np
 PREFILL_CHUNK = 512
 SCRATCH_SHARE = 0.1  # of the memory free now, for one chunk's temporaries
 MAX_SCRATCH_BYTES = 2 << 30
+RESERVE_AFTER_PROMPT = 256  # room for the answer's first tokens without growing the cache
 
 
 class GenerationError(RuntimeError):
@@ -105,20 +106,30 @@ class _MediaEmbedder:
 def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size: int = PREFILL_CHUNK,
             cancel: Optional[threading.Event] = None, want_logits: bool = True,
             on_chunk: Optional[Callable[[Sequence[int]], None]] = None, media: Sequence = (),
-            position: int = 0, keys: Optional[Sequence[int]] = None) -> Optional[mx.array]:
+            position: int = 0, keys: Optional[Sequence[int]] = None,
+            reserve_after: int = RESERVE_AFTER_PROMPT) -> Optional[mx.array]:
     """Run tokens through the model in bounded chunks; returns the last position's logits.
 
     `position` is the prompt index of `tokens[0]` (media blocks carry prompt indices); `on_chunk`
-    hears each chunk's `keys` (the tokens themselves by default) once it is in the cache. Returns
-    None when cancelled or when no logits are wanted.
+    hears each chunk's `keys` (the tokens themselves by default) once it is in the cache. Full-attention
+    caches first reserve room for the prompt plus `reserve_after` tokens. Returns None when cancelled
+    or when no logits are wanted.
     """
     ids = list(tokens.tolist() if isinstance(tokens, mx.array) else tokens)
     if not ids:
         raise GenerationError("The prompt is empty: type a message first.")
     keys = list(keys) if keys is not None else ids
+    for layer_cache in cache:  # full-attention caches take the whole prompt (and the answer) at once
+        if hasattr(layer_cache, "reserve"):
+            layer_cache.reserve(position + len(ids) + reserve_after)
     relevant = [b for b in media if b.end > position and b.start < position + len(ids)]
     embedder = _MediaEmbedder(model, relevant) if relevant else None
     bounds = chunk_bounds(position, position + len(ids), chunk_size, relevant)
+    lo, hi = bounds[-1]
+    if want_logits and hi - lo > 1 and not any(b.start < hi <= b.end for b in relevant):
+        # the last token alone computes logits: the chunk before it skips the KV-shared layers,
+        # whose outputs only the logits need, which keeps their attention scratch out of the peak
+        bounds[-1:] = [(lo, hi - 1), (hi - 1, hi)]
     for number, (lo, hi) in enumerate(bounds):
         if cancel is not None and cancel.is_set():
             return None

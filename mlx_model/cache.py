@@ -91,6 +91,7 @@ class KVCache:
         self.keys = None
         self.values = None
         self.offset = 0
+        self._reserved = 0
 
     @property
     def bits(self) -> Optional[int]:
@@ -107,7 +108,17 @@ class KVCache:
         self.offset = needed
         return _read(self.keys, 0, needed), _read(self.values, 0, needed)
 
+    def reserve(self, n_tokens: int) -> None:
+        """Make room for `n_tokens` in one allocation, so a long prefill never copies the cache as it grows."""
+        if self.keys is not None and n_tokens > _length(self.keys):
+            self._grow(self.keys, self.values, n_tokens)
+            mx.eval(self.keys, self.values)  # the old buffers go now, before any chunk's scratch exists
+        elif self.keys is None:
+            self._reserved = n_tokens
+
     def _grow(self, keys, values, needed: int) -> None:
+        needed = max(needed, self._reserved)
+        self._reserved = 0
         capacity = ((needed + self.step - 1) // self.step) * self.step
         new_k, new_v = _alloc(keys, capacity), _alloc(values, capacity)
         if self.keys is not None and self.offset:

@@ -111,11 +111,16 @@ def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_
 
 
 def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
-    """Peak temporary memory of one prefill chunk at `context` tokens.
+    """Peak temporary memory of prefilling `context` tokens, in chunks of `chunk`, into a fresh cache.
 
-    The widest activations of one layer; attention scores and their softmax for the chunk against
-    every cached key (the SDPA fallback for 256/512-wide heads materialises both); one full-attention
-    layer's KV held twice while its cache grows; and the LM head for one position only.
+    Full-attention caches reserve the whole prompt up front, so they never copy themselves while
+    growing. Prefill evaluates only what the caches keep: a chunk skips the attention of the last
+    layer that owns a cache and every KV-shared layer, and the last prompt token then runs alone
+    for the logits. Terms: the larger of one layer's widest activations and the attention scores
+    of the layers whose output a later cache needs (full layers: every cached key; sliding layers:
+    the window plus the chunk); the sliding layers' boolean mask made additive; the sliding rings
+    rewritten in the same graph; the LM head for one position. Checked against MLX's measured peak
+    by `python -m gemma4_mac.bench`.
     """
     h = config.hidden_size
     widest_mlp = config.intermediate_size * (2 if config.use_double_wide_mlp else 1)
@@ -125,11 +130,20 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
     activations = chunk * (4 * h + 3 * widest_mlp + 2 * q_width) * float_bytes
     if config.hidden_size_per_layer_input:
         activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
-    scores = 2 * config.num_attention_heads * chunk * context * float_bytes
-    growth = max((2 * context * config.layer_kv_heads[i] * config.layer_head_dims[i] * float_bytes
-                  for i in range(config.first_shared_layer) if config.layer_types[i] == FULL), default=0)
+    heads, owners = config.num_attention_heads, range(config.first_shared_layer)
+    needed_kinds = {config.layer_types[i] for i in range(config.first_shared_layer - 1)}
+    scores = mask = 0
+    if FULL in needed_kinds:
+        scores = heads * chunk * context * (float_bytes + 1)
+    if SLIDING in needed_kinds:
+        keys = min(context, config.sliding_window + chunk)
+        scores = max(scores, heads * chunk * keys * (float_bytes + 1))
+        mask = 4 * float_bytes * chunk * keys
+    # a chunk's graph rewrites every sliding ring before any old one is released
+    ring_copy = sum(2 * min(context, config.sliding_window) * config.layer_kv_heads[i] * config.layer_head_dims[i]
+                    * float_bytes for i in owners if config.layer_types[i] == SLIDING)
     logits = config.vocab_size * 4 * 2
-    return activations + scores + growth + logits
+    return max(activations, scores, logits) + mask + ring_copy
 
 
 def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int,

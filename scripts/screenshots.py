@@ -1,6 +1,7 @@
 """Save screenshots of the app's main states with the scripted engine (no model needed).
 
     python scripts/screenshots.py [OUTPUT_FOLDER]      (default: .cache/screenshots)
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots   (the committed set)
 
 Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). Writes: empty,
 conversation (image with boxes, code), thinking (expanded), recording, model manager, settings,

@@ -104,6 +104,7 @@ def test_gguf_conversion_equals_folder_conversion(checkpoints, variant, tmp_path
     assert config["model_type"] == "gemma4_text" and config["eos_token_id"] == [1, 106, 50]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_quality_at_least_mlx_lm(checkpoints, bits, tmp_path):
     """Mean KL to the float model is lower than with mlx-lm's quantization of the same weights in every
@@ -152,27 +153,65 @@ def test_quantization_config_rebuilds_the_same_modules(checkpoints, tmp_path):
     assert (router.bits, router.group_size) == (8, 64)
 
 
-def test_multimodal_checkpoint_keeps_towers_and_companion_files(tmp_path):
-    build_multimodal_checkpoint(tmp_path / "src")
-    companions = {"tokenizer.json": "{}", "tokenizer_config.json": "{}", "chat_template.jinja": CHAT_TEMPLATE,
-                  "processor_config.json": "{}", "preprocessor_config.json": "{}",
-                  "special_tokens_map.json": "{}"}
-    for name, text in companions.items():
-        (tmp_path / "src" / name).write_text(text)
-    float_out = convert_checkpoint(tmp_path / "src", tmp_path / "float", quantize=False, dtype="float32")
-    expected = _parameters(load_model(tmp_path / "src"))
+MULTIMODAL_COMPANIONS = {"tokenizer.json": "{}", "tokenizer_config.json": "{}", "chat_template.jinja": CHAT_TEMPLATE,
+                         "processor_config.json": "{}", "preprocessor_config.json": "{}",
+                         "special_tokens_map.json": "{}"}
+
+
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory):
+    """(source folder, float32 conversion) of a tiny E2B-like checkpoint with vision and audio towers."""
+    root = tmp_path_factory.mktemp("multimodal")
+    build_multimodal_checkpoint(root / "src")
+    for name, text in MULTIMODAL_COMPANIONS.items():
+        (root / "src" / name).write_text(text)
+    return root / "src", convert_checkpoint(root / "src", root / "float", quantize=False, dtype="float32")
+
+
+def _multimodal_logits(model) -> np.ndarray:
+    """Logits over a prompt with two images and an audio clip between random text tokens."""
+    from mlx_model.audio_features import AudioFeatureExtractor
+    from mlx_model.image_processor import ImageProcessor
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((96, 128, 3), (160, 112, 3))]
+    pixel_values, position_ids, counts = ImageProcessor(max_soft_tokens=70).preprocess(images)
+    clip = (0.3 * np.sin(np.arange(16_000) * 0.05) + 0.05 * rng.standard_normal(16_000)).astype(np.float32)
+    features, mask = AudioFeatureExtractor()([clip])
+    audio_tokens = model.audio_features(mx.array(features), mx.array(mask)).shape[0]
+    config, text = model.config, lambda n: [int(i) for i in rng.integers(3, TINY_VOCAB, n)]
+    ids = ([2] + text(20) + [config.image_token_id] * sum(counts) + text(300)
+           + [config.audio_token_id] * audio_tokens + text(600))
+    logits = model(mx.array([ids]), pixel_values=mx.array(pixel_values), image_position_ids=mx.array(position_ids),
+                   input_features=mx.array(features), input_features_mask=mx.array(mask))
+    return np.array(logits.astype(mx.float32))
+
+
+def test_multimodal_float_conversion_is_lossless_and_keeps_companion_files(multimodal):
+    source, float_out = multimodal
+    source_model = load_model(source)
+    expected = _parameters(source_model)
     got = _tensors(float_out)
     assert sorted(got) == sorted(expected)
     for name, value in got.items():
         np.testing.assert_array_equal(value, expected[name], err_msg=name)
-    for name in companions:
-        assert (float_out / name).read_text() == companions[name]
-    out = convert_checkpoint(tmp_path / "src", tmp_path / "q4", bits=4, group_size=32, dtype="float32")
+    for name in MULTIMODAL_COMPANIONS:
+        assert (float_out / name).read_text() == MULTIMODAL_COMPANIONS[name]
+    # images and audio through the towers: the converted model gives the source's logits
+    assert np.abs(_multimodal_logits(load_model(float_out)) - _multimodal_logits(source_model)).max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [4, 8])
+def test_multimodal_quantization_keeps_float_parts_and_beats_mlx_lm(multimodal, bits, tmp_path):
+    """Towers quantized, their convolutions/positions/clip bounds kept float; KL and top-1 against the float
+    model on an image+audio prompt at least as good as mlx-lm's quantization of the same weights."""
+    _, float_out = multimodal
+    out = convert_checkpoint(float_out, tmp_path / f"q{bits}", bits=bits, group_size=32, dtype="float32")
     tensors = _tensors(out)
     quantized = {k[: -len(".scales")] for k in tensors if k.endswith(".scales")}
     assert "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear" in quantized
     assert "model.audio_tower.layers.0.feed_forward1.ffw_layer_1.linear" in quantized
-    assert "model.embed_tokens_per_layer" not in quantized  # sanity of the name form
     assert "model.language_model.embed_tokens_per_layer" in quantized  # the big PLE table
     kept_float = ["model.vision_tower.patch_embedder.position_embedding_table",
                   "model.audio_tower.layers.0.lconv1d.depthwise_conv1d.weight",
@@ -180,9 +219,15 @@ def test_multimodal_checkpoint_keeps_towers_and_companion_files(tmp_path):
                   "model.audio_tower.layers.0.self_attn.per_dim_scale"]
     for name in kept_float:
         assert tensors[name].dtype == np.float32, name
-    for name in companions:
+    for name in MULTIMODAL_COMPANIONS:
         assert (out / name).exists()
-    load_model(out)
+    expected = _multimodal_logits(load_model(float_out))
+    ours = quality(expected, _multimodal_logits(load_model(out)))
+    theirs = quality(expected, _multimodal_logits(mlx_lm_quantized(float_out, bits, 32)))
+    row = (f"multimodal e2b {bits}-bit g32: ours KL {ours['kl']:.5f} top-1 {ours['top1']:.4f} | "
+           f"mlx-lm KL {theirs['kl']:.5f} top-1 {theirs['top1']:.4f}")
+    print("\n" + row)
+    assert ours["kl"] <= theirs["kl"] and ours["top1"] >= theirs["top1"], row
 
 
 def test_output_is_sharded_with_a_consistent_index(checkpoints, tmp_path):
@@ -356,6 +401,47 @@ def test_offline_hub_download_says_so(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match=r"unreachable \(offline\?\)"):
         convert_checkpoint("no-such-owner/no-such-gemma-repo", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_hub_download_reports_progress_and_converts(checkpoints, tmp_path, monkeypatch):
+    """A hub repo id goes through huggingface_hub (patched here: no network) with its progress forwarded."""
+    import huggingface_hub
+
+    _, source, _ = checkpoints["31b"]
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, allow_patterns, cache_dir, tqdm_class, **kwargs):
+        calls.append((repo_id, kwargs))
+        bar = tqdm_class(total=3, desc="model.safetensors", disable=True)
+        for _ in range(3):
+            bar.update(1)
+        bar.close()
+        return str(source)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    reports = []
+    out = convert_checkpoint("google/tiny-gemma-4", tmp_path / "out", progress=reports.append)
+    assert calls == [("google/tiny-gemma-4", {})]  # no force_download: an interrupted download resumes
+    downloads = [(r.done, r.total) for r in reports if r.stage == "download"]
+    assert downloads[-1] == (3, 3) and [r.stage for r in reports][-1] == "done"
+    load_model(out)
+
+
+def test_offline_hub_download_is_explained(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from convert import DownloadError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("Cannot reach the hub and the file is not cached.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    for repo in ("google/gemma-4-E2B-it", "someone/gemma-4-gguf/gemma-4-E2B-Q4_K_M.gguf"):
+        with pytest.raises(DownloadError, match=r"unreachable \(offline\?\).*resumes where it stopped"):
+            convert_checkpoint(repo, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_sources_are_explained(tmp_path):

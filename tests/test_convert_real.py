@@ -4,9 +4,11 @@
 - 4-bit: perplexity, KL and top-1 agreement with float on a public-domain text (the opening of
   Jane Austen's "Pride and Prejudice", Project Gutenberg eBook #1342, tests/data/), against mlx-lm's
   quantization of the same weights;
-- the starter model; tokenizer and config rebuilt from GGUF metadata.
+- the starter model (8-bit, from the GGUF); tokenizer and config rebuilt from GGUF metadata.
 
-Transformers' reference continuations are computed once and cached under .cache/convert-reference/.
+The GGUF is converted to float32 once per module; the weight sets are compared through one transformers
+Gemma 3 (fast CPU kernels), the reference's softmax taken once for both candidates. About 4 CPU-minutes
+on 2 cores. Transformers' reference continuations are computed once and cached under .cache/convert-reference/.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from convert.gguf_reader import GGUFFile
 from convert.gguf_tokenizer import write_tokenizer_files
 from mlx_model import load_model
 from tests import assets
-from tests.test_convert_support import dequantized_parameters, mlx_lm_quantized
+from tests.test_convert_support import dequantized_parameters, mlx_lm_quantized, quality
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_asset]
 
@@ -99,61 +101,88 @@ def test_float32_greedy_equals_transformers(gguf_path, float_model_dir):
 
 # --- 4-bit quality on the text -------------------------------------------------------------------
 
-def _torch_hidden(config: dict, parameters: dict[str, np.ndarray], ids: np.ndarray):
-    """Final (normed) hidden states and the tied head of transformers' Gemma 3 carrying `parameters`."""
+@pytest.fixture(scope="module")
+def torch_gemma3(float_model_dir):
+    """transformers' Gemma 3 with the converted config, built once; each weight set is loaded into it in turn."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+    torch.set_num_threads(2)
+    config = json.loads((float_model_dir / "config.json").read_text())
     hf_config = Gemma3TextConfig(**{k: v for k, v in config.items() if k not in ("gemma4_mac", "quantization")})
-    model = Gemma3ForCausalLM(hf_config).float().eval()
-    state = {k.replace("model.language_model.", "model."): torch.from_numpy(v) for k, v in parameters.items()}
+    return Gemma3ForCausalLM(hf_config).float().eval()
+
+
+def _float_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The float32 conversion's tensors, read straight from its safetensors (no copy through MLX)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    return state
+
+
+def _torch_hidden(model, parameters: dict, ids: np.ndarray):
+    """Final (normed) hidden states and the tied head of transformers' Gemma 3 carrying `parameters`."""
+    state = {k.replace("model.language_model.", "model."): torch.as_tensor(v) for k, v in parameters.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     with torch.no_grad():
         hidden = model.model(torch.as_tensor(ids)).last_hidden_state[0]
-    return hidden, state["model.embed_tokens.weight"]
+    return hidden, state["model.embed_tokens.weight"].clone()
 
 
-def _compare(reference, candidate, targets: torch.Tensor, chunk: int = 256) -> dict:
-    """Perplexity of the candidate on `targets`, mean KL(reference||candidate), top-1 agreement;
-    the 262,144-way softmax is taken a chunk of positions at a time."""
-    (ref_hidden, ref_head), (hidden, head) = reference, candidate
-    positions = hidden.shape[0]
-    nll = kl = agree = 0.0
+def _compare(reference, candidates: dict, targets: torch.Tensor, chunk: int = 256) -> dict:
+    """Per candidate: perplexity on `targets`, mean KL(reference||candidate) and top-1 agreement, plus the
+    reference's own perplexity under "float". The 262,144-way softmax is taken a chunk of positions at a
+    time, the reference's once for all candidates."""
+    ref_hidden, ref_head = reference
+    positions = ref_hidden.shape[0]
+    sums = {name: {"nll": 0.0, "kl": 0.0, "top1": 0.0} for name in ["float", *candidates]}
+
+    def score(name, logp, start, scored):
+        sums[name]["nll"] -= logp[:scored].gather(1, targets[start:start + scored, None]).sum().item()
+
     with torch.no_grad():
         for start in range(0, positions, chunk):
-            ref_logp = torch.log_softmax(ref_hidden[start:start + chunk] @ ref_head.T, dim=-1)
-            logp = torch.log_softmax(hidden[start:start + chunk] @ head.T, dim=-1)
             scored = min(start + chunk, positions - 1) - start
-            nll -= logp[:scored].gather(1, targets[start:start + scored, None]).sum().item()
-            kl += (ref_logp.exp() * (ref_logp - logp)).sum().item()
-            agree += (ref_logp.argmax(-1) == logp.argmax(-1)).sum().item()
-    return {"ppl": float(np.exp(nll / (positions - 1))), "kl": kl / positions, "top1": agree / positions}
+            ref_logp = torch.log_softmax(ref_hidden[start:start + chunk] @ ref_head.T, dim=-1)
+            score("float", ref_logp, start, scored)
+            ref_top, ref_p = ref_logp.argmax(-1), ref_logp.exp()
+            for name, (hidden, head) in candidates.items():
+                logp = torch.log_softmax(hidden[start:start + chunk] @ head.T, dim=-1)
+                score(name, logp, start, scored)
+                sums[name]["kl"] += (ref_p * (ref_logp - logp)).sum().item()
+                sums[name]["top1"] += (ref_top == logp.argmax(-1)).sum().item()
+    return {name: {"ppl": float(np.exp(s["nll"] / (positions - 1))), "kl": s["kl"] / positions,
+                   "top1": s["top1"] / positions} for name, s in sums.items()}
 
 
-def test_4bit_quality_on_text_at_least_mlx_lm(float_model_dir, gguf_path, tmp_path):
+def test_4bit_quality_on_text_at_least_mlx_lm(float_model_dir, torch_gemma3, tmp_path):
+    """The 4-bit conversion (of the float32 conversion of the GGUF: the same weights) against mlx-lm's
+    quantization of those weights at the same bits and group size."""
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(str(float_model_dir))
     ids = np.array([tokenizer(TEXT.read_text(encoding="utf-8"))["input_ids"]])
     assert ids.shape[1] >= 2000
     targets = torch.as_tensor(ids[0, 1:])
-    config = json.loads((float_model_dir / "config.json").read_text())
-    reference = _torch_hidden(config, dequantized_parameters(load_model(float_model_dir)), ids)
-    quantized_dir = convert_checkpoint(gguf_path, tmp_path / "q4", bits=4, group_size=64, dtype="float32")
-    quantized = load_model(quantized_dir)
+    reference = _torch_hidden(torch_gemma3, _float_state(float_model_dir), ids)
+    quantized = load_model(convert_checkpoint(float_model_dir, tmp_path / "q4", bits=4, group_size=64,
+                                              dtype="float32"))
     ours_params = dequantized_parameters(quantized)
     # our MLX model on the quantized files computes what the dequantized weights compute
     short = ids[:, :8]
     mlx_logits = np.array(quantized(mx.array(short)))[0]
-    hidden, head = _torch_hidden(config, ours_params, short)
+    hidden, head = _torch_hidden(torch_gemma3, ours_params, short)
     assert np.abs(mlx_logits - (hidden @ head.T).numpy()).max() < 1e-3
-    ours = _compare(reference, _torch_hidden(config, ours_params, ids), targets)
+    candidates = {"ours": _torch_hidden(torch_gemma3, ours_params, ids)}
     del ours_params, quantized
-    theirs = _compare(reference, _torch_hidden(config, dequantized_parameters(
-        mlx_lm_quantized(float_model_dir, 4, 64)), ids), targets)
-    float_ppl = _compare(reference, reference, targets)["ppl"]
-    print(f"\nGemma 3 270M on {ids.shape[1]} tokens: float32 ppl {float_ppl:.3f}; 4-bit g64 ours ppl "
+    candidates["mlx-lm"] = _torch_hidden(torch_gemma3, dequantized_parameters(
+        mlx_lm_quantized(float_model_dir, 4, 64)), ids)
+    result = _compare(reference, candidates, targets)
+    ours, theirs = result["ours"], result["mlx-lm"]
+    print(f"\nGemma 3 270M on {ids.shape[1]} tokens: float32 ppl {result['float']['ppl']:.3f}; 4-bit g64 ours ppl "
           f"{ours['ppl']:.3f} KL {ours['kl']:.4f} top-1 {ours['top1']:.4f} | mlx-lm ppl {theirs['ppl']:.3f} "
           f"KL {theirs['kl']:.4f} top-1 {theirs['top1']:.4f}")
     assert ours["ppl"] <= theirs["ppl"] and ours["kl"] <= theirs["kl"] and ours["top1"] >= theirs["top1"]
@@ -174,11 +203,13 @@ def test_starter_model_is_built_once_and_labelled(tmp_path, float_model_dir):
     assert ensure_starter_model(tmp_path / "models") == folder
     assert (folder / "config.json").stat().st_mtime_ns == stamp  # not rebuilt
     starter = load_model(folder)
-    prompt = mx.array([[2, 818, 5279, 529, 7001, 563]])  # <bos>The capital of France is
-    reference = load_model(float_model_dir)
-    got, want = np.array(starter(prompt)[0, -1]), np.array(reference(prompt)[0, -1])
-    assert got.argmax() == want.argmax()
-    assert np.abs(got - want).max() < 0.5  # 8-bit: close to the float32 weights
+    # <bos>The capital of France is a city of the capital of Paris, and the capital
+    prompt = mx.array([[2, 818, 5279, 529, 7001, 563, 496, 5279, 529, 9405, 563, 506, 236764, 532, 506, 5279]])
+    reference = np.array(load_model(float_model_dir)(prompt)[0])
+    figures = quality(reference, np.array(starter(prompt)[0].astype(mx.float32)))
+    print(f"\nstarter (8-bit g64, float32 scales) vs float32 on {prompt.shape[1]} positions: KL {figures['kl']:.5f} "
+          f"top-1 {figures['top1']:.3f}")
+    assert figures["top1"] == 1.0 and figures["kl"] < 0.01
 
 
 # --- metadata: tokenizer, config and names -----------------------------------------------------------
@@ -205,13 +236,12 @@ def test_gemma4_tokenizer_rebuilt_from_real_vocab_gguf(tmp_path):
     assert config["final_logit_softcapping"] == 30.0 and config["rms_norm_eps"] == 1e-6
 
 
-def test_gemma3_tokenizer_and_names(gguf_path, tmp_path):
+def test_gemma3_tokenizer_and_names(gguf_path, float_model_dir):
     import gguf as gguf_package
     from transformers import AutoTokenizer
 
     gguf = GGUFFile(gguf_path)
-    write_tokenizer_files(gguf, tmp_path)
-    ours = AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = AutoTokenizer.from_pretrained(str(float_model_dir))  # rebuilt from the GGUF metadata
     transformers_own = AutoTokenizer.from_pretrained(str(assets.gemma3_vocab_dir()))
     text = TEXT.read_text(encoding="utf-8")
     assert ours(text)["input_ids"] == transformers_own(text)["input_ids"]

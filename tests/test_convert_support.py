@@ -48,7 +48,7 @@ def build_multimodal_checkpoint(out_dir: Path, *, seed: int = 0):
     vision = Gemma4VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                 num_key_value_heads=2, head_dim=32, position_embedding_size=64)
     audio = Gemma4AudioConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              subsampling_conv_channels=[32, 8], output_proj_dims=64)
+                              subsampling_conv_channels=[128, 8], output_proj_dims=64)
     config = Gemma4Config(text_config=text, vision_config=vision.to_dict(), audio_config=audio.to_dict())
     model = Gemma4ForConditionalGeneration(config).float().eval()
     randomize_(model, seed)

@@ -92,3 +92,19 @@ def test_unrelated_prompt_starts_over(model):
     logits, reused = _turn(model, session, other)
     assert reused == 0
     np.testing.assert_allclose(logits, _full(model, other), atol=1e-4)
+
+
+def test_prefill_reserves_full_layer_caches_once_and_matches_a_full_forward(model):
+    from mlx_model.cache import KVCache
+
+    prompt = _ids(7, 5 * WINDOW + 3)
+    cache = model.make_cache()
+    logits = prefill(model, prompt, cache, chunk_size=WINDOW, reserve_after=40)
+    full_caches = [c for c in cache if isinstance(c, KVCache)]
+    assert full_caches and all(c.keys.shape[2] >= len(prompt) + 40 for c in full_caches)
+    capacity = [c.keys.shape[2] for c in full_caches]
+    token = int(mx.argmax(logits[0]).item())
+    step = model(mx.array([[token]]), cache=cache)[0, -1]
+    assert [c.keys.shape[2] for c in full_caches] == capacity  # the answer's first tokens did not grow it
+    expected = _full(model, prompt + [token])[-1]
+    assert np.abs(np.array(step) - expected).max() < 1e-4

@@ -49,7 +49,8 @@ def ask_the_window(display: str, home: Path, app_args: list[str], question: str,
     messages: list[dict] = []
     try:
         window = xdotool(display, "search", "--sync", "--onlyvisible", "--name", "^Gemma$", timeout=120).split()[0]
-        xdotool(display, "windowfocus", "--sync", window)
+        xdotool(display, "windowfocus", window)  # no window manager: set the X input focus directly
+        time.sleep(0.5)
         xdotool(display, "type", "--delay", "25", question)
         xdotool(display, "key", "Return")
         deadline = time.monotonic() + timeout
@@ -58,7 +59,8 @@ def ask_the_window(display: str, home: Path, app_args: list[str], question: str,
             if len(messages) >= 2 and messages[-1]["stats"] is not None:
                 break
             time.sleep(0.5)
-        xdotool(display, "key", "--window", window, "ctrl+q")
+        if app.poll() is None:
+            xdotool(display, "key", "ctrl+q")  # to the focused window, as a person presses it
         code = app.wait(timeout=60)
     finally:
         if app.poll() is None:
