@@ -17,7 +17,6 @@ from .writer import ShardWriter
 
 RowReader = Callable[[int, int], mx.array]
 _LISTED = 10
-_RELEASE_BYTES = 32 << 20
 
 
 class TensorSink:
@@ -49,8 +48,8 @@ class TensorSink:
                 self.writer.add(out_name, part)
         else:
             self.writer.add(name, parts[0])
-        if sum(part.nbytes for part in parts) > _RELEASE_BYTES:
-            mx.clear_cache()  # a big tensor's float32 temporaries would otherwise stay in MLX's buffer cache
+        # a tensor's float32 temporaries would otherwise stay in MLX's buffer cache (and in RSS)
+        mx.clear_cache()
 
     def _cast(self, array: mx.array) -> mx.array:
         return array.astype(self.dtype) if mx.issubdtype(array.dtype, mx.floating) else array

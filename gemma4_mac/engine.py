@@ -356,6 +356,7 @@ class Engine(QObject):
     answerDelta = Signal(str)
     thoughtDelta = Signal(str)
     toolCallReceived = Signal(dict)
+    noticeReceived = Signal(str)  # something the person should know about their request (e.g. audio split)
     generationFinished = Signal(dict)
     generationFailed = Signal(str)
     conversionProgress = Signal(dict)
@@ -374,6 +375,7 @@ class Engine(QObject):
         self.worker = worker if worker is not None else ModelWorker(name=self.THREAD_NAME)
         self._thread = self.worker.thread
         self._generation_cancel = threading.Event()
+        self._request_cancels: dict[int, threading.Event] = {}
         self._conversion_cancel = threading.Event()
         self._conversions: "queue.Queue[Optional[tuple]]" = queue.Queue()
         self._convert_thread: Optional[threading.Thread] = None
@@ -403,13 +405,16 @@ class Engine(QObject):
         """Queue a turn; returns its request id (also sent with generationStarted)."""
         request.request_id = next(self._ids)
         cancel = self._generation_cancel = threading.Event()
+        self._request_cancels[request.request_id] = cancel
         self._submit(lambda slot: self._generate(slot, request, cancel), cancel=cancel, label="window generation",
                      failed=self.generationFailed, on_dropped=lambda: self._generation_dropped(request))
         return request.request_id
 
-    def cancel(self) -> None:
-        """Stop the running (or queued) generation at the next token."""
-        self._generation_cancel.set()
+    def cancel(self, request_id: Optional[int] = None) -> None:
+        """Stop a running (or queued) generation at the next token: `request_id`'s, else the latest one."""
+        event = self._request_cancels.get(request_id) if request_id is not None else self._generation_cancel
+        if event is not None:
+            event.set()
 
     def convert_model(self, repo_id: str, destination: Path, label: str = "") -> None:
         """Download (on its own thread) and convert (on the model thread) a hub checkpoint; one at a time."""
@@ -498,10 +503,11 @@ class Engine(QObject):
         self.modelLoaded.emit(dict(loaded.info))
 
     def _generate(self, slot: Optional[LoadedModel], request: GenerationRequest, cancel: threading.Event) -> None:
+        self.generationStarted.emit(request.request_id)  # first, so every failure below has an owner
         if slot is None:
+            self._request_cancels.pop(request.request_id, None)
             self.generationFailed.emit("No model is loaded. Choose one in the model manager.")
             return
-        self.generationStarted.emit(request.request_id)
         stats: dict = {}
         try:
             for event in self.backend.generate(slot, request, cancel):
@@ -511,18 +517,23 @@ class Engine(QObject):
                     self.thoughtDelta.emit(event.text)
                 elif event.kind == "tool_call":
                     self.toolCallReceived.emit(dict(event.tool_call or {}))
+                elif event.kind == "notice":
+                    self.noticeReceived.emit(event.text)
                 elif event.kind == "done":
                     stats = _stats_dict(event.stats)
         except (EngineError, MemoryError, ValueError, RuntimeError) as error:
             # RuntimeError covers MLX's own errors (out of memory on Metal, shape problems in a damaged model)
             self.generationFailed.emit(_message(error))
             return
+        finally:
+            self._request_cancels.pop(request.request_id, None)
         if cancel.is_set() and stats.get("finish_reason") not in ("cancelled",):
             stats["finish_reason"] = "cancelled"
         self.generationFinished.emit(stats)
 
     def _generation_dropped(self, request: GenerationRequest) -> None:
         """Cancelled before its turn came: the window still hears it start and end, as a cancelled answer."""
+        self._request_cancels.pop(request.request_id, None)
         self.generationStarted.emit(request.request_id)
         self.generationFinished.emit({"finish_reason": "cancelled", "prompt_tokens": 0, "generation_tokens": 0})
 

@@ -260,3 +260,21 @@ def test_stop_while_waiting_for_the_model_sends_nothing(harness_factory, qtbot):
     qtbot.wait(100)
     assert h.backend.requests == []
     assert h.history.messages(h.controller.conversation_id)[-1].partial
+
+
+def test_a_streaming_answer_is_saved_as_it_grows_and_notices_reach_the_banner(harness_factory, qtbot):
+    steps = [("notice", "voice.m4a is 75 s long; it goes in as 3 consecutive clips.")]
+    steps += [("answer", f"word{i} ") for i in range(400)]
+    h = harness_factory(backend=FakeBackend(lambda r: steps, token_delay=0.005))
+    h.controller._save_timer.setInterval(50)
+    h.window.composer.set_text("What is said in the recording?")
+    h.window.composer.send_button.click()
+    qtbot.waitUntil(lambda: "3 consecutive clips" in h.window.banner.label.text(), timeout=TIMEOUT)
+    # before the answer ends, the history already holds a prefix of it, marked partial (a crash loses little)
+    qtbot.waitUntil(lambda: len(h.history.messages(h.controller.conversation_id)[-1].content) > 40,
+                    timeout=TIMEOUT)
+    stored = h.history.messages(h.controller.conversation_id)[-1]
+    assert stored.partial and stored.content.startswith("word0 word1")
+    h.wait_idle()
+    final = h.history.messages(h.controller.conversation_id)[-1]
+    assert not final.partial and final.content.endswith("word399 ")

@@ -21,6 +21,7 @@ from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore
 from gemma4_mac.documents import DocumentError, estimate_tokens
 from gemma4_mac.engine import DEFAULT_CONTEXT, Engine, GenerationRequest
 from gemma4_mac.history import HistoryStore, Message, model_messages
+from gemma4_mac.server_control import LocalServer, ServerControlError
 from gemma4_mac.settings import AppSettings, save_settings
 
 from .main_window import MainWindow
@@ -29,6 +30,8 @@ from .model_dialog import ModelManagerDialog
 from .recorder import Recorder
 from .settings_dialog import SettingsDialog
 from .theme import ThemeManager
+
+PARTIAL_SAVE_MS = 2000
 
 SUGGESTION_PROMPTS = {
     "Describe a photo": "What is in this photo? ",
@@ -47,6 +50,7 @@ class StreamState:
     message_id: int
     widget: Optional[AssistantMessage]
     request_id: Optional[int] = None
+    saved: tuple = (0, 0, 0)  # lengths of answer, thought and tool calls last written to the history
     answer: str = ""
     thought: str = ""
     tool_calls: list[dict] = field(default_factory=list)
@@ -77,6 +81,11 @@ class ChatController(QObject):
         self.settings_dialog: Optional[SettingsDialog] = None
         self.model_dialog: Optional[ModelManagerDialog] = None
         self._shut_down = False
+        self.server = LocalServer(engine)  # the OpenAI-compatible server shares the engine's model thread
+        # a streamed answer is written to the history every few seconds, so a crash loses at most that much
+        self._save_timer = QTimer(self)
+        self._save_timer.setInterval(PARTIAL_SAVE_MS)
+        self._save_timer.timeout.connect(self._save_partial)
         # questions to the person; tests replace these
         self.confirm: Callable[[str, str], bool] = self._confirm
         self.choose_save_path: Callable[[str, str], Optional[str]] = self._choose_save_path
@@ -136,6 +145,7 @@ class ChatController(QObject):
         engine.answerDelta.connect(self._on_answer)
         engine.thoughtDelta.connect(self._on_thought)
         engine.toolCallReceived.connect(self._on_tool_call)
+        engine.noticeReceived.connect(self._on_notice)
         engine.generationFinished.connect(self._on_finished)
         engine.generationFailed.connect(self._on_failed)
         engine.conversionProgress.connect(self._on_conversion_progress)
@@ -149,6 +159,17 @@ class ChatController(QObject):
     def start(self) -> None:
         """Load the model the settings name (or the best one on disk, or the starter)."""
         self.engine.load_model(self.initial_model_path())
+        self._apply_server()
+
+    def _apply_server(self) -> None:
+        """Start, restart or stop the local server to match the settings; problems go to the banner."""
+        try:
+            url = self.server.apply(self.settings)
+        except ServerControlError as error:
+            self.window.banner.show_message(f"The local server could not start: {error}", "error")
+            return
+        if url:
+            self.window.banner.show_message(f"Serving the loaded model to local apps at {url}/v1", "info")
 
     def initial_model_path(self) -> Optional[str]:
         if self.settings.model_path:
@@ -261,7 +282,7 @@ class ChatController(QObject):
                 self.stream = None  # it never reached the engine
                 self.window.composer.set_generating(False)
             else:
-                self.engine.cancel()
+                self.engine.cancel(self.stream.request_id)
         self.history.delete_conversation(conversation_id)
         self.attachments.remove_conversation(conversation_id)
         if conversation_id == self.conversation_id:
@@ -481,6 +502,7 @@ class ChatController(QObject):
         if self.model_info is not None and not self.model_info.get("chat", True):
             request.raw_prompt = messages[-1].content  # a base model continues the text as written
         stream.request_id = self.engine.generate(request)
+        self._save_timer.start()
 
     def stop(self) -> None:
         if self.recorder.recording:
@@ -488,7 +510,7 @@ class ChatController(QObject):
         elif self.stream is not None and self.stream.request_id is None:
             self._finish_stream({"finish_reason": "cancelled"})  # still waiting for the model: nothing ran
         elif self.stream is not None:
-            self.engine.cancel()
+            self.engine.cancel(self.stream.request_id)
 
     def regenerate(self) -> None:
         """Answer the last question again."""
@@ -571,7 +593,23 @@ class ChatController(QObject):
         if self._ended_ours():
             self._finish_stream(stats)
 
+    def _on_notice(self, text: str) -> None:
+        if self._streaming_ours():
+            self.window.banner.show_message(text, "info")
+
+    def _save_partial(self) -> None:
+        stream = self.stream
+        if stream is None:
+            self._save_timer.stop()
+            return
+        written = (len(stream.answer), len(stream.thought), len(stream.tool_calls))
+        if written != stream.saved:
+            self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
+                                        tool_calls=stream.tool_calls, partial=True)
+            stream.saved = written
+
     def _finish_stream(self, stats: dict) -> None:
+        self._save_timer.stop()
         stream, self.stream = self.stream, None
         self.window.composer.set_generating(False)
         stats = dict(stats)
@@ -638,6 +676,9 @@ class ChatController(QObject):
             self.theme.set_preference(new.theme)
         if new.model_path != old.model_path:
             self.engine.load_model(new.model_path or None)
+        server_fields = ("server_enabled", "server_host", "server_port", "server_api_key")
+        if any(getattr(new, f, None) != getattr(old, f, None) for f in server_fields):
+            self._apply_server()
         self.update_token_count()
         self.settingsChanged.emit(old, new)
 
@@ -716,6 +757,7 @@ class ChatController(QObject):
                                         thought=self.stream.thought, tool_calls=self.stream.tool_calls, partial=True)
             self.stream = None
         self._drop_if_empty()
+        self.server.stop()
         self.engine.shutdown(timeout=3.0)
 
     # default questions (modal dialogs)

@@ -146,7 +146,7 @@ class QuickAskController(QObject):
 
     def stop(self) -> None:
         if self.streaming:
-            self.engine.cancel()
+            self.engine.cancel(self.request_id)
 
     # attachments
 
@@ -202,7 +202,7 @@ class QuickAskController(QObject):
     def new_conversation(self) -> None:
         """Forget the panel's conversation (it stays in the history) and clear the panel."""
         if self.streaming:
-            self.engine.cancel()
+            self.engine.cancel(self.request_id)
         self._drop_if_empty()
         self.conversation_id = None
         self.pending = []
@@ -214,7 +214,7 @@ class QuickAskController(QObject):
         self.panel.dismiss()
         if self.streaming:
             self.handover = True
-            self.engine.cancel()
+            self.engine.cancel(self.request_id)
             return
         cid = self.conversation_id
         if cid is not None and self.history.messages(cid):
