@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
+                                 "(python -m gemma4_mac serve --help)", add_help=False)
     plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
     plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
     plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")

@@ -112,11 +112,13 @@ def write_tray_templates(folder: Path) -> list[Path]:
 
 def _qt_app():
     from PySide6.QtGui import QGuiApplication
+    from PySide6.QtWidgets import QApplication
 
     if QGuiApplication.instance() is None:
         if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        _qt_app.app = QGuiApplication(sys.argv[:1])
+        # a full QApplication, so widgets can still be made in the same process (the test suite does)
+        _qt_app.app = QApplication(sys.argv[:1])
     return QGuiApplication.instance()
 
 
