@@ -234,3 +234,17 @@ def test_new_question_clears_the_panel_and_drops_unused_conversations(setup, qtb
     setup.quick.new_conversation()
     ids = [c.id for c in setup.h.history.conversations()]
     assert kept in ids and unused not in ids
+
+
+def test_a_question_while_the_model_loads_waits_for_it(setup_factory, qtbot):
+    s = setup_factory(backend=FakeBackend(load_delay=1.0), load=False)
+    s.h.controller.engine.load_model("/models/fake")
+    qtbot.waitUntil(lambda: s.quick.loading, timeout=TIMEOUT)
+    s.panel.present()
+    s.panel.input.setText("Quick question")
+    qtbot.keyClick(s.panel.input, Qt.Key_Return)
+    assert not s.quick.streaming and s.quick.conversation_id is None  # nothing sent to a model not there yet
+    assert "still loading" in s.panel.hint_label.text()
+    qtbot.waitUntil(lambda: not s.quick.loading, timeout=TIMEOUT)
+    s.ask("Quick question")
+    assert s.h.history.messages(s.quick.conversation_id)[-1].content.startswith("You said: **Quick question")

@@ -59,6 +59,7 @@ class QuickAskController(QObject):
         self.conversation_id: Optional[int] = None
         self.pending: list[Attachment] = []
         self.model_info: Optional[dict] = engine.model_info
+        self.loading = False  # set by modelLoading until the model is loaded or failed
         self.request_id: Optional[int] = None
         self.active = False  # the engine is streaming our request
         self.message_id: Optional[int] = None
@@ -124,6 +125,9 @@ class QuickAskController(QObject):
             self.panel.show_notice(f"Gemma is still answering. Press {key_text('stop')} to stop it first.")
             return False
         if not text and not self.pending:
+            return False
+        if self.loading:  # the turn would be formatted for no model (or the wrong one): wait instead
+            self.panel.show_notice("The model is still loading. Ask again in a moment.")
             return False
         cid = self.ensure_conversation()
         attachments, self.pending = self.pending, []
@@ -310,13 +314,13 @@ class QuickAskController(QObject):
             self.panel.set_model_label(info.get("name", "Model"))
 
     def _on_model_loading(self, _path: str) -> None:
-        self.model_info = None
+        self.model_info, self.loading = None, True
         self.panel.set_model_label("Loading the model…")
 
     def _on_model_loaded(self, info: dict) -> None:
-        self.model_info = dict(info)
+        self.model_info, self.loading = dict(info), False
         self._show_model()
 
     def _on_model_failed(self, message: str) -> None:
-        self.model_info = None
+        self.model_info, self.loading = None, False
         self.panel.set_model_label("The model could not be loaded")
