@@ -29,7 +29,8 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
     from ui.theme import ThemeManager
 
     from .attachments import AttachmentStore
-    from .engine import Engine, FakeBackend
+    from .engine import Engine
+    from .fake_backend import FakeBackend
     from .history import HistoryError, HistoryStore
     from .paths import APP_NAME, attachments_dir, history_path, models_dir, settings_path
     from .settings import load_settings

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma4_mac.engine import Engine, EngineError, FakeBackend, GenerationRequest, LoadedModel, MlxBackend
+from gemma4_mac.engine import Engine, EngineError, GenerationRequest, LoadedModel, MlxBackend
+from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.server.worker import ModelWorker
 
 TIMEOUT = 10_000

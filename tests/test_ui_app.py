@@ -7,7 +7,7 @@ import json
 from PySide6.QtCore import Qt
 
 from gemma4_mac.app import build_app, build_parser
-from gemma4_mac.engine import FakeBackend
+from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.paths import app_data_dir
 
 

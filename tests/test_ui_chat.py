@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QImage
 
-from gemma4_mac.engine import FakeBackend
+from gemma4_mac.fake_backend import FakeBackend
 from tests.ui_support import TIMEOUT, harness, harness_factory  # noqa: F401
 from ui.message_widgets import AnnotatedImage, AssistantMessage, CodeBlock, ToolCallCard, UserMessage
 

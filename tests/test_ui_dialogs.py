@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gemma4_mac.engine import FakeBackend
+from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.settings import load_settings
 from tests.ui_support import TIMEOUT, harness, harness_factory  # noqa: F401
 from ui.model_dialog import ModelRow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gemma4_mac.engine import FakeBackend
+from gemma4_mac.fake_backend import FakeBackend
 from tests.ui_support import harness_factory  # noqa: F401
 from ui.boxes import Box, parse_boxes
 from ui.markdown import Block, code_html, markdown_html, split_blocks
