@@ -110,6 +110,12 @@ def measure_context(model, make_cache, do_prefill, tokens) -> dict:
             "peak_beyond_weights_bytes": int(peak - baseline)}
 
 
+def _best(runs: list[dict]) -> dict:
+    """The fastest of repeated measurements (peak memory is the same every time; keep the largest)."""
+    return {"prefill_tps": max(r["prefill_tps"] for r in runs), "decode_tps": max(r["decode_tps"] for r in runs),
+            "peak_beyond_weights_bytes": max(r["peak_beyond_weights_bytes"] for r in runs), "repeats": len(runs)}
+
+
 def third_turn_ttft_ours(model, doc, questions, thought, answer) -> float:
     """Turns as the chat template renders them: earlier thoughts stripped, restore points reused."""
     session = ChatSession(model)
@@ -215,8 +221,11 @@ def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
               "dtype": "float32", "device": str(mx.default_device()), "contexts": {}}
     for context in contexts:
         tokens = rng.integers(3, 262_000, context).tolist()
-        a = measure_context(ours, ours.make_cache, _prefill_ours, tokens)
-        b = measure_context(theirs, theirs.make_cache, _prefill_theirs, tokens)
+        # interleaved repeats, best of each: a shared CPU's noise only ever slows a run down
+        repeats = 3 if context <= 4096 else 1
+        runs = [(measure_context(ours, ours.make_cache, _prefill_ours, tokens),
+                 measure_context(theirs, theirs.make_cache, _prefill_theirs, tokens)) for _ in range(repeats)]
+        a, b = (_best([r[i] for r in runs]) for i in (0, 1))
         estimate = kv_bytes(config, context + RESERVE_AFTER_PROMPT, float_bytes=4) + prefill_scratch_bytes(config, PREFILL_CHUNK, context,
                                                                                     float_bytes=4)
         result["contexts"][str(context)] = {

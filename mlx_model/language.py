@@ -18,7 +18,7 @@ import mlx.nn as nn
 
 from .cache import KVCache, SlidingKVCache, window_mask
 from .config import ModelConfigError, dataclass_from_dict
-from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gelu_tanh
+from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu, gelu_tanh
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -166,7 +166,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(gated_gelu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Attention(nn.Module):
@@ -302,7 +302,7 @@ class Experts(nn.Module):
         else:
             idx = indices
         gate, up = mx.split(self.gate_up_proj(x, idx, sorted_indices=sort), 2, axis=-1)
-        y = self.down_proj(gelu_tanh(gate) * up, idx, sorted_indices=sort)
+        y = self.down_proj(gated_gelu(gate, up), idx, sorted_indices=sort)
         if sort:
             y = mx.unflatten(y[inverse], 0, indices.shape)
         y = y.squeeze(-2)  # [..., k, H]
@@ -349,7 +349,7 @@ class DecoderLayer(nn.Module):
         x = x + self.post_feedforward_layernorm(h)
 
         if self.has_ple:
-            gate = gelu_tanh(self.per_layer_input_gate(x)) * per_layer_input
+            gate = gated_gelu(self.per_layer_input_gate(x), per_layer_input)
             x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
         if self.has_layer_scalar:
             x = x * self.layer_scalar  # HF:1424 scales the whole residual stream

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import math
 from typing import Optional
 
@@ -149,8 +151,19 @@ def gelu_tanh(x: mx.array) -> mx.array:
     return nn.gelu_approx(x)
 
 
+@partial(mx.compile, shapeless=True)
+def gated_gelu(gate: mx.array, x: mx.array) -> mx.array:
+    """`gelu_tanh(gate) * x` as one fused kernel (every MLP and the PLE gate run it once per token)."""
+    return nn.gelu_approx(gate) * x
+
+
+@partial(mx.compile, shapeless=True)
+def _softcap(x: mx.array, cap: mx.array) -> mx.array:
+    return mx.tanh(x / cap) * cap
+
+
 def softcap(x: mx.array, cap: Optional[float]) -> mx.array:
-    """`tanh(x / cap) * cap`, or x unchanged when no cap is set."""
+    """`tanh(x / cap) * cap` (fused), or x unchanged when no cap is set."""
     if not cap:
         return x
-    return mx.tanh(x / cap) * cap
+    return _softcap(x, mx.array(cap, dtype=x.dtype))
