@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError
+from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError, WriteError
 from .gguf_reader import GGUFFile
 from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint
 from .progress import ProgressCallback, Reporter
@@ -71,6 +72,12 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
         reporter.report("finalize", 0, 1, message="Writing config.json")
         (folder.path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         result = folder.commit()
+    except OSError as error:
+        folder.discard()
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # config, tokenizer or companion files: same advice
+            raise WriteError(f"Writing {Path(error.filename or dst).name} failed: the disk is full ({error.strerror}). "
+                             "Free some disk space or choose another destination, then convert again.") from error
+        raise
     except BaseException:
         folder.discard()
         raise

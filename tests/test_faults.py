@@ -126,7 +126,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
 @pytest.mark.slow  # builds a tiny checkpoint with transformers once per module
 def test_full_disk_while_writing_config_leaves_no_model(hf_checkpoint, tmp_path, monkeypatch):
     """ENOSPC on the very last write (config.json): nothing that looks like a model may remain."""
-    from convert import convert_checkpoint
+    from convert import WriteError, convert_checkpoint
     from gemma4_mac.model_manager import list_models
 
     real_write_text = Path.write_text
@@ -137,7 +137,7 @@ def test_full_disk_while_writing_config_leaves_no_model(hf_checkpoint, tmp_path,
         return real_write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(WriteError, match="config.json failed: the disk is full .* Free some disk space"):
         convert_checkpoint(hf_checkpoint, tmp_path / "models" / "tiny-4bit")
     assert _leftovers(tmp_path / "models", "tiny-4bit") == []
     assert list_models(root=tmp_path / "models") == []
