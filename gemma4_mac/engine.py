@@ -222,8 +222,9 @@ def _refuse_if_too_large(folder: Path) -> None:
         return
     gib = model_manager.GIB
     usable = fit.total_bytes * (1 - model_manager.SYSTEM_SHARE)
+    weights = fit.required_bytes - model_manager.RUNTIME_ALLOWANCE  # estimate_fit adds the allowance
     raise EngineError(
-        f"{folder.name} needs about {fit.required_bytes / gib:.1f} GB ({model_manager.weight_bytes(folder) / gib:.1f} GB "
+        f"{folder.name} needs about {fit.required_bytes / gib:.1f} GB ({weights / gib:.1f} GB "
         f"of weights plus room for a conversation), but this computer has {fit.total_bytes / gib:.0f} GB of memory, "
         f"of which about {usable / gib:.1f} GB can hold a model. Choose a smaller model (E4B or E2B) in the model "
         "manager.")

@@ -164,12 +164,9 @@ class PreparedPrompt:
     @property
     def keys(self) -> list[int]:
         """What caches match on: the tokens, with each media block's soft tokens named by its content."""
-        if not self.media:
-            return list(self.tokens)
-        keys = list(self.tokens)
-        for block in self.media:
-            keys[block.start:block.end] = [block.key] * block.length
-        return keys
+        from mlx_model.processor import media_keys
+
+        return media_keys(self.tokens, self.media)
 
 
 def _tokenizer_of(processor):
@@ -198,9 +195,7 @@ def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: 
     if hasattr(processor, "process_text"):
         from mlx_model.processor import media_parts
 
-        parts = media_parts(messages)
-        processor._check_abilities(parts)
-        processed = processor.process_text(text, parts)
+        processed = processor.process_text(text, media_parts(messages))
         tokens, media, notes = processed.tokens, processed.media, processed.notes
     else:
         tokens = tokenizer.encode(text, add_special_tokens=False)

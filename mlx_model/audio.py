@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import ModelConfigError, dataclass_from_dict
-from .layers import RMSNorm
+from .layers import ClippableLinear, RMSNorm
 
 # Names of HF buffers that are not persistent (recomputed here); dropped if a checkpoint carries them.
 _NON_PERSISTENT_SUFFIXES = ("rel_pos_enc.inv_timescales", "self_attn.softcap")
@@ -82,28 +82,6 @@ class AudioConfig:
 def _clip_bound(dtype: mx.Dtype, gradient_clipping: float) -> float:
     # HF modeling_gemma4.py:445 clips at min(gradient_clipping, finfo(dtype).max)
     return min(gradient_clipping, mx.finfo(dtype).max)
-
-
-class ClippableLinear(nn.Module):
-    """Bias-free linear whose input and output are clamped to bounds stored in the checkpoint (HF:175)."""
-
-    def __init__(self, input_dims: int, output_dims: int, use_clipped_linears: bool = True):
-        super().__init__()
-        self.use_clipped_linears = use_clipped_linears
-        self.linear = nn.Linear(input_dims, output_dims, bias=False)
-        if use_clipped_linears:
-            self.input_min = mx.array(-math.inf)
-            self.input_max = mx.array(math.inf)
-            self.output_min = mx.array(-math.inf)
-            self.output_max = mx.array(math.inf)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.use_clipped_linears:
-            x = mx.clip(x, self.input_min.astype(x.dtype), self.input_max.astype(x.dtype))
-        x = self.linear(x)
-        if self.use_clipped_linears:
-            x = mx.clip(x, self.output_min.astype(x.dtype), self.output_max.astype(x.dtype))
-        return x
 
 
 class SubSampleConvProjectionLayer(nn.Module):

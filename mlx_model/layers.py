@@ -167,3 +167,27 @@ def softcap(x: mx.array, cap: Optional[float]) -> mx.array:
     if not cap:
         return x
     return _softcap(x, mx.array(cap, dtype=x.dtype))
+
+
+class ClippableLinear(nn.Module):
+    """Bias-free linear whose input and output are clamped to bounds stored in the checkpoint (HF:175).
+
+    Used by the vision and the audio towers alike (`Gemma4ClippableLinear`)."""
+
+    def __init__(self, input_dims: int, output_dims: int, use_clipped_linears: bool = True):
+        super().__init__()
+        self.use_clipped_linears = use_clipped_linears
+        self.linear = nn.Linear(input_dims, output_dims, bias=False)
+        if use_clipped_linears:
+            self.input_min = mx.array(-math.inf)
+            self.input_max = mx.array(math.inf)
+            self.output_min = mx.array(-math.inf)
+            self.output_max = mx.array(math.inf)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.use_clipped_linears:
+            x = mx.clip(x, self.input_min.astype(x.dtype), self.input_max.astype(x.dtype))
+        x = self.linear(x)
+        if self.use_clipped_linears:
+            x = mx.clip(x, self.output_min.astype(x.dtype), self.output_max.astype(x.dtype))
+        return x

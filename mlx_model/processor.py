@@ -55,14 +55,18 @@ class ProcessedPrompt:
 
     @property
     def keys(self) -> list[int]:
-        """The tokens with each block's soft tokens replaced by a value derived from its content.
+        return media_keys(self.tokens, self.media)
 
-        Caches match prompts on these, so a new picture of the same size never reuses an old one's KV.
-        """
-        keys = list(self.tokens)
-        for block in self.media:
-            keys[block.start:block.end] = [block.key] * block.length
-        return keys
+
+def media_keys(tokens: Sequence[int], media: Sequence[MediaBlock]) -> list[int]:
+    """The tokens with each block's soft tokens replaced by a value derived from its content.
+
+    Caches match prompts on these, so a new picture of the same size never reuses an old one's KV.
+    """
+    keys = list(tokens)
+    for block in media:
+        keys[block.start:block.end] = [block.key] * block.length
+    return keys
 
 
 @dataclass
@@ -172,16 +176,15 @@ class Processor:
     def process(self, messages: Sequence[Mapping], *, tools: Optional[Sequence[Mapping]] = None,
                 enable_thinking: bool = False, add_generation_prompt: bool = True) -> ProcessedPrompt:
         """Render, expand and tokenize a conversation; raises MultimodalInputError for unusable attachments."""
-        parts = media_parts(messages)
-        self._check_abilities(parts)
         text = self.tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
                                                   add_generation_prompt=add_generation_prompt)
-        return self.process_text(text, parts)
+        return self.process_text(text, media_parts(messages))
 
     def process_text(self, text: str, parts: Sequence[tuple[str, Any]] = ()) -> ProcessedPrompt:
         """Tokenize a rendered prompt whose placeholders stand for `parts` (kind, source), in order."""
         from .image_processor import ImageProcessorError, expand_placeholders
 
+        self._check_abilities(parts)
         prepared = [self._prepare(kind, source) for kind, source in parts]
         expansions: dict[str, list[str]] = {"image": [], "video": [], "audio": []}
         for (kind, _), item in zip(parts, prepared):

@@ -17,7 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .config import ModelConfigError, dataclass_from_dict
-from .layers import RMSNorm
+from .layers import ClippableLinear, RMSNorm
 
 _ACTIVATIONS = {"gelu_pytorch_tanh": nn.gelu_approx, "gelu": nn.gelu, "silu": nn.silu, "relu": nn.relu}
 _CLIP_BUFFERS = ("input_min", "input_max", "output_min", "output_max")
@@ -81,28 +81,6 @@ class VisionConfig:
         if "rope_theta" in params and "rope_parameters" not in params:
             params["rope_parameters"] = {"rope_theta": params["rope_theta"], "rope_type": "axial"}
         return dataclass_from_dict(cls, params)
-
-
-class ClippableLinear(nn.Module):
-    """HF:175 `Gemma4ClippableLinear`: bias-free `linear`, optionally clamped before and after by scalars."""
-
-    def __init__(self, input_dims: int, output_dims: int, use_clipped_linears: bool):
-        super().__init__()
-        self.use_clipped_linears = use_clipped_linears
-        self.linear = nn.Linear(input_dims, output_dims, bias=False)
-        if use_clipped_linears:
-            self.input_min = mx.array(-mx.inf)
-            self.input_max = mx.array(mx.inf)
-            self.output_min = mx.array(-mx.inf)
-            self.output_max = mx.array(mx.inf)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        if self.use_clipped_linears:
-            x = mx.clip(x, self.input_min.astype(x.dtype), self.input_max.astype(x.dtype))
-        x = self.linear(x)
-        if self.use_clipped_linears:
-            x = mx.clip(x, self.output_min.astype(x.dtype), self.output_max.astype(x.dtype))
-        return x
 
 
 class MLP(nn.Module):
