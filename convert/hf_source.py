@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointIndexError, DownloadError, SourceNotFoundError, UnsupportedSourceError
+from .errors import CheckpointIndexError, SourceNotFoundError, UnsupportedSourceError
 from .progress import Reporter
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -137,53 +137,18 @@ def _shards_from_index(root: Path, index_path: Path) -> tuple[list[Path], dict[s
 def download(repo: str, reporter: Reporter, cache_dir: Path | None = None) -> Path:
     """Download a hub repo (safetensors checkpoint), or one GGUF file given as `owner/name/file.gguf`.
 
-    Partial downloads resume on the next call (huggingface_hub keeps .incomplete files in its cache).
+    Files land in `cache_dir` (default: hub_download.default_download_dir()); a download cut off or
+    killed continues where it stopped on the next call.
     """
-    import huggingface_hub
-    from huggingface_hub import errors as hub_errors
+    from .hub_download import download_repo
 
-    tqdm_class = _forwarding_tqdm(reporter)
     parts = repo.split("/")
-    try:
-        if len(parts) == 3:
-            reporter.report("download", 0, 1, item=repo, message=f"Downloading {parts[2]}")
-            path = huggingface_hub.hf_hub_download("/".join(parts[:2]), parts[2], cache_dir=cache_dir,
-                                                   tqdm_class=tqdm_class)
-            return Path(path)
-        reporter.report("download", 0, 1, item=repo, message=f"Downloading {repo}")
-        path = huggingface_hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
-                                                 tqdm_class=tqdm_class)
-    except hub_errors.GatedRepoError as error:
-        raise DownloadError(f"{repo} is gated: accept its licence on huggingface.co and log in with "
-                            "`hf auth login`, then try again.") from error
-    except hub_errors.RepositoryNotFoundError as error:
-        raise DownloadError(f"{repo} was not found on the Hugging Face hub (check the spelling, or log in "
-                            "if it is private).") from error
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled) as error:
-        raise DownloadError(f"Cannot download {repo}: the Hugging Face hub is unreachable (offline?) and the "
-                            "model is not in the local cache. Connect to the internet and try again; a "
-                            "partial download resumes where it stopped.") from error
-    except (hub_errors.HfHubHTTPError, OSError) as error:
-        raise DownloadError(f"Downloading {repo} failed ({error}). Try again; it resumes where it stopped.") from error
-    root = Path(path)
+    if len(parts) == 3:
+        reporter.report("download", 0, 1, item=repo, message=f"Downloading {parts[2]}")
+        return download_repo("/".join(parts[:2]), reporter, filename=parts[2], root=cache_dir)
+    reporter.report("download", 0, 1, item=repo, message=f"Downloading {repo}")
+    root = download_repo(repo, reporter, patterns=HUB_PATTERNS, root=cache_dir)
     if not any(root.glob("*.safetensors")):
         raise SourceNotFoundError(f"{repo} has no .safetensors weights. For a GGUF repo give the file as "
                                   f"{repo}/<file>.gguf.")
     return root
-
-
-def _forwarding_tqdm(reporter: Reporter):
-    from tqdm.auto import tqdm
-
-    class ForwardingTqdm(tqdm):
-        """Forwards huggingface_hub's progress bar to the conversion callback (and checks cancellation)."""
-
-        def update(self, n: float | None = 1) -> bool | None:
-            shown = super().update(n)
-            # counted here too: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) does not advance self.n
-            self.forwarded = getattr(self, "forwarded", 0) + (n or 0)
-            reporter.report("download", int(self.forwarded), int(self.total or 0), item=str(getattr(self, "desc", "") or ""),
-                            message="Downloading")
-            return shown
-
-    return ForwardingTqdm

@@ -15,9 +15,10 @@ from mlx.utils import tree_flatten
 
 from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError, WriteError
 from .gguf_reader import GGUFFile
-from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint
+from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_header
 from .progress import ProgressCallback, Reporter
 from .quantize import QuantPlan
+from .safetensors_rows import SafetensorsRows, data_start
 from .sink import TensorSink
 from .writer import DEFAULT_SHARD_BYTES, OutputFolder, ShardWriter
 
@@ -146,16 +147,16 @@ def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize:
     for shard in checkpoint.shards:
         reporter.report("convert", done, total, item=shard.name, message=f"Converting {shard.name}")
         try:
-            weights = mx.load(str(shard))
+            weights = mx.load(str(shard))  # lazy: a tensor's bytes are read when it is evaluated
         except (RuntimeError, ValueError, OSError) as error:
             raise CheckpointIndexError(f"{shard} cannot be read ({error}); download it again.") from error
-        sanitized = model.sanitize(weights)
-        del weights  # the sanitized dict holds the only references: each tensor is freed once written
-        count, size = max(1, len(sanitized)), shard.stat().st_size
-        for position, name in enumerate(list(sanitized)):
-            reporter.report("convert", done + size * position // count, total, item=name,
+        header, start_of_data = safetensors_header(shard), data_start(shard)
+        names = sorted(weights, key=lambda name: header[name]["data_offsets"][0])  # read the file in order
+        size = shard.stat().st_size
+        for position, name in enumerate(names):
+            reporter.report("convert", done + size * position // max(1, len(names)), total, item=name,
                             message=f"Converting {name}")
-            sink.add(name, sanitized.pop(name), shard.name)
+            _convert_tensor(name, weights.pop(name), header[name], shard, start_of_data, model.sanitize, plan, sink)
         sink.raise_unexpected()
         done += size
         mx.clear_cache()
@@ -163,6 +164,28 @@ def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize:
     for companion in checkpoint.companion_files():
         shutil.copy2(companion, out / companion.name)
     return summary
+
+
+def _convert_tensor(name: str, lazy: mx.array, entry: dict, shard: Path, start_of_data: int, sanitize,
+                    plan: QuantPlan | None, sink: TensorSink) -> None:
+    """One source tensor through sanitize into the sink; quantized weights stream in row chunks.
+
+    Model.sanitize works tensor by tensor, so probing it with a free lazy placeholder tells whether
+    the tensor is only renamed; then it is read from the file a chunk of rows at a time instead of whole.
+    """
+    placeholder = mx.zeros(tuple(entry["shape"]), dtype=mx.float32)
+    renamed = sanitize({name: placeholder})
+    if not renamed:
+        return  # the model does not use it (e.g. KV-shared layers' projections)
+    if len(renamed) == 1:
+        target, value = next(iter(renamed.items()))
+        if (value is placeholder and plan is not None and plan.for_weight(target) is not None
+                and SafetensorsRows.supports(entry)):
+            rows = SafetensorsRows(shard, name, entry, start_of_data)
+            sink.add_rows(target, tuple(entry["shape"]), rows, shard.name)
+            return
+    for final_name, array in sanitize({name: lazy}).items():
+        sink.add(final_name, array, shard.name)
 
 
 def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: bool, dtype: str,

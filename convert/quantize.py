@@ -168,11 +168,20 @@ def quantize_chunk(weight: mx.array, params: QuantParams, out_dtype: mx.Dtype) -
     return parts
 
 
-def quantize_weight(weight: mx.array, params: QuantParams, out_dtype: mx.Dtype) -> list[mx.array]:
-    """Quantize a whole weight row-chunk by row-chunk (identical to one call: groups run along the last axis)."""
-    chunks = [quantize_chunk(weight[a:b], params, out_dtype) for a, b in row_chunks(tuple(weight.shape))]
+def join_chunks(chunks: list[list[mx.array]]) -> list[mx.array]:
+    """Concatenate per-chunk parts (weight, scales, biases) along rows, freeing each chunk's part once joined."""
     if len(chunks) == 1:
         return chunks[0]
-    joined = [mx.concatenate([chunk[i] for chunk in chunks], axis=0) for i in range(len(chunks[0]))]
-    mx.eval(joined)
+    joined = []
+    for i in range(len(chunks[0])):
+        joined.append(mx.concatenate([chunk[i] for chunk in chunks], axis=0))
+        mx.eval(joined[-1])
+        for chunk in chunks:
+            chunk[i] = None  # the joined copy is the only one now
+        mx.clear_cache()
     return joined
+
+
+def quantize_weight(weight: mx.array, params: QuantParams, out_dtype: mx.Dtype) -> list[mx.array]:
+    """Quantize a whole weight row-chunk by row-chunk (identical to one call: groups run along the last axis)."""
+    return join_chunks([quantize_chunk(weight[a:b], params, out_dtype) for a, b in row_chunks(tuple(weight.shape))])

@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from .errors import CheckpointIndexError, MissingTensorError, ShapeMismatchError, UnexpectedTensorError
 from .progress import Reporter
-from .quantize import QuantPlan, quantize_chunk, quantize_weight, row_chunks
+from .quantize import QuantPlan, join_chunks, quantize_chunk, quantize_weight, row_chunks
 from .writer import ShardWriter
 
 RowReader = Callable[[int, int], mx.array]
@@ -83,10 +83,7 @@ class TensorSink:
                 converted = self._cast(rows)
                 mx.eval(converted)
                 chunks.append([converted])
-        parts = chunks[0] if len(chunks) == 1 else [
-            mx.concatenate([chunk[i] for chunk in chunks], axis=0) for i in range(len(chunks[0]))]
-        mx.eval(parts)
-        self._store(name, parts)
+        self._store(name, join_chunks(chunks))
 
     def raise_unexpected(self) -> None:
         """Raise UnexpectedTensorError naming the tensors (and files) the model has no place for."""

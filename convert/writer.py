@@ -84,8 +84,7 @@ class ShardWriter:
         try:
             mx.save_safetensors(str(path), self.pending, metadata={"format": "mlx"})
         except (OSError, RuntimeError, ValueError) as error:
-            raise WriteError(f"Writing {path.name} into {self.folder} failed: {error}. Free some disk space "
-                             "or choose another destination.") from error
+            raise WriteError(_write_failure(path, self.pending_bytes, error)) from error
         index = len(self.shard_files)
         self.shard_files.append(path)
         self.weight_map.update({name: index for name in self.pending})
@@ -107,3 +106,17 @@ class ShardWriter:
         except OSError as error:
             raise WriteError(f"Finishing the shards in {self.folder} failed: {error}.") from error
         return names
+
+
+def _write_failure(path: Path, needed: int, error: BaseException) -> str:
+    """A shard write failed: say "disk full" when it is (MLX reports only "Unable to write N bytes")."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return (f"Writing {path.name} into {path.parent} failed: the disk is full (No space left on device; "
+                f"{free / 1e9:.2f} GB free, this shard needs {needed / 1e9:.2f} GB). Free some disk space or choose "
+                "another destination.")
+    return (f"Writing {path.name} into {path.parent} failed ({str(error).rstrip('.')}). Free some disk space or "
+            "choose another destination.")

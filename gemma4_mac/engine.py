@@ -24,6 +24,7 @@ from PySide6.QtCore import QObject, Signal
 
 from . import qt_signal_fix
 from .documents import estimate_tokens
+from .paths import downloads_dir
 from .server.worker import ModelSlot, ModelWorker, WorkerError, WorkerJob
 
 qt_signal_fix.apply()  # the engine streams thousands of signals: PySide 6.12 would abort the app without it
@@ -162,7 +163,7 @@ class MlxBackend:
             raise EngineError(str(error)) from error
 
     def download(self, repo_id: str, progress: Callable[[dict], None], cancel: threading.Event) -> str:
-        """Download a hub checkpoint into the hub cache (resumable); a local path is returned as is."""
+        """Download a hub checkpoint into the app's downloads folder (resumable); a local path is returned as is."""
         try:
             from convert import ConversionCancelled, ConversionError
             from convert.hf_source import download, looks_like_repo_id
@@ -172,7 +173,7 @@ class MlxBackend:
         if Path(repo_id).expanduser().exists() or not looks_like_repo_id(repo_id):
             return repo_id
         try:
-            return str(download(repo_id, Reporter(_forward(progress), cancel)))
+            return str(download(repo_id, Reporter(_forward(progress), cancel), cache_dir=downloads_dir()))
         except ConversionCancelled as error:
             raise EngineError(CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
@@ -186,12 +187,18 @@ class MlxBackend:
         except ImportError as error:
             raise EngineError(f"The converter is not available in this build ({error}).") from error
         try:
-            return Path(convert_checkpoint(source or repo_id, destination, bits=CONVERT_BITS, progress=_forward(progress),
-                                           cancel=cancel, label=label or None, metadata={"source": repo_id}))
+            converted = Path(convert_checkpoint(source or repo_id, destination, bits=CONVERT_BITS,
+                                                progress=_forward(progress), cancel=cancel, label=label or None,
+                                                metadata={"source": repo_id}))
         except ConversionCancelled as error:
             raise EngineError(CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
+        if source:
+            from convert.hub_download import discard_download
+
+            discard_download(Path(source), root=downloads_dir())  # the 4-bit copy replaces the bf16 download
+        return converted
 
     def count_tokens(self, loaded: Optional[LoadedModel], text: str) -> int:
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor) if loaded else None

@@ -56,6 +56,11 @@ def models_dir(create: bool = True) -> Path:
     return _sub("models", create)
 
 
+def downloads_dir(create: bool = True) -> Path:
+    """Hub checkpoints being downloaded (kept until converted, so an interrupted download resumes)."""
+    return _sub("downloads", create)
+
+
 def document_cache_dir(create: bool = True) -> Path:
     """Saved KV prefixes of long documents."""
     return _sub("document-cache", create)

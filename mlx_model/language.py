@@ -18,7 +18,7 @@ import mlx.nn as nn
 
 from .cache import KVCache, SlidingKVCache, window_mask
 from .config import ModelConfigError, dataclass_from_dict
-from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu, gelu_tanh
+from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .chat_format import STYLES, normalize_tools, render_builtin, render_template
+from .control_text import control_tokens, encode_with_literals, escape_messages
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 # Tokens that end a reply, by name, so Gemma 3 (<end_of_turn>) and Gemma 4 (<turn|>, and <|tool_response>,
@@ -91,6 +92,7 @@ class Tokenizer:
         self.chat_template = chat_template
         self.builtin_style = builtin_style
         self.source = source
+        self.control_tokens = control_tokens(getattr(hf_tokenizer, "added_tokens_decoder", {}).values())
 
     @property
     def hf_tokenizer(self):
@@ -131,7 +133,11 @@ class Tokenizer:
         """Token ids of `text`; special-token text such as "<|turn>" becomes the special token.
 
         `add_special_tokens` follows the checkpoint: Gemma 3 adds <bos>, Gemma 4's reference tokenizer
-        does not (its chat template writes <bos>)."""
+        does not (its chat template writes <bos>). Control tokens that `apply_chat_template` marked as
+        typed text (control_text.py) become the ids of their characters."""
+        return encode_with_literals(text, self._encode_plain, add_special_tokens)
+
+    def _encode_plain(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -140,8 +146,11 @@ class Tokenizer:
     def apply_chat_template(self, messages: Sequence[Mapping], tools: Optional[Sequence[Mapping]] = None,
                             enable_thinking: bool = False, add_generation_prompt: bool = True,
                             **extra) -> str:
-        """The prompt text for a conversation: the checkpoint's template if it has one, else our renderer."""
+        """The prompt text for a conversation: the checkpoint's template if it has one, else our renderer.
+
+        Control tokens inside what people and tools wrote are marked to stay text (see `encode`)."""
         tools = normalize_tools(tools)
+        messages = escape_messages(messages, self.control_tokens)
         if self.chat_template is not None:
             variables = {k: v for k, v in self._hf.special_tokens_map.items() if isinstance(v, str)}
             return render_template(self.chat_template, messages, tools=tools, enable_thinking=enable_thinking,

@@ -387,63 +387,6 @@ class _ProxyMx:
         return getattr(mx, name)
 
 
-def test_offline_hub_download_says_so(tmp_path, monkeypatch):
-    import socket
-
-    def refuse(*args, **kwargs):
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    from convert import DownloadError
-
-    with pytest.raises(DownloadError, match=r"unreachable \(offline\?\)"):
-        convert_checkpoint("no-such-owner/no-such-gemma-repo", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_hub_download_reports_progress_and_converts(checkpoints, tmp_path, monkeypatch):
-    """A hub repo id goes through huggingface_hub (patched here: no network) with its progress forwarded."""
-    import huggingface_hub
-
-    _, source, _ = checkpoints["31b"]
-    calls = []
-
-    def fake_snapshot_download(repo_id, *, allow_patterns, cache_dir, tqdm_class, **kwargs):
-        calls.append((repo_id, kwargs))
-        bar = tqdm_class(total=3, desc="model.safetensors", disable=True)
-        for _ in range(3):
-            bar.update(1)
-        bar.close()
-        return str(source)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    reports = []
-    out = convert_checkpoint("google/tiny-gemma-4", tmp_path / "out", progress=reports.append)
-    assert calls == [("google/tiny-gemma-4", {})]  # no force_download: an interrupted download resumes
-    downloads = [(r.done, r.total) for r in reports if r.stage == "download"]
-    assert downloads[-1] == (3, 3) and [r.stage for r in reports][-1] == "done"
-    load_model(out)
-
-
-def test_offline_hub_download_is_explained(tmp_path, monkeypatch):
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    from convert import DownloadError
-
-    def offline(*args, **kwargs):
-        raise LocalEntryNotFoundError("Cannot reach the hub and the file is not cached.")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    for repo in ("google/gemma-4-E2B-it", "someone/gemma-4-gguf/gemma-4-E2B-Q4_K_M.gguf"):
-        with pytest.raises(DownloadError, match=r"unreachable \(offline\?\).*resumes where it stopped"):
-            convert_checkpoint(repo, tmp_path / "out")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_bad_sources_are_explained(tmp_path):
     with pytest.raises(SourceNotFoundError, match="does not exist"):
         convert_checkpoint(tmp_path / "nowhere", tmp_path / "out")

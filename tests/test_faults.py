@@ -198,6 +198,74 @@ def test_kill_during_conversion_leaves_no_model_and_the_next_run_cleans_up(hf_ch
     assert _leftovers(models, "tiny") == ["tiny"] and load_model(converted) is not None
 
 
+# ------------------------------------------------------------------- a real, small, full filesystem
+
+_ON_SMALL_FILESYSTEM = textwrap.dedent("""
+    import json, shutil, sys
+    from pathlib import Path
+    from convert import ConversionError, convert_checkpoint
+
+    mount, source = Path(sys.argv[1]), sys.argv[2]
+    if sys.argv[3] == "download":
+        import convert.hub_download as hub_download
+        from huggingface_hub import constants
+        constants.DOWNLOAD_CHUNK_SIZE = 64 * 1024
+        hub_download._SPACE_MARGIN = -(1 << 40)  # as if another app filled the disk after the check
+    error = None
+    try:
+        convert_checkpoint(source, mount / "models" / "tiny", quantize=False, dtype="float32")
+    except ConversionError as caught:
+        error = f"{type(caught).__name__}: {caught}"
+    usage = shutil.disk_usage(mount)
+    print(json.dumps({"error": error, "left": sorted(str(p.relative_to(mount)) for p in mount.rglob("*")),
+                      "free": usage.free, "total": usage.total}))
+""")
+
+
+def _run_on_small_filesystem(tmp_path: Path, size_bytes: int, args: list[str], env: dict | None = None) -> dict:
+    """Run _ON_SMALL_FILESYSTEM in its own mount namespace with a tmpfs of `size_bytes` (Linux only)."""
+    import shutil as shell_tools
+
+    if sys.platform != "linux" or shell_tools.which("unshare") is None:
+        pytest.skip("needs Linux's unshare to mount a small private filesystem")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    command = ["unshare", "--mount", "--map-root-user", "sh", "-c",
+               'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"', "sh", str(size_bytes), str(mount),
+               sys.executable, "-c", _ON_SMALL_FILESYSTEM, str(mount), *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    if done.returncode and "mount" in done.stderr and not done.stdout:
+        pytest.skip(f"this machine does not allow a private mount: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # builds a tiny checkpoint with transformers once per module
+def test_conversion_onto_a_real_full_filesystem_leaves_no_model(hf_checkpoint, tmp_path):
+    weights = sum(p.stat().st_size for p in hf_checkpoint.glob("*.safetensors"))
+    result = _run_on_small_filesystem(tmp_path, weights // 2, [str(hf_checkpoint), "convert"])
+    assert result["error"] is not None and result["error"].startswith("WriteError")
+    assert "No space left on device" in result["error"] and "Free some disk space" in result["error"]
+    assert result["left"] == ["models"]  # the half-written work folder is gone, and with it its bytes
+    assert result["free"] == result["total"]
+
+
+@pytest.mark.slow  # builds a tiny checkpoint with transformers once per module
+def test_download_onto_a_real_full_filesystem_keeps_what_arrived(hf_checkpoint, tmp_path):
+    from tests.fake_hub import FakeHub
+
+    weights = sum(p.stat().st_size for p in hf_checkpoint.glob("*.safetensors"))
+    with FakeHub("google/tiny-gemma-4", hf_checkpoint) as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0",
+               "GEMMA4_MAC_DOWNLOADS": str(tmp_path / "small" / "downloads")}
+        result = _run_on_small_filesystem(tmp_path, weights // 2, ["google/tiny-gemma-4", "download"], env)
+    assert result["error"] is not None and result["error"].startswith("DownloadError")
+    assert "disk filled up while downloading" in result["error"] and "continues where it stopped" in result["error"]
+    parts = [name for name in result["left"] if name.endswith(".part")]
+    assert parts and not any(name.startswith("models/") for name in result["left"])
+
+
 # ------------------------------------------------------------------------------ model files removed
 
 
