@@ -1,14 +1,15 @@
 """The controller: wires the window's signals to history, attachments, settings and the engine.
 
+Conversations, attachments and sending live here; the answer being generated in stream_controller.py
+and the model, settings and model manager in models_controller.py (mixins sharing this object's state).
+
 Questions to the person (confirmations, save paths, the context-overflow choice) go through
 replaceable callables so tests can answer them without modal dialogs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,16 +20,17 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 from gemma4_mac import model_manager
 from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore, estimate_attachment_tokens)
 from gemma4_mac.documents import DocumentError, estimate_tokens
-from gemma4_mac.engine import DEFAULT_CONTEXT, Engine, GenerationRequest
-from gemma4_mac.history import HistoryStore, Message, model_messages
-from gemma4_mac.server_control import LocalServer, ServerControlError
-from gemma4_mac.settings import AppSettings, save_settings
+from gemma4_mac.engine import Engine
+from gemma4_mac.history import HistoryStore, Message
+from gemma4_mac.server_control import LocalServer
+from gemma4_mac.settings import AppSettings
 
 from .main_window import MainWindow
-from .message_widgets import AssistantMessage
 from .model_dialog import ModelManagerDialog
+from .models_controller import ModelsMixin
 from .recorder import Recorder
 from .settings_dialog import SettingsDialog
+from .stream_controller import StreamingMixin, StreamState
 from .theme import ThemeManager
 
 PARTIAL_SAVE_MS = 2000
@@ -42,23 +44,9 @@ SUGGESTION_PROMPTS = {
 OVERFLOW_NEW_CHAT, OVERFLOW_TRIM, OVERFLOW_CANCEL = "new_chat", "trim", "cancel"
 
 
-@dataclass
-class StreamState:
-    """The answer being generated (it may belong to a conversation that is not on screen)."""
+class ChatController(ModelsMixin, StreamingMixin, QObject):
+    """The main window's controller; model/settings handling and generation live in the two mixins."""
 
-    conversation_id: int
-    message_id: int
-    widget: Optional[AssistantMessage]
-    request_id: Optional[int] = None
-    saved: tuple = (0, 0, 0)  # lengths of answer, thought and tool calls last written to the history
-    answer: str = ""
-    thought: str = ""
-    tool_calls: list[dict] = field(default_factory=list)
-    thought_started: Optional[float] = None
-    thought_seconds: Optional[float] = None
-
-
-class ChatController(QObject):
     settingsChanged = Signal(object, object)  # (old, new) AppSettings, after they were saved
 
     def __init__(self, window: MainWindow, engine: Engine, history: HistoryStore, attachments: AttachmentStore,
@@ -153,61 +141,6 @@ class ChatController(QObject):
         engine.conversionFailed.connect(self._on_conversion_failed)
         if self.theme is not None:
             self.theme.themeChanged.connect(w.apply_palette)
-
-    # model
-
-    def start(self) -> None:
-        """Load the model the settings name (or the best one on disk, or the starter)."""
-        self.engine.load_model(self.initial_model_path())
-        self._apply_server()
-
-    def _apply_server(self) -> None:
-        """Start, restart or stop the local server to match the settings; problems go to the banner."""
-        try:
-            url = self.server.apply(self.settings)
-        except ServerControlError as error:
-            self.window.banner.show_message(f"The local server could not start: {error}", "error")
-            return
-        if url:
-            self.window.banner.show_message(f"Serving the loaded model to local apps at {url}/v1", "info")
-
-    def initial_model_path(self) -> Optional[str]:
-        if self.settings.model_path:
-            return self.settings.model_path
-        entries = [e for e in model_manager.list_models(root=self.models_root) if not e.is_starter and e.fit.fits]
-        return str(entries[0].path) if entries else None
-
-    def _on_model_loading(self, path: str) -> None:
-        self.model_state = "loading"
-        name = Path(path).name if path else "starter model"
-        self.window.sidebar.set_model_status(name, "loading")
-
-    def _on_model_loaded(self, info: dict) -> None:
-        self.model_info, self.model_state = info, "ready"
-        short = "Starter · Gemma 3 270M" if info.get("is_starter") else info.get("name", "Model")
-        self.window.sidebar.set_model_status(short, "ready")
-        if info.get("is_starter"):
-            self.window.banner.show_message(
-                "Using the offline starter model (Gemma 3 270M): it continues text and is not a chat model. "
-                "Open Models in the sidebar to download Gemma 4.", "info")
-        elif self.window.banner.property("level") in ("error", "info"):
-            self.window.banner.dismiss()
-        self._refresh_models()
-        self.update_token_count()
-        if self.stream is not None and self.stream.request_id is None:
-            self._submit_stream()  # a question sent while the model was loading
-
-    def _on_model_failed(self, message: str) -> None:
-        self.model_info, self.model_state = None, "error"
-        self.window.sidebar.set_model_status("Model", "error")
-        if self.stream is not None and self.stream.request_id is None:
-            self._fail_stream("No model is loaded. Choose one in the model manager.")
-        self.window.banner.show_message(f"The model could not be loaded: {message}", "error")
-
-    def context_limit(self) -> int:
-        if self.settings.context_size:
-            return self.settings.context_size
-        return int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
 
     # conversations
 
@@ -476,272 +409,6 @@ class ChatController(QObject):
             if tokens > share:
                 a.meta["max_chars"] = int(chars * share / tokens)
                 a.meta["tokens"] = int(share)
-
-    def _start_generation(self) -> None:
-        cid = self.conversation_id
-        messages = self.history.messages(cid)
-        self.history_tokens = self._estimate_messages(messages)
-        images = [a.path for m in messages if m.role == "user" for a in m.attachments if a.kind == "image"]
-        stored = self.history.add_message(cid, "assistant", "", partial=True, model=self._model_name())
-        widget = self.window.transcript.add_assistant(Path(images[-1]) if images else None)
-        widget.start_streaming()
-        self.stream = StreamState(cid, stored.id, widget)
-        self.window.composer.set_generating(True)
-        if self.model_info is None and self.model_state == "loading":
-            return  # sent while the model loads: whether it is a chat model decides the prompt, so wait
-        self._submit_stream()
-
-    def _submit_stream(self) -> None:
-        """Hand the current turn to the engine (now, or once the model that was loading is ready)."""
-        stream = self.stream
-        messages = [m for m in self.history.messages(stream.conversation_id) if m.id != stream.message_id]
-        request = GenerationRequest(
-            conversation_id=stream.conversation_id, messages=model_messages(messages, self.settings.system_prompt),
-            enable_thinking=self.settings.thinking, sampling=self.settings.sampling_kwargs(),
-            kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
-        if self.model_info is not None and not self.model_info.get("chat", True):
-            request.raw_prompt = messages[-1].content  # a base model continues the text as written
-        stream.request_id = self.engine.generate(request)
-        self._save_timer.start()
-
-    def stop(self) -> None:
-        if self.recorder.recording:
-            self.recorder.cancel()
-        elif self.stream is not None and self.stream.request_id is None:
-            self._finish_stream({"finish_reason": "cancelled"})  # still waiting for the model: nothing ran
-        elif self.stream is not None:
-            self.engine.cancel(self.stream.request_id)
-
-    def regenerate(self) -> None:
-        """Answer the last question again."""
-        if self.stream is not None or self.conversation_id is None:
-            return
-        messages = self.history.messages(self.conversation_id)
-        if not messages or messages[-1].role != "assistant":
-            return
-        last = messages[-1]
-        self.history.delete_messages_from(self.conversation_id, last.position)
-        self.window.transcript.remove_from(len(messages) - 1)
-        self._start_generation()
-
-    def edit_last_message(self) -> None:
-        """Put the last question back into the composer (with its attachments) and remove it and its answer."""
-        if self.stream is not None or self.conversation_id is None:
-            return
-        messages = self.history.messages(self.conversation_id)
-        users = [i for i, m in enumerate(messages) if m.role == "user"]
-        if not users:
-            return
-        index = users[-1]
-        message = messages[index]
-        self.history.delete_messages_from(self.conversation_id, message.position)
-        self.window.transcript.remove_from(index)
-        self.pending = list(message.attachments)
-        self.window.composer.set_attachments(self.pending)
-        self.window.composer.set_text(message.content)
-        self.window.composer.edit.setFocus()
-        remaining = messages[:index]
-        self.window.show_empty(not remaining)
-        self.history_tokens = self._estimate_messages(remaining)
-        self.update_token_count()
-
-    # stream events
-
-    def _on_started(self, request_id: int) -> None:
-        self.engine_request = request_id
-
-    def _streaming_ours(self) -> bool:
-        """Whether the engine is streaming our request now (not a cancelled earlier one, not the panel's)."""
-        return self.stream is not None and self.stream.request_id is not None and \
-            self.engine_request == self.stream.request_id
-
-    def _ended_ours(self) -> bool:
-        """Whether the finished/failed signal now arriving ends our request (then forget the engine's id)."""
-        submitted = self.stream is not None and self.stream.request_id is not None
-        ours = self._streaming_ours() or (
-            # a turn refused before it started (no model loaded) never sends generationStarted
-            submitted and self.engine_request is None and self.engine.model_info is None)
-        self.engine_request = None
-        return ours
-
-    def _on_answer(self, text: str) -> None:
-        if not self._streaming_ours():
-            return
-        if self.stream.thought_started is not None and self.stream.thought_seconds is None:
-            self.stream.thought_seconds = time.monotonic() - self.stream.thought_started
-        self.stream.answer += text
-        if self.stream.widget is not None:
-            self.stream.widget.append_answer(text)
-
-    def _on_thought(self, text: str) -> None:
-        if not self._streaming_ours():
-            return
-        if self.stream.thought_started is None:
-            self.stream.thought_started = time.monotonic()
-        self.stream.thought += text
-        if self.stream.widget is not None:
-            self.stream.widget.append_thought(text)
-
-    def _on_tool_call(self, call: dict) -> None:
-        if not self._streaming_ours():
-            return
-        self.stream.tool_calls.append(call)
-        if self.stream.widget is not None:
-            self.stream.widget.add_tool_call(call)
-
-    def _on_finished(self, stats: dict) -> None:
-        if self._ended_ours():
-            self._finish_stream(stats)
-
-    def _on_notice(self, text: str) -> None:
-        if self._streaming_ours():
-            self.window.banner.show_message(text, "info")
-
-    def _save_partial(self) -> None:
-        stream = self.stream
-        if stream is None:
-            self._save_timer.stop()
-            return
-        written = (len(stream.answer), len(stream.thought), len(stream.tool_calls))
-        if written != stream.saved:
-            self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
-                                        tool_calls=stream.tool_calls, partial=True)
-            stream.saved = written
-
-    def _finish_stream(self, stats: dict) -> None:
-        self._save_timer.stop()
-        stream, self.stream = self.stream, None
-        self.window.composer.set_generating(False)
-        stats = dict(stats)
-        if stream.thought_started is not None:
-            stats["thinking_seconds"] = stream.thought_seconds or (time.monotonic() - stream.thought_started)
-        partial = stats.get("finish_reason") == "cancelled"
-        self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
-                                    tool_calls=stream.tool_calls, stats=stats, partial=partial)
-        if stream.widget is not None:
-            if stream.widget.thinking is not None:
-                stream.widget.thinking.finish(stats.get("thinking_seconds"))
-            stream.widget.finish(stats, partial)
-        if stream.conversation_id == self.conversation_id:
-            self.history_tokens = self._estimate_messages(self.history.messages(self.conversation_id))
-            self.update_token_count()
-        self.refresh_sidebar()
-
-    def _on_failed(self, message: str) -> None:
-        if self._ended_ours():  # else another request's failure (the quick-ask panel shows its own)
-            self._fail_stream(message)
-
-    def _fail_stream(self, message: str) -> None:
-        stream, self.stream = self.stream, None
-        self.window.composer.set_generating(False)
-        if stream.answer or stream.thought:
-            self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
-                                        tool_calls=stream.tool_calls, partial=True)
-        else:
-            stored = [m for m in self.history.messages(stream.conversation_id) if m.id == stream.message_id]
-            if stored:
-                self.history.delete_messages_from(stream.conversation_id, stored[0].position)
-        if stream.widget is not None:
-            stream.widget.show_error(message)
-        self.window.banner.show_message(message, "error")
-
-    def _detach_stream_widget(self) -> None:
-        if self.stream is not None:
-            self.stream.widget = None
-
-    def _reattach_stream(self) -> None:
-        widgets = self.window.transcript.messages
-        if not widgets or not isinstance(widgets[-1], AssistantMessage):
-            return
-        widget = widgets[-1]
-        self.stream.widget = widget
-        if self.stream.thought:
-            widget.append_thought(self.stream.thought)
-        widget.answer = self.stream.answer
-        widget.start_streaming()
-
-    # settings and models
-
-    def set_thinking(self, on: bool) -> None:
-        self.apply_settings(dataclasses.replace(self.settings, thinking=on))
-
-    def apply_settings(self, new: AppSettings) -> None:
-        old, self.settings = self.settings, new
-        try:
-            save_settings(new, self.settings_path)
-        except (OSError, ValueError) as error:
-            self.window.banner.show_message(f"Settings could not be saved: {error}", "error")
-        self.window.composer.set_thinking(new.thinking)
-        if self.theme is not None and new.theme != old.theme:
-            self.theme.set_preference(new.theme)
-        if new.model_path != old.model_path:
-            self.engine.load_model(new.model_path or None)
-        server_fields = ("server_enabled", "server_host", "server_port", "server_api_key")
-        if any(getattr(new, f, None) != getattr(old, f, None) for f in server_fields):
-            self._apply_server()
-        self.update_token_count()
-        self.settingsChanged.emit(old, new)
-
-    def open_settings(self) -> SettingsDialog:
-        models = model_manager.list_models(extra=(self.settings.model_path,), root=self.models_root)
-        auto = int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
-        dialog = SettingsDialog(self.settings, models, auto, self.window)
-        dialog.accepted.connect(lambda: self.apply_settings(dialog.settings()))
-        dialog.manageModelsClicked.connect(self.open_model_manager)
-        self.settings_dialog = dialog
-        dialog.open()
-        return dialog
-
-    def open_model_manager(self) -> ModelManagerDialog:
-        if self.model_dialog is not None and self.model_dialog.isVisible():
-            self.model_dialog.raise_()
-            return self.model_dialog
-        dialog = ModelManagerDialog(model_manager.total_memory(), self.models_root, self.window)
-        dialog.useModelRequested.connect(self.use_model)
-        dialog.deleteModelRequested.connect(self.delete_model)
-        dialog.downloadRequested.connect(lambda repo, dest, label: self.engine.convert_model(repo, Path(dest), label))
-        dialog.cancelDownloadRequested.connect(self.engine.cancel_conversion)
-        self.model_dialog = dialog
-        self._refresh_models()
-        dialog.open()
-        return dialog
-
-    def _refresh_models(self) -> None:
-        if self.model_dialog is None:
-            return
-        current = (self.model_info or {}).get("path", "")
-        extra = tuple(p for p in (self.settings.model_path, current) if p and Path(p).is_dir())
-        self.model_dialog.set_models(model_manager.list_models(extra=extra, root=self.models_root), current)
-
-    def use_model(self, path: str) -> None:
-        self.apply_settings(dataclasses.replace(self.settings, model_path=path))
-        self._refresh_models()
-
-    def delete_model(self, path: str) -> None:
-        if not self.confirm("Delete this model?", f"{path} will be deleted from this Mac."):
-            return
-        try:
-            model_manager.delete_model(Path(path), root=self.models_root)
-        except (model_manager.ModelManagerError, OSError) as error:
-            self.window.banner.show_message(str(error), "error")
-        self._refresh_models()
-
-    def _on_conversion_progress(self, report: dict) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_progress(report)
-
-    def _on_conversion_finished(self, path: str) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_finished(path)
-            self._refresh_models()
-        self.window.banner.show_message(f"The model is ready in {path}. Choose “Use” in Models to switch to it.",
-                                        "info")
-
-    def _on_conversion_failed(self, message: str) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_failed(message)
-        else:
-            self.window.banner.show_message(message, "error")
 
     # shutdown
 

@@ -1,0 +1,154 @@
+"""The model and the settings: loading, the local server, the settings dialog and the model manager.
+A mixin of ChatController (ui/controller.py), sharing its state."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+from gemma4_mac import model_manager
+from gemma4_mac.engine import DEFAULT_CONTEXT
+from gemma4_mac.server_control import ServerControlError
+from gemma4_mac.settings import AppSettings, save_settings
+
+from .model_dialog import ModelManagerDialog
+from .settings_dialog import SettingsDialog
+
+
+class ModelsMixin:
+    """Model and settings handling for ChatController."""
+
+    def start(self) -> None:
+        """Load the model the settings name (or the best one on disk, or the starter)."""
+        self.engine.load_model(self.initial_model_path())
+        self._apply_server()
+
+    def _apply_server(self) -> None:
+        """Start, restart or stop the local server to match the settings; problems go to the banner."""
+        try:
+            url = self.server.apply(self.settings)
+        except ServerControlError as error:
+            self.window.banner.show_message(f"The local server could not start: {error}", "error")
+            return
+        if url:
+            self.window.banner.show_message(f"Serving the loaded model to local apps at {url}/v1", "info")
+
+    def initial_model_path(self) -> Optional[str]:
+        if self.settings.model_path:
+            return self.settings.model_path
+        entries = [e for e in model_manager.list_models(root=self.models_root) if not e.is_starter and e.fit.fits]
+        return str(entries[0].path) if entries else None
+
+    def _on_model_loading(self, path: str) -> None:
+        self.model_state = "loading"
+        name = Path(path).name if path else "starter model"
+        self.window.sidebar.set_model_status(name, "loading")
+
+    def _on_model_loaded(self, info: dict) -> None:
+        self.model_info, self.model_state = info, "ready"
+        short = "Starter · Gemma 3 270M" if info.get("is_starter") else info.get("name", "Model")
+        self.window.sidebar.set_model_status(short, "ready")
+        if info.get("is_starter"):
+            self.window.banner.show_message(
+                "Using the offline starter model (Gemma 3 270M): it continues text and is not a chat model. "
+                "Open Models in the sidebar to download Gemma 4.", "info")
+        elif self.window.banner.property("level") in ("error", "info"):
+            self.window.banner.dismiss()
+        self._refresh_models()
+        self.update_token_count()
+        if self.stream is not None and self.stream.request_id is None:
+            self._submit_stream()  # a question sent while the model was loading
+
+    def _on_model_failed(self, message: str) -> None:
+        self.model_info, self.model_state = None, "error"
+        self.window.sidebar.set_model_status("Model", "error")
+        if self.stream is not None and self.stream.request_id is None:
+            self._fail_stream("No model is loaded. Choose one in the model manager.")
+        self.window.banner.show_message(f"The model could not be loaded: {message}", "error")
+
+    def context_limit(self) -> int:
+        if self.settings.context_size:
+            return self.settings.context_size
+        return int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
+
+    def set_thinking(self, on: bool) -> None:
+        self.apply_settings(dataclasses.replace(self.settings, thinking=on))
+
+    def apply_settings(self, new: AppSettings) -> None:
+        old, self.settings = self.settings, new
+        try:
+            save_settings(new, self.settings_path)
+        except (OSError, ValueError) as error:
+            self.window.banner.show_message(f"Settings could not be saved: {error}", "error")
+        self.window.composer.set_thinking(new.thinking)
+        if self.theme is not None and new.theme != old.theme:
+            self.theme.set_preference(new.theme)
+        if new.model_path != old.model_path:
+            self.engine.load_model(new.model_path or None)
+        server_fields = ("server_enabled", "server_host", "server_port", "server_api_key")
+        if any(getattr(new, f, None) != getattr(old, f, None) for f in server_fields):
+            self._apply_server()
+        self.update_token_count()
+        self.settingsChanged.emit(old, new)
+
+    def open_settings(self) -> SettingsDialog:
+        models = model_manager.list_models(extra=(self.settings.model_path,), root=self.models_root)
+        auto = int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
+        dialog = SettingsDialog(self.settings, models, auto, self.window)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.settings()))
+        dialog.manageModelsClicked.connect(self.open_model_manager)
+        self.settings_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def open_model_manager(self) -> ModelManagerDialog:
+        if self.model_dialog is not None and self.model_dialog.isVisible():
+            self.model_dialog.raise_()
+            return self.model_dialog
+        dialog = ModelManagerDialog(model_manager.total_memory(), self.models_root, self.window)
+        dialog.useModelRequested.connect(self.use_model)
+        dialog.deleteModelRequested.connect(self.delete_model)
+        dialog.downloadRequested.connect(lambda repo, dest, label: self.engine.convert_model(repo, Path(dest), label))
+        dialog.cancelDownloadRequested.connect(self.engine.cancel_conversion)
+        self.model_dialog = dialog
+        self._refresh_models()
+        dialog.open()
+        return dialog
+
+    def _refresh_models(self) -> None:
+        if self.model_dialog is None:
+            return
+        current = (self.model_info or {}).get("path", "")
+        extra = tuple(p for p in (self.settings.model_path, current) if p and Path(p).is_dir())
+        self.model_dialog.set_models(model_manager.list_models(extra=extra, root=self.models_root), current)
+
+    def use_model(self, path: str) -> None:
+        self.apply_settings(dataclasses.replace(self.settings, model_path=path))
+        self._refresh_models()
+
+    def delete_model(self, path: str) -> None:
+        if not self.confirm("Delete this model?", f"{path} will be deleted from this Mac."):
+            return
+        try:
+            model_manager.delete_model(Path(path), root=self.models_root)
+        except (model_manager.ModelManagerError, OSError) as error:
+            self.window.banner.show_message(str(error), "error")
+        self._refresh_models()
+
+    def _on_conversion_progress(self, report: dict) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_progress(report)
+
+    def _on_conversion_finished(self, path: str) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_finished(path)
+            self._refresh_models()
+        self.window.banner.show_message(f"The model is ready in {path}. Choose “Use” in Models to switch to it.",
+                                        "info")
+
+    def _on_conversion_failed(self, message: str) -> None:
+        if self.model_dialog is not None:
+            self.model_dialog.set_failed(message)
+        else:
+            self.window.banner.show_message(message, "error")
