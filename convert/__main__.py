@@ -38,6 +38,8 @@ class _StatusLine:
 
     def __call__(self, report: ConversionProgress) -> None:
         line = f"[{report.stage:9s}] {report.fraction * 100:5.1f}% {report.message[:90]}"
+        if report.stage == "download" and report.total > 1:  # bytes: show how much of how much
+            line += f" ({report.done / 1e9:.2f} of {report.total / 1e9:.2f} GB)"
         if self.interactive:
             if line != self.last:
                 sys.stderr.write("\r" + line.ljust(len(self.last)))
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"\nerror: {error}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted: nothing was written.\n")
+        sys.stderr.write("\ninterrupted: no model was written; a download continues where it stopped next time.\n")
         return 130
     sys.stderr.write(f"\nDone: {out}\n")
     return 0

@@ -35,7 +35,8 @@ BENCH_CONFIG = dict(
     hidden_size_per_layer_input=16, final_logit_softcapping=30.0, max_position_embeddings=131_072,
     layer_types=["sliding_attention"] * 4 + ["full_attention"] + ["sliding_attention", "full_attention"],
 )
-DECODE_TOKENS = 32
+DECODE_TOKENS = 32  # KV-precision figures
+DECODE_SEGMENT, DECODE_ROUNDS = 8, 5  # decode speed: 5 alternating rounds of 8 tokens per model
 THOUGHT_OPEN, THOUGHT_CLOSE, END_OF_TURN = 100, 101, 106
 
 
@@ -84,27 +85,19 @@ def _prefill_ours(model, tokens, cache):
     return prefill(model, tokens, cache)
 
 
-def _decode(model, logits, cache, n, segment=8):
-    """Greedy decode of `n` tokens; tokens/s of the fastest `segment`-token stretch.
-
-    On a shared CPU, neighbours only ever slow a stretch down, so the fastest one is the model's own
-    speed (timeit's reasoning); both models are measured the same way.
-    """
-    token = mx.argmax(logits, axis=-1)
-    mx.eval(token)
-    best = 0.0
-    for _ in range(max(1, n // segment)):
-        start = time.perf_counter()
-        for _ in range(segment):
-            logits = model(token.reshape(1, 1), cache=cache)[:, -1, :]
-            token = mx.argmax(logits, axis=-1)
-            mx.eval(token)
-        best = max(best, segment / (time.perf_counter() - start))
-    return best
+def _decode(model, token, cache, n: int) -> tuple[mx.array, float]:
+    """Greedy decode of `n` tokens from `token`; returns the last token and the seconds taken."""
+    start = time.perf_counter()
+    for _ in range(n):
+        logits = model(token.reshape(1, 1), cache=cache)[:, -1, :]
+        token = mx.argmax(logits, axis=-1)
+        mx.eval(token)
+    return token, time.perf_counter() - start
 
 
-def measure_context(model, make_cache, do_prefill, tokens) -> dict:
-    """Prefill `tokens`, then decode; tokens/s and peak memory beyond what was allocated before (weights)."""
+def measure_context(model, make_cache, do_prefill, tokens) -> tuple[dict, tuple]:
+    """Prefill `tokens` and decode a few tokens: prefill tokens/s and peak memory beyond what was allocated
+    before (weights). Returns the figures and (next token, cache) for the decode-speed rounds."""
     mx.clear_cache()
     mx.reset_peak_memory()
     baseline = mx.get_active_memory()
@@ -112,16 +105,31 @@ def measure_context(model, make_cache, do_prefill, tokens) -> dict:
     start = time.perf_counter()
     logits = do_prefill(model, tokens, cache)
     prefill_s = time.perf_counter() - start
-    peak_prefill = mx.get_peak_memory()
-    decode_tps = _decode(model, logits, cache, DECODE_TOKENS)
-    peak = max(peak_prefill, mx.get_peak_memory())
-    return {"prefill_tps": len(tokens) / prefill_s, "decode_tps": decode_tps,
-            "peak_beyond_weights_bytes": int(peak - baseline)}
+    token, _ = _decode(model, mx.argmax(logits, axis=-1), cache, DECODE_SEGMENT)
+    figures = {"prefill_tps": len(tokens) / prefill_s, "peak_beyond_weights_bytes": int(mx.get_peak_memory() - baseline)}
+    return figures, (token, cache)
+
+
+def interleaved_decode(models, states, rounds: int = DECODE_ROUNDS) -> list[float]:
+    """Decode tokens/s of each model: segments taken in turn (A, B, A, B...), the fastest segment of each.
+
+    The CPU's speed drifts by a third between minutes on a shared machine; alternating short segments
+    exposes both models to the same drift, and a neighbour only ever slows a segment down (timeit's
+    reasoning for the minimum).
+    """
+    best = [0.0] * len(models)
+    states = list(states)
+    for _ in range(rounds):
+        for i, (model, (token, cache)) in enumerate(zip(models, states)):
+            token, seconds = _decode(model, token, cache, DECODE_SEGMENT)
+            states[i] = (token, cache)
+            best[i] = max(best[i], DECODE_SEGMENT / seconds)
+    return best
 
 
 def _best(runs: list[dict]) -> dict:
     """The fastest of repeated measurements (peak memory is the same every time; keep the largest)."""
-    return {"prefill_tps": max(r["prefill_tps"] for r in runs), "decode_tps": max(r["decode_tps"] for r in runs),
+    return {"prefill_tps": max(r["prefill_tps"] for r in runs),
             "peak_beyond_weights_bytes": max(r["peak_beyond_weights_bytes"] for r in runs), "repeats": len(runs)}
 
 
@@ -232,9 +240,17 @@ def run(contexts=(1024, 4096, 16384), doc_tokens=16384) -> dict:
         tokens = rng.integers(3, 262_000, context).tolist()
         # interleaved repeats, best of each: a shared CPU's noise only ever slows a run down
         repeats = 3 if context <= 4096 else 1
-        runs = [(measure_context(ours, ours.make_cache, _prefill_ours, tokens),
-                 measure_context(theirs, theirs.make_cache, _prefill_theirs, tokens)) for _ in range(repeats)]
-        a, b = (_best([r[i] for r in runs]) for i in (0, 1))
+        figures_ours, figures_theirs, states = [], [], ()
+        for _ in range(repeats):
+            states = ()  # the previous repeat's caches go before the next measurement
+            found_ours, state_ours = measure_context(ours, ours.make_cache, _prefill_ours, tokens)
+            found_theirs, state_theirs = measure_context(theirs, theirs.make_cache, _prefill_theirs, tokens)
+            figures_ours.append(found_ours)
+            figures_theirs.append(found_theirs)
+            states, state_ours, state_theirs = (state_ours, state_theirs), None, None
+        a, b = _best(figures_ours), _best(figures_theirs)
+        a["decode_tps"], b["decode_tps"] = interleaved_decode((ours, theirs), states)
+        del states
         estimate = kv_bytes(config, context + RESERVE_AFTER_PROMPT, float_bytes=4) + prefill_scratch_bytes(config, PREFILL_CHUNK, context,
                                                                                     float_bytes=4)
         result["contexts"][str(context)] = {
