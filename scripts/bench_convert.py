@@ -5,10 +5,10 @@
 Writes a random bfloat16 Gemma 4 text checkpoint (31B-like layout: hidden 2048, MLP 8192, the real
 262,144-token vocabulary; ~3.4 GB with 18 layers) as ~1 GB safetensors shards with an index, like the
 hub's, into a temporary folder under /tmp. The conversion runs in a child process so that its memory
-is measured alone: peak RSS (getrusage, plus a 20 ms psutil sampler), peak private (anonymous) RSS, and
-MLX's own peak allocation. The converter promises a peak RSS under twice the largest source shard plus
-1 GB; the exit status follows the kernel's high-water mark of the whole RSS (getrusage), which no
-sampling interval can miss.
+is measured alone: peak RSS (the kernel's high-water mark, plus a 20 ms psutil sampler), peak private
+(anonymous) RSS, and MLX's own peak allocation. The converter promises a peak RSS under twice the largest source shard plus
+1 GB; the exit status follows the kernel's high-water mark of the whole RSS (VmHWM on Linux, getrusage
+on macOS), which no sampling interval can miss.
 Everything is deleted afterwards unless --keep. Prints one JSON object.
 """
 
@@ -117,8 +117,19 @@ convert_checkpoint(sys.argv[2], sys.argv[3], **options)
 seconds = time.perf_counter() - started
 running[0] = False
 sampler.join()
-maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-maxrss = maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+def high_water_rss():
+    # Linux keeps ru_maxrss across fork + exec, so it would report the parent's peak (the one that wrote
+    # the checkpoint); VmHWM is this process's own exact peak
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and its own
+
+maxrss = high_water_rss()
 print(json.dumps({"seconds": seconds, "peak_rss_bytes": max(maxrss, peak[0]),
                   "sampled_peak_rss_bytes": peak[0], "peak_anonymous_rss_bytes": peak_anon[0],
                   "mlx_peak_bytes": mx.get_peak_memory()}))
@@ -156,6 +167,7 @@ def main() -> int:
             "convert_seconds": round(measured["seconds"], 1),
             "throughput_gb_per_s": round(source["total_bytes"] / GB / measured["seconds"], 3),
             "peak_rss_gb": round(measured["peak_rss_bytes"] / GB, 2),
+            "sampled_peak_rss_gb": round(measured["sampled_peak_rss_bytes"] / GB, 2),
             "peak_anonymous_rss_gb": round(measured["peak_anonymous_rss_bytes"] / GB, 2),
             "mlx_peak_gb": round(measured["mlx_peak_bytes"] / GB, 2),
             "bound_gb": round(bound / GB, 2), "within_bound": measured["peak_rss_bytes"] < bound,
