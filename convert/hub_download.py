@@ -83,12 +83,19 @@ def download_repo(repo_id: str, reporter: Reporter, *, patterns: list[str] | Non
 
 
 def discard_download(path: Path, root: Path | None = None) -> None:
-    """Delete a finished download (a commit folder, or a file inside one) once it has been converted."""
+    """Delete a finished download (a commit folder, or one file of it) once it has been converted.
+
+    Paths outside the downloads folder are never touched (a local checkpoint is the user's own)."""
     root = (root or default_download_dir()).resolve()
     path = Path(path).resolve()
     folder = path if path.is_dir() else path.parent
-    if root in folder.parents and folder.parent.parent == root:
-        shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.parent != root:
+        return
+    if path.is_file():
+        path.unlink()  # the marker still lists it, but a missing file is fetched again when asked for
+        if any(other.name != COMPLETE_MARKER for other in folder.iterdir()):
+            return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Offline(Exception):
@@ -137,12 +144,18 @@ def _matches(path: str, patterns: list[str] | None) -> bool:
     return patterns is None or any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
 
 
-def _is_complete(folder: Path, wanted: list[RemoteFile]) -> bool:
+def _marked_files(folder: Path) -> list[str]:
+    """Files the folder's marker lists as downloaded and checked (none without a readable marker)."""
     try:
-        done = set(json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))["files"])
+        files = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all(f.path in done and (folder / f.path).is_file() for f in wanted)
+        return []
+    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
+
+
+def _is_complete(folder: Path, wanted: list[RemoteFile]) -> bool:
+    done = set(_marked_files(folder))
+    return bool(done) and all(f.path in done and (folder / f.path).is_file() for f in wanted)
 
 
 def _complete_copy(repo_dir: Path, revision: str) -> Path | None:
@@ -177,7 +190,8 @@ def _fetch_all(repo_id: str, commit: str, folder: Path, wanted: list[RemoteFile]
         done_before = done - have[remote.path]
         _fetch(repo_id, commit, folder, remote, reporter, done_before, total)
         done = done_before + (remote.size or (folder / remote.path).stat().st_size)
-    marker = {"repo": repo_id, "commit": commit, "files": [f.path for f in wanted]}
+    files = sorted(set(_marked_files(folder)) | {f.path for f in wanted})  # earlier single-file downloads stay
+    marker = {"repo": repo_id, "commit": commit, "files": files}
     (folder / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
     reporter.report("download", total, total, item=repo_id, message=f"Downloaded {repo_id}")
 

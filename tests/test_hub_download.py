@@ -222,8 +222,19 @@ def test_one_gguf_file_is_downloaded_alone(tmp_path, monkeypatch):
         assert [p.name for p in path.parent.iterdir() if not p.name.startswith(".")] == [path.name]
         assert reports[-1].done == reports[-1].total == len(payload) + 4
         assert not server.ranges_for("gemma-4-Q8_0.gguf")
+        other = download("someone/gemma-4-gguf/gemma-4-Q8_0.gguf", Reporter(None, None), cache_dir=tmp_path / "downloads")
+        assert other.parent == path.parent and path.read_bytes() == b"GGUF" + payload  # the first one stays
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert download("someone/gemma-4-gguf/gemma-4-Q4_K_M.gguf", Reporter(None, None),
+                        cache_dir=tmp_path / "downloads") == path  # both are known complete offline
     discard_download(path, root=tmp_path / "downloads")
+    assert not path.exists() and other.exists()  # converting one file frees that file only
+    with pytest.raises(DownloadError, match="unreachable"):
+        download("someone/gemma-4-gguf/gemma-4-Q4_K_M.gguf", Reporter(None, None), cache_dir=tmp_path / "downloads")
+    discard_download(other, root=tmp_path / "downloads")
     assert not path.parent.exists()
+    discard_download(repo, root=tmp_path / "downloads")  # a folder outside the downloads is never touched
+    assert (repo / "gemma-4-Q8_0.gguf").exists()
 
 
 def test_the_app_downloads_into_its_data_folder_and_frees_it_after_converting(hub, tmp_path, monkeypatch):
