@@ -269,7 +269,8 @@ def _forwarding_tqdm(reporter: Reporter, done_before: int, total: int):
 
         def update(self, n: float | None = 1) -> bool | None:
             self.received += int(n or 0)
-            reporter.report("download", done_before + self.received, total, item=self.item, message="Downloading")
+            reporter.report("download", done_before + self.received, total, item=self.item,
+                            message=f"Downloading {self.item}")
             return super().update(n)
 
     return ForwardingTqdm

@@ -210,7 +210,8 @@ class MlxBackend:
 def _forward(progress: Callable[[dict], None]) -> Callable[[Any], None]:
     """The converter's ConversionProgress as the dict the window's signal carries."""
     def report(p) -> None:
-        progress({"stage": p.stage, "fraction": p.fraction, "message": p.message, "item": p.item})
+        progress({"stage": p.stage, "fraction": p.fraction, "message": p.message, "item": p.item,
+                  "done": p.done, "total": p.total})
 
     return report
 

@@ -97,3 +97,11 @@ def test_download_and_convert_with_progress_and_cancel(harness_factory, qtbot):
         dialog.download_button.click()
         dialog.cancel_button.click()
     assert "cancelled" in dialog.progress_label.text() and dialog.download_button.isEnabled()
+
+
+def test_download_progress_shows_the_file_and_the_bytes(harness):
+    dialog = harness.controller.open_model_manager()
+    dialog.set_progress({"stage": "download", "fraction": 0.42, "message": "Downloading model-00001-of-00004.safetensors",
+                         "item": "model-00001-of-00004.safetensors", "done": 4_200_000_000, "total": 10_000_000_000})
+    assert dialog.progress.value() == 420
+    assert dialog.progress_label.text() == "Downloading · 42% · model-00001-of-00004.safetensors · 4.2 of 10.0 GB"

@@ -190,6 +190,9 @@ class ModelManagerDialog(QDialog):
         fraction = float(report.get("fraction", 0.0))
         self.progress.setValue(int(fraction * 1000))
         detail = report.get("message") or report.get("item") or ""
+        total = int(report.get("total") or 0)
+        if report.get("stage") == "download" and total > 1:  # bytes over all files
+            detail = f"{report.get('item') or detail} · {int(report.get('done') or 0) / 1e9:.1f} of {total / 1e9:.1f} GB"
         self.progress_label.setText(f"{stage} · {fraction:.0%}" + (f" · {detail}" if detail else ""))
 
     def set_finished(self, path: str) -> None:
