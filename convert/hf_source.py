@@ -35,6 +35,11 @@ def looks_like_repo_id(text: str) -> bool:
 
 def safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (tensor -> dtype, shape, offsets); checks the file is complete."""
+    return safetensors_layout(path)[0]
+
+
+def safetensors_layout(path: Path) -> tuple[dict[str, Any], int]:
+    """The checked header and the file offset where tensor data starts (8 length bytes plus the header)."""
     try:
         with open(path, "rb") as handle:
             raw_length = handle.read(8)
@@ -50,7 +55,7 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     if 8 + length + end > size:
         raise CheckpointIndexError(f"{path} is truncated: its header needs {8 + length + end} bytes, the file has "
                                    f"{size}. Download it again.")
-    return header
+    return header, 8 + length
 
 
 @dataclass

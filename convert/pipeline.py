@@ -15,10 +15,10 @@ from mlx.utils import tree_flatten
 
 from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError, WriteError
 from .gguf_reader import GGUFFile
-from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_header
+from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_layout
 from .progress import ProgressCallback, Reporter
 from .quantize import QuantPlan
-from .safetensors_rows import SafetensorsRows, data_start
+from .safetensors_rows import SafetensorsRows
 from .sink import TensorSink
 from .writer import DEFAULT_SHARD_BYTES, OutputFolder, ShardWriter
 
@@ -150,7 +150,7 @@ def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize:
             weights = mx.load(str(shard))  # lazy: a tensor's bytes are read when it is evaluated
         except (RuntimeError, ValueError, OSError) as error:
             raise CheckpointIndexError(f"{shard} cannot be read ({error}); download it again.") from error
-        header, start_of_data = safetensors_header(shard), data_start(shard)
+        header, start_of_data = safetensors_layout(shard)
         names = sorted(weights, key=lambda name: header[name]["data_offsets"][0])  # read the file in order
         size = shard.stat().st_size
         for position, name in enumerate(names):

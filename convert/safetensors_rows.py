@@ -6,7 +6,6 @@ embedding table is read 32 MB at a time and only its 4-bit output stays in memor
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ _DTYPES = {
     "F16": (np.float16, mx.float16),
     "BF16": (np.uint16, mx.bfloat16),  # numpy has no bfloat16: read the bits, view them in MLX
 }
-
-
-def data_start(path: Path) -> int:
-    """Offset of the first tensor byte: 8 length bytes plus the JSON header."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-    return 8 + length
 
 
 class SafetensorsRows:

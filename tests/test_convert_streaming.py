@@ -8,9 +8,9 @@ import pytest
 import mlx.core as mx
 
 from convert import CheckpointIndexError
-from convert.hf_source import safetensors_header
+from convert.hf_source import safetensors_layout
 from convert.quantize import QuantParams, quantize_weight, row_chunks
-from convert.safetensors_rows import SafetensorsRows, data_start
+from convert.safetensors_rows import SafetensorsRows
 
 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32])
@@ -19,7 +19,7 @@ def test_rows_equal_what_mlx_reads(tmp_path, dtype):
     tensors = {"a.weight": mx.random.normal((37, 64)).astype(dtype), "b.weight": mx.random.normal((5, 3, 8)).astype(dtype),
                "c.bias": mx.random.normal((64,)).astype(dtype)}
     mx.save_safetensors(str(path), tensors)
-    header, start = safetensors_header(path), data_start(path)
+    header, start = safetensors_layout(path)
     assert not SafetensorsRows.supports(header["c.bias"])  # 1-D tensors are read whole
     for name in ("a.weight", "b.weight"):
         rows = SafetensorsRows(path, name, header[name], start)
@@ -32,7 +32,7 @@ def test_rows_equal_what_mlx_reads(tmp_path, dtype):
 def test_a_truncated_or_inconsistent_shard_is_named(tmp_path):
     path = tmp_path / "shard.safetensors"
     mx.save_safetensors(str(path), {"a.weight": mx.ones((64, 64), dtype=mx.bfloat16)})
-    header, start = safetensors_header(path), data_start(path)
+    header, start = safetensors_layout(path)
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(CheckpointIndexError, match="ended inside tensor a.weight; the file is truncated"):
         SafetensorsRows(path, "a.weight", header["a.weight"], start)(60, 64)
@@ -69,9 +69,9 @@ def test_streamed_quantization_equals_quantizing_the_whole_tensor(tmp_path, monk
 
     writer = Writer()
     sink = TensorSink({"embed.weight": (300, 64)}, Plan(), mx.bfloat16, writer, Reporter(None, None))
-    header = safetensors_header(path)
-    sink.add_rows("embed.weight", (300, 64), SafetensorsRows(path, "embed.weight", header["embed.weight"],
-                                                              data_start(path)), path.name)
+    header, start = safetensors_layout(path)
+    sink.add_rows("embed.weight", (300, 64), SafetensorsRows(path, "embed.weight", header["embed.weight"], start),
+                  path.name)
     expected = quantize_weight(table, params, mx.bfloat16)
     for name, array in zip(["embed.weight", "embed.scales", "embed.biases"], expected):
         assert writer.tensors[name].dtype == array.dtype and mx.array_equal(writer.tensors[name], array).item(), name
