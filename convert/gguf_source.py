@@ -7,7 +7,6 @@ Tensors are dequantized with the `gguf` package one at a time, in row chunks, re
 
 from __future__ import annotations
 
-from typing import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -16,9 +15,7 @@ from .errors import GGUFFormatError
 from .gguf_names import adds_one_to_norms, hf_name, is_split_expert_part
 from .gguf_reader import GGUFFile
 from .progress import Reporter
-from .sink import TensorSink
-
-Sanitize = Callable[[dict[str, mx.array]], dict[str, mx.array]]
+from .sink import Sanitize, TensorSink, probe_sanitize
 
 
 class _Rows:
@@ -62,13 +59,11 @@ def convert_gguf_tensors(gguf: GGUFFile, sanitize: Sanitize, sink: TensorSink, r
         if target is None:
             continue  # derived by llama.cpp (rope_freqs): config.json carries it
         rows = _Rows(gguf, name, adds_one_to_norms(gguf.architecture, target))
-        # Probe sanitize with a lazy placeholder (costs nothing): a pure rename lets us stream row chunks.
-        placeholder = mx.zeros(info.shape, dtype=mx.float32)
-        renamed = sanitize({target: placeholder})
-        if not renamed:
+        used, final_name = probe_sanitize(sanitize, target, info.shape)
+        if not used:
             continue  # the model does not use it (e.g. KV-shared layers' projections)
-        if len(renamed) == 1 and next(iter(renamed.values())) is placeholder:
-            sink.add_rows(next(iter(renamed)), info.shape, rows, source)
+        if final_name is not None:  # only renamed: stream its row chunks
+            sink.add_rows(final_name, info.shape, rows, source)
         else:
             for final_name, array in sanitize({target: rows.whole()}).items():
                 sink.add(final_name, array, source)

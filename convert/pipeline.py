@@ -19,7 +19,7 @@ from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoi
 from .progress import ProgressCallback, Reporter
 from .quantize import QuantPlan
 from .safetensors_rows import SafetensorsRows
-from .sink import TensorSink
+from .sink import TensorSink, probe_sanitize
 from .writer import DEFAULT_SHARD_BYTES, OutputFolder, ShardWriter
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -168,22 +168,16 @@ def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize:
 
 def _convert_tensor(name: str, lazy: mx.array, entry: dict, shard: Path, start_of_data: int, sanitize,
                     plan: QuantPlan | None, sink: TensorSink) -> None:
-    """One source tensor through sanitize into the sink; quantized weights stream in row chunks.
-
-    Model.sanitize works tensor by tensor, so probing it with a free lazy placeholder tells whether
-    the tensor is only renamed; then it is read from the file a chunk of rows at a time instead of whole.
-    """
-    placeholder = mx.zeros(tuple(entry["shape"]), dtype=mx.float32)
-    renamed = sanitize({name: placeholder})
-    if not renamed:
+    """One source tensor through sanitize into the sink; a quantized weight that sanitize only renames is
+    read from the file a chunk of rows at a time instead of whole."""
+    used, target = probe_sanitize(sanitize, name, tuple(entry["shape"]))
+    if not used:
         return  # the model does not use it (e.g. KV-shared layers' projections)
-    if len(renamed) == 1:
-        target, value = next(iter(renamed.items()))
-        if (value is placeholder and plan is not None and plan.for_weight(target) is not None
-                and SafetensorsRows.supports(entry)):
-            rows = SafetensorsRows(shard, name, entry, start_of_data)
-            sink.add_rows(target, tuple(entry["shape"]), rows, shard.name)
-            return
+    if (target is not None and plan is not None and plan.for_weight(target) is not None
+            and SafetensorsRows.supports(entry)):
+        rows = SafetensorsRows(shard, name, entry, start_of_data)
+        sink.add_rows(target, tuple(entry["shape"]), rows, shard.name)
+        return
     for final_name, array in sanitize({name: lazy}).items():
         sink.add(final_name, array, shard.name)
 

@@ -16,7 +16,23 @@ from .quantize import QuantPlan, join_chunks, quantize_chunk, quantize_weight, r
 from .writer import ShardWriter
 
 RowReader = Callable[[int, int], mx.array]
+Sanitize = Callable[[dict[str, mx.array]], dict[str, mx.array]]
 _LISTED = 10
+
+
+def probe_sanitize(sanitize: Sanitize, name: str, shape: tuple[int, ...]) -> tuple[bool, str | None]:
+    """What Model.sanitize (which works tensor by tensor) does to tensor `name`, found without reading it.
+
+    A free lazy placeholder goes through: returns (used, new_name), where new_name is set when the tensor is
+    only renamed, so its rows can be streamed; None means sanitize changes the values (read it whole).
+    """
+    placeholder = mx.zeros(tuple(shape), dtype=mx.float32)
+    renamed = sanitize({name: placeholder})
+    if len(renamed) == 1:
+        target, value = next(iter(renamed.items()))
+        if value is placeholder:
+            return True, target
+    return bool(renamed), None
 
 
 class TensorSink:
