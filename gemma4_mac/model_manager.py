@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .paths import models_dir
 
@@ -176,16 +176,3 @@ def ensure_starter(root: Optional[Path] = None) -> Path:
         return Path(ensure_starter_model(root))
     except ConversionError as error:  # the engine reports ModelManagerError to the window
         raise ModelManagerError(f"The offline starter model could not be prepared: {error}") from error
-
-
-def convert_hub_model(repo_id: str, destination: Path, *, progress: Callable, cancel, label: str = "") -> Path:
-    """Download and convert a hub checkpoint to 4-bit MLX (MLX work: call on the engine thread).
-
-    A cancelled or failed run leaves nothing at `destination`; the download cache lets the next run resume.
-    """
-    try:
-        from convert import convert_checkpoint
-    except ImportError as error:
-        raise ModelManagerError(f"The converter is not available in this build ({error}).") from error
-    return Path(convert_checkpoint(repo_id, destination, bits=4, progress=progress, cancel=cancel,
-                                   label=label or None))

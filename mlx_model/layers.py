@@ -146,14 +146,10 @@ class QuantizedExpertLinear(nn.Module):
         )
 
 
-def gelu_tanh(x: mx.array) -> mx.array:
-    """`gelu_pytorch_tanh`, the activation of every Gemma MLP."""
-    return nn.gelu_approx(x)
-
-
 @partial(mx.compile, shapeless=True)
 def gated_gelu(gate: mx.array, x: mx.array) -> mx.array:
-    """`gelu_tanh(gate) * x` as one fused kernel (every MLP and the PLE gate run it once per token)."""
+    """`gelu_pytorch_tanh(gate) * x`, Gemma's MLP activation, as one fused kernel (every MLP and the PLE gate
+    run it once per token)."""
     return nn.gelu_approx(gate) * x
 
 
