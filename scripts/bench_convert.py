@@ -92,16 +92,20 @@ from convert import convert_checkpoint
 
 process, peak, peak_anon, running = psutil.Process(), [0], [0], [True]
 
-def anonymous_rss():
-    # private (anonymous) memory: what the conversion itself allocated, without mapped library pages
+def status_bytes(field):
+    # a "kB" line of /proc/self/status (Linux), or None
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+def anonymous_rss():
+    # private (anonymous) memory: what the conversion itself allocated, without mapped library pages
+    return status_bytes("RssAnon") or 0
 
 def sample():
     while running[0]:
@@ -117,19 +121,9 @@ convert_checkpoint(sys.argv[2], sys.argv[3], **options)
 seconds = time.perf_counter() - started
 running[0] = False
 sampler.join()
-def high_water_rss():
-    # Linux keeps ru_maxrss across fork + exec, so it would report the parent's peak (the one that wrote
-    # the checkpoint); VmHWM is this process's own exact peak
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: bytes, and its own
-
-maxrss = high_water_rss()
+# Linux keeps ru_maxrss across fork + exec, so it would report the parent's peak (the one that wrote the
+# checkpoint); VmHWM is this process's own exact peak. macOS has no /proc; its ru_maxrss is in bytes.
+maxrss = status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_rss_bytes": max(maxrss, peak[0]),
                   "sampled_peak_rss_bytes": peak[0], "peak_anonymous_rss_bytes": peak_anon[0],
                   "mlx_peak_bytes": mx.get_peak_memory()}))
