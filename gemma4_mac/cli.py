@@ -46,8 +46,8 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     if not args.model:
         out.write(format_table(variant_table(contexts)) + "\n")
         return 0
+    from mlx_model.config import ModelConfig
     from mlx_model.loader import ModelLoadError, read_config, weight_files
-    from mlx_model.model import ModelConfig
 
     path = Path(args.model).expanduser()
     try:

@@ -8,13 +8,12 @@ chunked local attention -> `output_proj`. Attribute names equal the checkpoint's
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import ModelConfigError, dataclass_from_dict
+from .config import AudioConfig
 from .layers import ClippableLinear, RMSNorm
 
 # Names of HF buffers that are not persistent (recomputed here); dropped if a checkpoint carries them.
@@ -23,60 +22,6 @@ _NON_PERSISTENT_SUFFIXES = ("rel_pos_enc.inv_timescales", "self_attn.softcap")
 _ACTIVATIONS = {
     "silu": nn.silu, "swish": nn.silu, "gelu": nn.gelu, "gelu_pytorch_tanh": nn.gelu_approx, "relu": nn.relu,
 }
-
-
-@dataclass
-class AudioConfig:
-    """Audio tower config; the fields of transformers' Gemma4AudioConfig, unknown keys dropped."""
-
-    model_type: str = "gemma4_audio"
-    hidden_size: int = 1024
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 8
-    hidden_act: str = "silu"
-    subsampling_conv_channels: list = field(default_factory=lambda: [128, 32])
-    conv_kernel_size: int = 5
-    residual_weight: float = 0.5
-    attention_chunk_size: int = 12
-    attention_context_left: int = 13
-    attention_context_right: int = 0
-    attention_logit_cap: float = 50.0
-    attention_invalid_logits_value: float = -1.0e9
-    use_clipped_linears: bool = True
-    rms_norm_eps: float = 1e-6
-    gradient_clipping: float = 1e10
-    output_proj_dims: int = 1536
-    initializer_range: float = 0.02
-
-    def __post_init__(self):
-        self.subsampling_conv_channels = list(self.subsampling_conv_channels)
-        if len(self.subsampling_conv_channels) != 2:
-            raise ModelConfigError(
-                f"audio_config.subsampling_conv_channels must list two channel counts, got "
-                f"{self.subsampling_conv_channels}."
-            )
-        if self.hidden_size % self.num_attention_heads:
-            raise ModelConfigError(
-                f"audio_config.hidden_size {self.hidden_size} is not divisible by "
-                f"num_attention_heads {self.num_attention_heads}."
-            )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ModelConfigError(
-                f"audio_config.hidden_act {self.hidden_act!r} is not supported; expected one of "
-                f"{sorted(_ACTIVATIONS)}."
-            )
-        # sanitize() tells HF from MLX conv layouts by shape; these values would make them identical.
-        if self.subsampling_conv_channels[0] == 3 or self.conv_kernel_size == 1:
-            raise ModelConfigError(
-                "audio_config with subsampling_conv_channels[0] == 3 or conv_kernel_size == 1 "
-                "is not supported."
-            )
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "AudioConfig":
-        """Build from a hub `audio_config` dict, dropping keys this tower does not use."""
-        return dataclass_from_dict(cls, params)
-
 
 
 def _clip_bound(dtype: mx.Dtype, gradient_clipping: float) -> float:

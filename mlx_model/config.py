@@ -1,9 +1,11 @@
-"""Config helpers shared by every tower: hub `config.json` keys in, unknown keys dropped."""
+"""The configs of every tower (text, vision, audio) and of the whole model: hub `config.json` keys in,
+unknown keys dropped. Plain Python (no MLX), so the planner and the converter can read them cheaply."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -16,3 +18,307 @@ def dataclass_from_dict(cls: type[T], params: dict[str, Any]) -> T:
     """Build dataclass `cls` from a config dict, keeping only the keys it declares."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in params.items() if k in names})
+
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+SUPPORTED_TYPES = ("gemma4", "gemma4_text", "gemma3", "gemma3_text")
+# activation names each tower implements (the towers map them to functions)
+VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
+AUDIO_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu")
+
+
+@dataclass
+class TextConfig:
+    """Text decoder config; accepts hub and transformers-5 `config.json` keys (Gemma 4 and Gemma 3)."""
+
+    model_type: str = "gemma4_text"
+    vocab_size: int = 262_144
+    hidden_size: int = 2304
+    intermediate_size: int = 9216
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    head_dim: int = 256
+    global_head_dim: Optional[int] = None
+    num_global_key_value_heads: Optional[int] = None
+    per_layer_config: Optional[dict] = None
+    hidden_activation: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 131_072
+    rms_norm_eps: float = 1e-6
+    pad_token_id: Optional[int] = 0
+    tie_word_embeddings: bool = True
+    rope_parameters: Optional[dict] = None
+    attention_bias: bool = False
+    sliding_window: Optional[int] = 512
+    sliding_window_pattern: Optional[int] = None
+    layer_types: Optional[list] = None
+    final_logit_softcapping: Optional[float] = None
+    use_bidirectional_attention: Optional[str] = None
+    vocab_size_per_layer_input: int = 262_144
+    hidden_size_per_layer_input: Optional[int] = 256
+    attention_k_eq_v: bool = False
+    num_kv_shared_layers: int = 0
+    enable_moe_block: bool = False
+    use_double_wide_mlp: bool = False
+    num_experts: Optional[int] = None
+    top_k_experts: Optional[int] = None
+    moe_intermediate_size: Optional[int] = None
+    # Gemma 3 only
+    query_pre_attn_scalar: Optional[float] = None
+    attn_logit_softcapping: Optional[float] = None
+    rope_theta: Optional[float] = None
+    rope_local_base_freq: Optional[float] = None
+    rope_scaling: Optional[dict] = None
+    layer_head_dims: list = field(default_factory=list, repr=False)
+    layer_kv_heads: list = field(default_factory=list, repr=False)
+
+    @property
+    def is_gemma3(self) -> bool:
+        return self.model_type.startswith("gemma3")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "TextConfig":
+        """Build from a (text) config dict; unknown keys are dropped."""
+        params = dict(params)
+        if str(params.get("model_type", "")).startswith("gemma3"):
+            params.setdefault("sliding_window", 4096)
+            params.setdefault("hidden_size_per_layer_input", 0)
+            params.setdefault("query_pre_attn_scalar", 256)
+        return dataclass_from_dict(cls, params)
+
+    def __post_init__(self):
+        if self.use_bidirectional_attention == "all":
+            raise ModelConfigError(
+                "This checkpoint uses bidirectional attention over all tokens (an embedding model), "
+                "which the chat app does not run."
+            )
+        if self.layer_types is None:
+            pattern = self.sliding_window_pattern or 6  # configuration_gemma4.py:190 default 5:1
+            self.layer_types = [
+                SLIDING if (i + 1) % pattern else FULL for i in range(self.num_hidden_layers)
+            ]
+        self.layer_types = list(self.layer_types)
+        if not self.is_gemma3 and self.layer_types[-1] != FULL:
+            self.layer_types[-1] = FULL  # configuration_gemma4.py:197 forces the last layer full
+        self._resolve_rope()
+        self._resolve_layer_shapes()
+        if self.enable_moe_block and not (self.num_experts and self.top_k_experts and self.moe_intermediate_size):
+            raise ModelConfigError("enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size.")
+
+    def _resolve_rope(self):
+        if self.is_gemma3:
+            # configuration_gemma3.py:136-156: old-style rope_theta / rope_local_base_freq / rope_scaling
+            params = self.rope_parameters or {SLIDING: {"rope_type": "default"}, FULL: {"rope_type": "default"}}
+            params = {k: dict(v) for k, v in params.items()}
+            if self.rope_scaling:
+                params[FULL].update(self.rope_scaling)
+            params[FULL].setdefault("rope_theta", self.rope_theta or 1_000_000.0)
+            params[SLIDING].setdefault("rope_theta", self.rope_local_base_freq or 10_000.0)
+            self.rope_parameters = params
+        elif self.rope_parameters is None:
+            self.rope_parameters = {
+                SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
+                FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+            }
+
+    def _resolve_layer_shapes(self):
+        """Per-layer head dim and KV heads (configuration_gemma4.py:209-222)."""
+        overrides: dict[int, dict] = {}
+        if self.per_layer_config:
+            overrides = {int(k): dict(v) for k, v in self.per_layer_config.items() if str(k).isdigit()}
+        elif not self.is_gemma3:
+            full = {"head_dim": self.global_head_dim or 512}
+            if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
+                full["num_key_value_heads"] = self.num_global_key_value_heads
+            overrides = {i: full for i, t in enumerate(self.layer_types) if t == FULL}
+        self.layer_head_dims = [overrides.get(i, {}).get("head_dim", self.head_dim)
+                                for i in range(self.num_hidden_layers)]
+        self.layer_kv_heads = [overrides.get(i, {}).get("num_key_value_heads", self.num_key_value_heads)
+                               for i in range(self.num_hidden_layers)]
+
+    @property
+    def first_shared_layer(self) -> int:
+        return self.num_hidden_layers - self.num_kv_shared_layers
+
+    def kv_source_layers(self) -> list[int]:
+        """For each layer, the layer whose keys/values it attends to (itself unless KV-shared).
+
+        Shared layers reuse the last non-shared layer of the same type (configuration_gemma4.py:227-252).
+        """
+        first = self.first_shared_layer
+        last_of_type = {t: i for i, t in enumerate(self.layer_types[:first])}
+        sources = list(range(self.num_hidden_layers))
+        for i in range(first, self.num_hidden_layers):
+            if self.layer_types[i] not in last_of_type:
+                raise ModelConfigError(f"KV-shared layer {i} has no earlier {self.layer_types[i]} layer to share.")
+            sources[i] = last_of_type[self.layer_types[i]]
+        return sources
+
+
+@dataclass
+class VisionConfig:
+    """The fields of transformers' Gemma4VisionConfig; unknown keys are dropped by `from_dict`."""
+
+    model_type: str = "gemma4_vision"
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 12
+    head_dim: int = 64
+    hidden_activation: str = "gelu_pytorch_tanh"
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 131_072
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    rope_parameters: Optional[dict] = field(
+        default_factory=lambda: {"rope_theta": 100.0, "rope_type": "axial"}
+    )
+    pooling_kernel_size: int = 3
+    patch_size: int = 16
+    position_embedding_size: int = 10 * 1024
+    use_clipped_linears: bool = False
+    standardize: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.hidden_activation not in VISION_ACTIVATIONS:
+            raise ModelConfigError(
+                f"vision_config.hidden_activation {self.hidden_activation!r} is not supported "
+                f"(expected one of {', '.join(VISION_ACTIVATIONS)})."
+            )
+        if self.head_dim % 4:
+            raise ModelConfigError(
+                f"vision_config.head_dim must be a multiple of 4 for 2-D RoPE, got {self.head_dim}."
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ModelConfigError(
+                f"vision_config.num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}."
+            )
+        rope_type = (self.rope_parameters or {}).get("rope_type", "axial")
+        if rope_type not in ("axial", "default"):
+            raise ModelConfigError(f"vision RoPE type {rope_type!r} is not supported (HF:722 axial only).")
+
+    @property
+    def rope_theta(self) -> float:
+        return float((self.rope_parameters or {}).get("rope_theta", 100.0))
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "VisionConfig":
+        """Build from a hub `vision_config` dict (a flat `rope_theta` is folded into `rope_parameters`)."""
+        params = dict(params)
+        if "rope_theta" in params and "rope_parameters" not in params:
+            params["rope_parameters"] = {"rope_theta": params["rope_theta"], "rope_type": "axial"}
+        return dataclass_from_dict(cls, params)
+
+
+@dataclass
+class AudioConfig:
+    """Audio tower config; the fields of transformers' Gemma4AudioConfig, unknown keys dropped."""
+
+    model_type: str = "gemma4_audio"
+    hidden_size: int = 1024
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    hidden_act: str = "silu"
+    subsampling_conv_channels: list = field(default_factory=lambda: [128, 32])
+    conv_kernel_size: int = 5
+    residual_weight: float = 0.5
+    attention_chunk_size: int = 12
+    attention_context_left: int = 13
+    attention_context_right: int = 0
+    attention_logit_cap: float = 50.0
+    attention_invalid_logits_value: float = -1.0e9
+    use_clipped_linears: bool = True
+    rms_norm_eps: float = 1e-6
+    gradient_clipping: float = 1e10
+    output_proj_dims: int = 1536
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        self.subsampling_conv_channels = list(self.subsampling_conv_channels)
+        if len(self.subsampling_conv_channels) != 2:
+            raise ModelConfigError(
+                f"audio_config.subsampling_conv_channels must list two channel counts, got "
+                f"{self.subsampling_conv_channels}."
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ModelConfigError(
+                f"audio_config.hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}."
+            )
+        if self.hidden_act not in AUDIO_ACTIVATIONS:
+            raise ModelConfigError(
+                f"audio_config.hidden_act {self.hidden_act!r} is not supported; expected one of "
+                f"{sorted(AUDIO_ACTIVATIONS)}."
+            )
+        # sanitize() tells HF from MLX conv layouts by shape; these values would make them identical.
+        if self.subsampling_conv_channels[0] == 3 or self.conv_kernel_size == 1:
+            raise ModelConfigError(
+                "audio_config with subsampling_conv_channels[0] == 3 or conv_kernel_size == 1 "
+                "is not supported."
+            )
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "AudioConfig":
+        """Build from a hub `audio_config` dict, dropping keys this tower does not use."""
+        return dataclass_from_dict(cls, params)
+
+
+@dataclass
+class ModelConfig:
+    """Top-level config: a Gemma 4 (multimodal or text-only) or Gemma 3 text checkpoint."""
+
+    model_type: str
+    text_config: TextConfig
+    vision_config: Optional[dict] = None
+    audio_config: Optional[dict] = None
+    tie_word_embeddings: bool = True
+    image_token_id: int = 258_880
+    audio_token_id: int = 258_881
+    video_token_id: int = 258_884
+    boi_token_id: int = 255_999
+    eoi_token_id: int = 258_882
+    boa_token_id: int = 256_000
+    eoa_token_id: int = 258_883
+    eos_token_id: Any = None
+    quantization: Optional[dict] = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "ModelConfig":
+        """Parse a config.json dict (nested `text_config` or flat text-only)."""
+        model_type = params.get("model_type")
+        if model_type not in SUPPORTED_TYPES:
+            raise ModelConfigError(
+                f"model_type {model_type!r} is not a Gemma 4 or Gemma 3 model "
+                f"(expected one of {', '.join(SUPPORTED_TYPES)})."
+            )
+        if "text_config" in params:
+            text_params = dict(params.get("text_config") or {})
+            text_params.setdefault("model_type", model_type + "_text")
+            vision, audio = params.get("vision_config"), params.get("audio_config")
+            if model_type == "gemma3":
+                vision = None  # Gemma 3's SigLIP tower is not part of this app: text only
+        else:
+            text_params, vision, audio = dict(params), None, None
+        tie = params.get("tie_word_embeddings", text_params.get("tie_word_embeddings", True))
+        text_params["tie_word_embeddings"] = tie
+        return cls(
+            model_type=model_type,
+            text_config=TextConfig.from_dict(text_params),
+            vision_config=vision,
+            audio_config=audio,
+            tie_word_embeddings=tie,
+            image_token_id=params.get("image_token_id", params.get("image_token_index", 258_880)),
+            audio_token_id=params.get("audio_token_id", 258_881),
+            video_token_id=params.get("video_token_id", 258_884),
+            boi_token_id=params.get("boi_token_id", 255_999),
+            eoi_token_id=params.get("eoi_token_id", 258_882),
+            boa_token_id=params.get("boa_token_id", 256_000),
+            eoa_token_id=params.get("eoa_token_index", params.get("eoa_token_id", 258_883)),
+            eos_token_id=params.get("eos_token_id", text_params.get("eos_token_id")),
+            quantization=params.get("quantization"),
+            raw=params,
+        )

@@ -10,146 +10,14 @@ HF = transformers/models/gemma4/modeling_gemma4.py (5.23.0).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import KVCache, SlidingKVCache, window_mask
-from .config import ModelConfigError, dataclass_from_dict
+from .config import SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
-
-SLIDING, FULL = "sliding_attention", "full_attention"
-
-
-@dataclass
-class TextConfig:
-    """Text decoder config; accepts hub and transformers-5 `config.json` keys (Gemma 4 and Gemma 3)."""
-
-    model_type: str = "gemma4_text"
-    vocab_size: int = 262_144
-    hidden_size: int = 2304
-    intermediate_size: int = 9216
-    num_hidden_layers: int = 30
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    head_dim: int = 256
-    global_head_dim: Optional[int] = None
-    num_global_key_value_heads: Optional[int] = None
-    per_layer_config: Optional[dict] = None
-    hidden_activation: str = "gelu_pytorch_tanh"
-    max_position_embeddings: int = 131_072
-    rms_norm_eps: float = 1e-6
-    pad_token_id: Optional[int] = 0
-    tie_word_embeddings: bool = True
-    rope_parameters: Optional[dict] = None
-    attention_bias: bool = False
-    sliding_window: Optional[int] = 512
-    sliding_window_pattern: Optional[int] = None
-    layer_types: Optional[list] = None
-    final_logit_softcapping: Optional[float] = None
-    use_bidirectional_attention: Optional[str] = None
-    vocab_size_per_layer_input: int = 262_144
-    hidden_size_per_layer_input: Optional[int] = 256
-    attention_k_eq_v: bool = False
-    num_kv_shared_layers: int = 0
-    enable_moe_block: bool = False
-    use_double_wide_mlp: bool = False
-    num_experts: Optional[int] = None
-    top_k_experts: Optional[int] = None
-    moe_intermediate_size: Optional[int] = None
-    # Gemma 3 only
-    query_pre_attn_scalar: Optional[float] = None
-    attn_logit_softcapping: Optional[float] = None
-    rope_theta: Optional[float] = None
-    rope_local_base_freq: Optional[float] = None
-    rope_scaling: Optional[dict] = None
-    layer_head_dims: list = field(default_factory=list, repr=False)
-    layer_kv_heads: list = field(default_factory=list, repr=False)
-
-    @property
-    def is_gemma3(self) -> bool:
-        return self.model_type.startswith("gemma3")
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "TextConfig":
-        """Build from a (text) config dict; unknown keys are dropped."""
-        params = dict(params)
-        if str(params.get("model_type", "")).startswith("gemma3"):
-            params.setdefault("sliding_window", 4096)
-            params.setdefault("hidden_size_per_layer_input", 0)
-            params.setdefault("query_pre_attn_scalar", 256)
-        return dataclass_from_dict(cls, params)
-
-    def __post_init__(self):
-        if self.use_bidirectional_attention == "all":
-            raise ModelConfigError(
-                "This checkpoint uses bidirectional attention over all tokens (an embedding model), "
-                "which the chat app does not run."
-            )
-        if self.layer_types is None:
-            pattern = self.sliding_window_pattern or 6  # configuration_gemma4.py:190 default 5:1
-            self.layer_types = [
-                SLIDING if (i + 1) % pattern else FULL for i in range(self.num_hidden_layers)
-            ]
-        self.layer_types = list(self.layer_types)
-        if not self.is_gemma3 and self.layer_types[-1] != FULL:
-            self.layer_types[-1] = FULL  # configuration_gemma4.py:197 forces the last layer full
-        self._resolve_rope()
-        self._resolve_layer_shapes()
-        if self.enable_moe_block and not (self.num_experts and self.top_k_experts and self.moe_intermediate_size):
-            raise ModelConfigError("enable_moe_block needs num_experts, top_k_experts and moe_intermediate_size.")
-
-    def _resolve_rope(self):
-        if self.is_gemma3:
-            # configuration_gemma3.py:136-156: old-style rope_theta / rope_local_base_freq / rope_scaling
-            params = self.rope_parameters or {SLIDING: {"rope_type": "default"}, FULL: {"rope_type": "default"}}
-            params = {k: dict(v) for k, v in params.items()}
-            if self.rope_scaling:
-                params[FULL].update(self.rope_scaling)
-            params[FULL].setdefault("rope_theta", self.rope_theta or 1_000_000.0)
-            params[SLIDING].setdefault("rope_theta", self.rope_local_base_freq or 10_000.0)
-            self.rope_parameters = params
-        elif self.rope_parameters is None:
-            self.rope_parameters = {
-                SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
-                FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-            }
-
-    def _resolve_layer_shapes(self):
-        """Per-layer head dim and KV heads (configuration_gemma4.py:209-222)."""
-        overrides: dict[int, dict] = {}
-        if self.per_layer_config:
-            overrides = {int(k): dict(v) for k, v in self.per_layer_config.items() if str(k).isdigit()}
-        elif not self.is_gemma3:
-            full = {"head_dim": self.global_head_dim or 512}
-            if self.attention_k_eq_v and self.num_global_key_value_heads is not None:
-                full["num_key_value_heads"] = self.num_global_key_value_heads
-            overrides = {i: full for i, t in enumerate(self.layer_types) if t == FULL}
-        self.layer_head_dims = [overrides.get(i, {}).get("head_dim", self.head_dim)
-                                for i in range(self.num_hidden_layers)]
-        self.layer_kv_heads = [overrides.get(i, {}).get("num_key_value_heads", self.num_key_value_heads)
-                               for i in range(self.num_hidden_layers)]
-
-    @property
-    def first_shared_layer(self) -> int:
-        return self.num_hidden_layers - self.num_kv_shared_layers
-
-    def kv_source_layers(self) -> list[int]:
-        """For each layer, the layer whose keys/values it attends to (itself unless KV-shared).
-
-        Shared layers reuse the last non-shared layer of the same type (configuration_gemma4.py:227-252).
-        """
-        first = self.first_shared_layer
-        last_of_type = {t: i for i, t in enumerate(self.layer_types[:first])}
-        sources = list(range(self.num_hidden_layers))
-        for i in range(first, self.num_hidden_layers):
-            if self.layer_types[i] not in last_of_type:
-                raise ModelConfigError(f"KV-shared layer {i} has no earlier {self.layer_types[i]} layer to share.")
-            sources[i] = last_of_type[self.layer_types[i]]
-        return sources
-
 
 def _norm(config: TextConfig, dims: int) -> nn.Module:
     return OffsetRMSNorm(dims, config.rms_norm_eps) if config.is_gemma3 else RMSNorm(dims, config.rms_norm_eps)

@@ -10,8 +10,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import ModelConfigError
-from .model import Model, ModelConfig
+from .config import ModelConfig, ModelConfigError
+from .model import Model
 
 
 class ModelLoadError(RuntimeError):

@@ -10,78 +10,18 @@ Follows mlx-lm's model protocol: `__call__(inputs, cache=None)`, `layers`, `make
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import ModelConfigError
-from .language import TextConfig, TextModel
+from .config import ModelConfig
+from .language import TextModel
 from .layers import softcap
 
 TEXT_ONLY_PREFIXES = ("model.layers.", "model.embed_tokens", "model.norm.", "model.per_layer_",
                       "model.embed_tokens_per_layer")
-SUPPORTED_TYPES = ("gemma4", "gemma4_text", "gemma3", "gemma3_text")
-
-
-@dataclass
-class ModelConfig:
-    """Top-level config: a Gemma 4 (multimodal or text-only) or Gemma 3 text checkpoint."""
-
-    model_type: str
-    text_config: TextConfig
-    vision_config: Optional[dict] = None
-    audio_config: Optional[dict] = None
-    tie_word_embeddings: bool = True
-    image_token_id: int = 258_880
-    audio_token_id: int = 258_881
-    video_token_id: int = 258_884
-    boi_token_id: int = 255_999
-    eoi_token_id: int = 258_882
-    boa_token_id: int = 256_000
-    eoa_token_id: int = 258_883
-    eos_token_id: Any = None
-    quantization: Optional[dict] = None
-    raw: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "ModelConfig":
-        """Parse a config.json dict (nested `text_config` or flat text-only)."""
-        model_type = params.get("model_type")
-        if model_type not in SUPPORTED_TYPES:
-            raise ModelConfigError(
-                f"model_type {model_type!r} is not a Gemma 4 or Gemma 3 model "
-                f"(expected one of {', '.join(SUPPORTED_TYPES)})."
-            )
-        if "text_config" in params:
-            text_params = dict(params.get("text_config") or {})
-            text_params.setdefault("model_type", model_type + "_text")
-            vision, audio = params.get("vision_config"), params.get("audio_config")
-            if model_type == "gemma3":
-                vision = None  # Gemma 3's SigLIP tower is not part of this app: text only
-        else:
-            text_params, vision, audio = dict(params), None, None
-        tie = params.get("tie_word_embeddings", text_params.get("tie_word_embeddings", True))
-        text_params["tie_word_embeddings"] = tie
-        return cls(
-            model_type=model_type,
-            text_config=TextConfig.from_dict(text_params),
-            vision_config=vision,
-            audio_config=audio,
-            tie_word_embeddings=tie,
-            image_token_id=params.get("image_token_id", params.get("image_token_index", 258_880)),
-            audio_token_id=params.get("audio_token_id", 258_881),
-            video_token_id=params.get("video_token_id", 258_884),
-            boi_token_id=params.get("boi_token_id", 255_999),
-            eoi_token_id=params.get("eoi_token_id", 258_882),
-            boa_token_id=params.get("boa_token_id", 256_000),
-            eoa_token_id=params.get("eoa_token_index", params.get("eoa_token_id", 258_883)),
-            eos_token_id=params.get("eos_token_id", text_params.get("eos_token_id")),
-            quantization=params.get("quantization"),
-            raw=params,
-        )
 
 
 class MultimodalInputError(ValueError):
@@ -98,14 +38,16 @@ class Gemma4Model(nn.Module):
         self.has_vision = config.vision_config is not None
         self.has_audio = config.audio_config is not None
         if self.has_vision:
+            from .config import VisionConfig
             from .multimodal_embedder import MultimodalEmbedder
-            from .vision import VisionConfig, VisionModel
+            from .vision import VisionModel
 
             vision = VisionConfig.from_dict(config.vision_config)
             self.vision_tower = VisionModel(vision)
             self.embed_vision = MultimodalEmbedder(vision.hidden_size, text.hidden_size, vision.rms_norm_eps)
         if self.has_audio:
-            from .audio import AudioConfig, AudioModel
+            from .audio import AudioModel
+            from .config import AudioConfig
             from .multimodal_embedder import MultimodalEmbedder
 
             audio = AudioConfig.from_dict(config.audio_config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .language import FULL, SLIDING, TextConfig
+from .config import FULL, SLIDING, TextConfig
 
 GIB = 1024 ** 3
 DEFAULT_SAFETY_MARGIN = 0.15  # of physical memory left to macOS and other apps

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .model import ModelConfig, MultimodalInputError
+from .config import ModelConfig
+from .model import MultimodalInputError
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 IMAGE_KINDS = ("image", "image_url")

@@ -9,78 +9,18 @@ HF = transformers/models/gemma4/modeling_gemma4.py (5.23.0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import ModelConfigError, dataclass_from_dict
+from .config import VisionConfig
 from .layers import ClippableLinear, RMSNorm
 
 _ACTIVATIONS = {"gelu_pytorch_tanh": nn.gelu_approx, "gelu": nn.gelu, "silu": nn.silu, "relu": nn.relu}
 _CLIP_BUFFERS = ("input_min", "input_max", "output_min", "output_max")
 # HF buffers that are recomputed, never loaded (persistent=False), dropped if a checkpoint carries them.
 _NON_PERSISTENT = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
-
-
-@dataclass
-class VisionConfig:
-    """The fields of transformers' Gemma4VisionConfig; unknown keys are dropped by `from_dict`."""
-
-    model_type: str = "gemma4_vision"
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 16
-    num_attention_heads: int = 12
-    num_key_value_heads: int = 12
-    head_dim: int = 64
-    hidden_activation: str = "gelu_pytorch_tanh"
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 131_072
-    attention_bias: bool = False
-    attention_dropout: float = 0.0
-    rope_parameters: Optional[dict] = field(
-        default_factory=lambda: {"rope_theta": 100.0, "rope_type": "axial"}
-    )
-    pooling_kernel_size: int = 3
-    patch_size: int = 16
-    position_embedding_size: int = 10 * 1024
-    use_clipped_linears: bool = False
-    standardize: bool = False
-    initializer_range: float = 0.02
-
-    def __post_init__(self):
-        if self.hidden_activation not in _ACTIVATIONS:
-            raise ModelConfigError(
-                f"vision_config.hidden_activation {self.hidden_activation!r} is not supported "
-                f"(expected one of {', '.join(_ACTIVATIONS)})."
-            )
-        if self.head_dim % 4:
-            raise ModelConfigError(
-                f"vision_config.head_dim must be a multiple of 4 for 2-D RoPE, got {self.head_dim}."
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ModelConfigError(
-                f"vision_config.num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}."
-            )
-        rope_type = (self.rope_parameters or {}).get("rope_type", "axial")
-        if rope_type not in ("axial", "default"):
-            raise ModelConfigError(f"vision RoPE type {rope_type!r} is not supported (HF:722 axial only).")
-
-    @property
-    def rope_theta(self) -> float:
-        return float((self.rope_parameters or {}).get("rope_theta", 100.0))
-
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "VisionConfig":
-        """Build from a hub `vision_config` dict (a flat `rope_theta` is folded into `rope_parameters`)."""
-        params = dict(params)
-        if "rope_theta" in params and "rope_parameters" not in params:
-            params["rope_parameters"] = {"rope_theta": params["rope_theta"], "rope_type": "axial"}
-        return dataclass_from_dict(cls, params)
 
 
 class MLP(nn.Module):

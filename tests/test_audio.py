@@ -14,9 +14,9 @@ import torch
 from transformers import Gemma4AudioConfig
 from transformers.models.gemma4.modeling_gemma4 import Gemma4AudioModel
 
-from mlx_model.audio import AudioConfig, AudioModel
+from mlx_model.audio import AudioModel
 from mlx_model.audio_features import AudioFeatureExtractor, num_audio_soft_tokens
-from mlx_model.config import ModelConfigError
+from mlx_model.config import AudioConfig, ModelConfigError
 
 TOLERANCE = 1e-4
 TINY = dict(

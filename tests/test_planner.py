@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 import mlx.core as mx
 
 from mlx_model import load_model
-from mlx_model.language import TextConfig
+from mlx_model.config import TextConfig
 from mlx_model.planner import (VARIANT_CONFIGS, prefill_scratch_bytes, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
                                largest_context, variant_table)
 from tests.reference_models import TINY_VOCAB, VARIANTS, build_gemma4

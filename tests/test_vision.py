@@ -15,10 +15,10 @@ import torch
 from transformers import Gemma4TextConfig, Gemma4VisionConfig
 from transformers.models.gemma4.modeling_gemma4 import Gemma4MultimodalEmbedder, Gemma4VisionModel
 
-from mlx_model.config import ModelConfigError
+from mlx_model.config import ModelConfigError, VisionConfig
 from mlx_model.image_processor import ImageProcessor
 from mlx_model.multimodal_embedder import MultimodalEmbedder
-from mlx_model.vision import VisionConfig, VisionModel, pooling_plan
+from mlx_model.vision import VisionModel, pooling_plan
 
 TOLERANCE = 1e-4
 TEXT_HIDDEN = 40
