@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .documents import estimate_tokens
-from .engine import CANCELLED_DOWNLOAD, DEFAULT_CONTEXT, EngineError, GenerationRequest, LoadedModel
+from .engine import CANCELLED_DOWNLOAD, DEFAULT_CONTEXT, EngineError, GenerationRequest
+from .worker import ModelSlot
 
 
 @dataclass
@@ -58,7 +59,7 @@ class FakeBackend:
         self.threads: set[str] = set()
         self.conversions: list[tuple[str, Path]] = []
 
-    def load(self, path: Optional[Path]) -> LoadedModel:
+    def load(self, path: Optional[Path]) -> ModelSlot:
         self.threads.add(threading.current_thread().name)
         time.sleep(self.load_delay)
         if self.load_error:
@@ -67,9 +68,9 @@ class FakeBackend:
         name = "Gemma 3 270M (base, completion only; not a chat model)" if starter else self.model_name
         info = {"path": str(path or "starter"), "name": name, "is_starter": starter, "chat": not starter,
                 "size_bytes": 0, "context_limit": self.context_limit}
-        return LoadedModel(object(), None, info)
+        return ModelSlot(object(), None, info)
 
-    def generate(self, loaded: LoadedModel, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
+    def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
         self.threads.add(threading.current_thread().name)
         self.requests.append(request)
         if self.generate_error:
@@ -121,5 +122,5 @@ class FakeBackend:
             progress({"stage": stage, "fraction": i / 10, "message": f"step {i} of 10", "item": repo_id})
             time.sleep(self.token_delay)
 
-    def count_tokens(self, loaded: Optional[LoadedModel], text: str) -> int:
+    def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
         return estimate_tokens(text)

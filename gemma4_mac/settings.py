@@ -39,7 +39,7 @@ class AppSettings:
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)
     log_conversations: bool = False  # conversation text stays out of logs unless the person turns this on
-    # the local OpenAI-compatible server (gemma4_mac.server_control); beyond 127.0.0.1 only with an API key
+    # the local OpenAI-compatible server (gemma4_mac.server.control); beyond 127.0.0.1 only with an API key
     server_enabled: bool = False
     server_host: str = "127.0.0.1"
     server_port: int = 8080

@@ -91,7 +91,9 @@ def main(argv=None) -> int:
 
     import openai
 
-    from gemma4_mac.server import GenerationService, ModelWorker, ServerHandle, create_app, load_slot
+    from gemma4_mac.server.app import ServerHandle, create_app, load_slot
+    from gemma4_mac.server.service import GenerationService
+    from gemma4_mac.worker import ModelWorker
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:

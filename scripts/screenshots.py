@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
-    from gemma4_mac.app import build_app
+    from ui.app import build_app
     from gemma4_mac.fake_backend import FakeBackend
     from gemma4_mac.paths import models_dir
     from gemma4_mac.settings import AppSettings, save_settings

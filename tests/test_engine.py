@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gemma4_mac.engine import Engine, EngineError, GenerationRequest, LoadedModel, MlxBackend
+from gemma4_mac.engine import EngineError, GenerationRequest, MlxBackend
 from gemma4_mac.fake_backend import FakeBackend
-from gemma4_mac.server.worker import ModelWorker
+from gemma4_mac.worker import ModelSlot, ModelWorker
+from ui.engine import Engine
 
 TIMEOUT = 10_000
 
@@ -269,7 +270,7 @@ class TinyMlxBackend(MlxBackend):
         mx.eval(model.parameters())
         if path is not None and "broken" in str(path):
             raise EngineError("broken model")
-        return LoadedModel(model, CharTokenizer(), {"path": str(path), "name": "tiny", "chat": True,
+        return ModelSlot(model, CharTokenizer(), {"path": str(path), "name": "tiny", "chat": True,
                                                      "is_starter": False, "context_limit": 512})
 
 

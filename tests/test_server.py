@@ -27,8 +27,10 @@ import numpy as np
 import openai
 import pytest
 
-from gemma4_mac.server import (GenerationService, ModelSlot, ModelWorker, ServerHandle, ServerOptions,
-                               create_app)
+from gemma4_mac.server.app import ServerHandle, create_app
+from gemma4_mac.server.routes import ServerOptions
+from gemma4_mac.server.service import GenerationService
+from gemma4_mac.worker import ModelSlot, ModelWorker
 from mlx_model import load
 from tests.tiny_chat_model import TINY_CHAT_CONFIG, build_tiny_chat_model
 

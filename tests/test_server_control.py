@@ -19,9 +19,10 @@ import openai
 import pytest
 
 from gemma4_mac import __main__ as entry
-from gemma4_mac.engine import Engine, GenerationRequest, MlxBackend
+from gemma4_mac.engine import GenerationRequest, MlxBackend
 from gemma4_mac.settings import AppSettings
-from gemma4_mac.server_control import LocalServer, ServerConfig, ServerControlError
+from gemma4_mac.server.control import LocalServer, ServerConfig, ServerControlError
+from ui.engine import Engine
 from tests.tiny_chat_model import build_tiny_chat_model
 
 pytestmark = pytest.mark.slow  # loads a model with the real 262K-token vocabulary

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from gemma4_mac.server import ModelSlot, ModelWorker, QueueFullError, main
-from gemma4_mac.server.worker import WorkerStoppedError
+from gemma4_mac.server.app import main
+from gemma4_mac.worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
 from gemma4_mac.server.call_grammar import CallRules
 from gemma4_mac.server.constrained import ReplyShape, build_grammar
 from gemma4_mac.server.errors import BadRequest

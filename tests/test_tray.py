@@ -9,7 +9,8 @@ from PySide6.QtGui import QColor, QFileOpenEvent, QGuiApplication
 from PySide6.QtWidgets import QSystemTrayIcon
 
 from gemma4_mac import macos
-from gemma4_mac.hotkey import HotkeyUnavailable, ManualHotkeyBackend, default_hotkey
+from gemma4_mac.hotkey import HotkeyUnavailable, default_hotkey
+from gemma4_mac.hotkey_backends import ManualHotkeyBackend
 from gemma4_mac.settings import AppSettings
 from tests.ui_support import TIMEOUT, make_harness
 from ui.tray import TRAY_SIZE, install_menu_bar, tray_icon, tray_template_image

@@ -9,8 +9,9 @@ import threading
 import pytest
 from PySide6.QtCore import Qt
 
-from gemma4_mac.engine import Engine, MlxBackend
+from gemma4_mac.engine import MlxBackend
 from gemma4_mac.settings import AppSettings
+from ui.engine import Engine
 from tests.ui_support import make_harness
 
 pytestmark = pytest.mark.slow

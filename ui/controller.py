@@ -20,11 +20,11 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 from gemma4_mac import model_manager
 from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore, estimate_attachment_tokens)
 from gemma4_mac.documents import DocumentError, estimate_tokens
-from gemma4_mac.engine import Engine
 from gemma4_mac.history import HistoryStore, Message
-from gemma4_mac.server_control import LocalServer
+from gemma4_mac.server.control import LocalServer
 from gemma4_mac.settings import AppSettings
 
+from .engine import Engine
 from .main_window import MainWindow
 from .model_dialog import ModelManagerDialog
 from .models_controller import ModelsMixin

@@ -9,7 +9,7 @@ from typing import Optional
 
 from gemma4_mac import model_manager
 from gemma4_mac.engine import DEFAULT_CONTEXT
-from gemma4_mac.server_control import ServerControlError
+from gemma4_mac.server.control import ServerControlError
 from gemma4_mac.settings import AppSettings, save_settings
 
 from .model_dialog import ModelManagerDialog

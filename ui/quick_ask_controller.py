@@ -14,10 +14,11 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QTimer, Sign
 from PySide6.QtGui import QClipboard, QCursor, QGuiApplication, QImage, QPixmap, QScreen
 
 from gemma4_mac.attachments import Attachment, AttachmentError, AttachmentStore
-from gemma4_mac.engine import Engine, GenerationRequest
+from gemma4_mac.engine import GenerationRequest
 from gemma4_mac.history import HistoryStore, format_stats, model_messages
 from gemma4_mac.settings import AppSettings
 
+from .engine import Engine
 from .quick_ask import QuickAskPanel, key_text
 
 SCREENSHOT_DELAY_MS = 220  # lets the panel disappear before the screen is grabbed

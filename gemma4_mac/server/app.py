@@ -21,7 +21,7 @@ from .errors import APIError, MethodNotAllowed, NotFound
 from .routes import Routes, ServerOptions, json_error
 from .service import GenerationService
 from .sessions import DEFAULT_SESSIONS
-from .worker import ModelSlot, ModelWorker
+from ..worker import ModelSlot, ModelWorker
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 API_KEY_ENV = "GEMMA4_MAC_API_KEY"

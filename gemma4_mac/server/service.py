@@ -21,7 +21,7 @@ from .constrained import ConstraintFactory, ReplyShape
 from .errors import APIError, BadRequest, NoModelLoaded, RateLimited, ServerError
 from .messages import Conversation, MediaFolder
 from .sessions import DEFAULT_SESSIONS, SessionPool
-from .worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
+from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gemma4_mac", description="Open the Gemma 4 window.")
+    parser = argparse.ArgumentParser(prog="gemma4-mac", description="Open the Gemma 4 window.")
     parser.add_argument("--model", help="folder of a converted model to load (default: the one in Settings)")
     parser.add_argument("--home", help="data folder for settings, history and attachments (default: the app's)")
     parser.add_argument("--theme", choices=("system", "light", "dark"), help="override the appearance")
@@ -23,17 +23,17 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
     from PySide6.QtCore import QCoreApplication
     from PySide6.QtWidgets import QApplication
 
-    from ui.controller import ChatController
-    from ui.icons import app_icon
-    from ui.main_window import MainWindow
-    from ui.theme import ThemeManager
+    from gemma4_mac.attachments import AttachmentStore
+    from gemma4_mac.fake_backend import FakeBackend
+    from gemma4_mac.history import HistoryError, HistoryStore
+    from gemma4_mac.paths import APP_NAME, attachments_dir, history_path, models_dir, settings_path
+    from gemma4_mac.settings import load_settings
 
-    from .attachments import AttachmentStore
+    from .controller import ChatController
     from .engine import Engine
-    from .fake_backend import FakeBackend
-    from .history import HistoryError, HistoryStore
-    from .paths import APP_NAME, attachments_dir, history_path, models_dir, settings_path
-    from .settings import load_settings
+    from .icons import app_icon
+    from .main_window import MainWindow
+    from .theme import ThemeManager
 
     args = build_parser().parse_args(list(argv))
     if args.home:
@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"error: the window needs PySide6 ({error}). Install it with `pip install PySide6`.\n")
         return 2
     app, window, controller = build_app(argv)
-    from ui.tray import install_menu_bar
+    from .tray import install_menu_bar
 
     bar = install_menu_bar(app, window, controller)  # menu-bar item, global hotkey, quick-ask panel
     if not (controller.settings.menu_bar_only and bar.tray.available):

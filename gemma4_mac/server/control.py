@@ -62,8 +62,9 @@ class LocalServer:
         port is taken.
         """
         self.stop()
-        from .server import (GenerationService, ServeError, ServerHandle, ServerOptions, create_app,
-                             is_loopback)
+        from .app import ServeError, ServerHandle, create_app, is_loopback
+        from .routes import ServerOptions
+        from .service import GenerationService
 
         loopback = is_loopback(config.host)
         if not loopback and not config.api_key:

@@ -36,7 +36,7 @@ class WorkerStoppedError(WorkerError):
 
 @dataclass
 class ModelSlot:
-    """The model in memory and what was learned when loading it (same fields as the engine's LoadedModel)."""
+    """The model in memory and what was learned when loading it ."""
 
     model: Any
     processor: Any
