@@ -136,7 +136,7 @@ class MlxBackend:
     def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
         from .generate import GenerationError, SamplingSettings, stream_generate
 
-        if loaded.processor is not None and hasattr(loaded.processor, "image_token_budget"):
+        if loaded.processor is not None:
             loaded.processor.image_token_budget = request.image_token_budget
         sampling = SamplingSettings(**request.sampling)
         try:
@@ -187,10 +187,9 @@ class MlxBackend:
         return converted
 
     def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
-        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor) if loaded else None
-        if tokenizer is None or not hasattr(tokenizer, "encode"):
+        if loaded is None or loaded.processor is None:
             return estimate_tokens(text)
-        return len(tokenizer.encode(text, add_special_tokens=False))
+        return len(loaded.processor.tokenizer.encode(text, add_special_tokens=False))
 
 
 def _forward(progress: Callable[[dict], None]) -> Callable[[Any], None]:

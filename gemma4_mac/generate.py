@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+from mlx_model.chat_format import AnswerDelta, OutputParser, ThoughtDelta, ToolCall, prompt_opens_thought
+from mlx_model.processor import media_keys, media_parts
 
 from .prefill import PREFILL_CHUNK, GenerationError, planned_chunk_size, prefill
 
@@ -138,8 +140,6 @@ class StopStringWatcher:
 
 
 def _events_from_parser(parsed) -> Iterator[GenerationEvent]:
-    from .output_parser import AnswerDelta, ThoughtDelta, ToolCall
-
     for item in parsed:
         if isinstance(item, AnswerDelta) and item.text:
             yield GenerationEvent("answer", item.text)
@@ -164,23 +164,17 @@ class PreparedPrompt:
     @property
     def keys(self) -> list[int]:
         """What caches match on: the tokens, with each media block's soft tokens named by its content."""
-        from mlx_model.processor import media_keys
-
         return media_keys(self.tokens, self.media)
-
-
-def _tokenizer_of(processor):
-    return processor.tokenizer if hasattr(processor, "tokenizer") else processor
 
 
 def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: Optional[str] = None,
                    tools: Optional[list[dict]] = None, enable_thinking: bool = False) -> PreparedPrompt:
-    """Render and tokenize a conversation with its attachments (or take raw text, for base models)."""
-    from .output_parser import prompt_opens_thought
+    """Render and tokenize a conversation with its attachments (or take raw text, for base models).
 
+    `processor` is the model's `mlx_model.processor.Processor` (tokenizer, chat format, media)."""
     if processor is None:
         raise GenerationError("This model folder has no tokenizer files, so it cannot read text.")
-    tokenizer = _tokenizer_of(processor)
+    tokenizer = processor.tokenizer
     if prompt is not None:
         tokens = tokenizer.encode(prompt, add_special_tokens=True)
         bos = getattr(tokenizer, "bos_token_id", None)
@@ -191,14 +185,8 @@ def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: 
         raise GenerationError("Nothing to answer: the conversation has no messages.")
     text = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
                                          add_generation_prompt=True)
-    media, notes = [], []
-    if hasattr(processor, "process_text"):
-        from mlx_model.processor import media_parts
-
-        processed = processor.process_text(text, media_parts(messages))
-        tokens, media, notes = processed.tokens, processed.media, processed.notes
-    else:
-        tokens = tokenizer.encode(text, add_special_tokens=False)
+    processed = processor.process_text(text, media_parts(messages))
+    tokens, media, notes = processed.tokens, processed.media, processed.notes
     head = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
                                          add_generation_prompt=False)
     boundary = None
@@ -220,10 +208,9 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
     `DocumentCacheStore` (and the model's fingerprint), a long prompt prefix is read back from
     disk when the session is empty, and saved there after it was computed.
     """
-    from .output_parser import OutputParser
     from .session import ChatSession
 
-    tokenizer = _tokenizer_of(processor)
+    tokenizer = processor.tokenizer
     session = session if session is not None else ChatSession(model)
     tokens, keys, media = prepared.tokens, prepared.keys, prepared.media
     for note in prepared.notes:  # e.g. a long recording split into 30 s clips: the person is told

@@ -139,18 +139,19 @@ def media_parts(messages: Iterable[Mapping]) -> list[tuple[str, Any]]:
 class Processor:
     """Tokenizer + chat format + image, video and audio preprocessing for one model."""
 
-    def __init__(self, tokenizer, config: ModelConfig, *, processor_config: Optional[dict] = None,
+    def __init__(self, tokenizer, config: Optional[ModelConfig] = None, *, processor_config: Optional[dict] = None,
                  video_frames: int = 32, video_audio: bool = True):
+        """`tokenizer` renders and encodes text; without a `config` the processor is text-only."""
         from .audio_features import AudioFeatureExtractor
         from .image_processor import ImageProcessor
 
         self.tokenizer = tokenizer
         self.config = config
         params = processor_config or {}
-        self.can_see = config.vision_config is not None
-        self.can_hear = config.audio_config is not None
+        self.can_see = config is not None and config.vision_config is not None
+        self.can_hear = config is not None and config.audio_config is not None
         image_params = params.get("image_processor", params)
-        vision = config.vision_config or {}
+        vision = (config.vision_config if config is not None else None) or {}
         image_params = {"patch_size": vision.get("patch_size"),
                         "pooling_kernel_size": vision.get("pooling_kernel_size"), **image_params}
         self.image_processor = ImageProcessor.from_dict(image_params) if self.can_see else None
@@ -196,6 +197,8 @@ class Processor:
         except ImageProcessorError as error:
             raise MultimodalInputError(str(error)) from error
         tokens = self.tokenizer.encode(expanded, add_special_tokens=False)
+        if not prepared:
+            return ProcessedPrompt(tokens)
         media = self._locate_blocks(tokens, [(b, item.digest) for item in prepared for b in item.blocks])
         return ProcessedPrompt(tokens, media, [item.note for item in prepared if item.note])
 

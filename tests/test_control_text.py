@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_model.control_text import LITERAL_MARK, control_tokens, escape_text
+from mlx_model.chat_format.control_text import LITERAL_MARK, control_tokens, escape_text
 from mlx_model.tokenizer import load_tokenizer
 from tests import assets
 

@@ -14,6 +14,7 @@ import pytest
 from gemma4_mac.engine import EngineError, GenerationRequest, MlxBackend
 from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.worker import ModelSlot, ModelWorker
+from mlx_model.processor import Processor
 from ui.engine import Engine
 
 TIMEOUT = 10_000
@@ -270,7 +271,7 @@ class TinyMlxBackend(MlxBackend):
         mx.eval(model.parameters())
         if path is not None and "broken" in str(path):
             raise EngineError("broken model")
-        return ModelSlot(model, CharTokenizer(), {"path": str(path), "name": "tiny", "chat": True,
+        return ModelSlot(model, Processor(CharTokenizer()), {"path": str(path), "name": "tiny", "chat": True,
                                                      "is_starter": False, "context_limit": 512})
 
 

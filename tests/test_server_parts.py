@@ -10,7 +10,7 @@ import pytest
 
 from gemma4_mac.server.app import main
 from gemma4_mac.worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
-from gemma4_mac.server.call_grammar import CallRules
+from mlx_model.chat_format.call_grammar import CallRules
 from gemma4_mac.server.constrained import ReplyShape, build_grammar
 from gemma4_mac.server.errors import BadRequest
 from gemma4_mac.server.messages import MediaFolder, convert_messages

@@ -3,7 +3,7 @@
 The grammar engine is llguidance (Rust; the one vLLM, SGLang and llama.cpp use). A grammar is written
 in its Lark dialect, where `%json {...}` embeds a JSON schema and `<[id]>` names a special token, so a
 reply can be "an optional thought, then JSON that fits the schema" or "one or more tool calls to these
-functions, with arguments that fit their schemas" (call_grammar.py). The logits processor
+functions, with arguments that fit their schemas" (mlx_model/chat_format/call_grammar.py). The logits processor
 feeds each sampled token to the matcher and sets every token the
 grammar does not allow next to -inf; once the grammar is complete only end-of-turn tokens remain.
 """
@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .call_grammar import CallRules
+from mlx_model.chat_format.call_grammar import CallRules
 from .errors import BadRequest
 
 log = logging.getLogger(__name__)

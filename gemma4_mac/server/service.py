@@ -148,7 +148,7 @@ class GenerationService:
         self._constraints = None
 
     def _factory(self, slot: ModelSlot) -> ConstraintFactory:
-        tokenizer = _tokenizer(slot.processor)
+        tokenizer = slot.processor.tokenizer
         if self._constraints is None or self._constraints.tokenizer is not tokenizer:
             text_config = getattr(getattr(slot.model, "config", None), "text_config", None)
             vocab = getattr(text_config, "vocab_size", None)
@@ -221,10 +221,6 @@ class GenerationService:
         finally:
             job.media.cleanup()
             stream.push(END)
-
-
-def _tokenizer(processor):
-    return processor.tokenizer if hasattr(processor, "tokenizer") else processor
 
 
 def model_accepts(model, kind: str) -> bool:
