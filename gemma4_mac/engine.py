@@ -126,10 +126,7 @@ class MlxBackend:
 
         key = (request.conversation_id, request.kv_bits)
         if self._session is None or self._session_key != key:
-            self._session = ChatSession(loaded.model)
-            if request.kv_bits:
-                self._session.cache = loaded.model.make_cache(kv_bits=request.kv_bits)
-                self._session.reset = lambda s=self._session: _reset_quantized(s, request.kv_bits)
+            self._session = ChatSession(loaded.model, kv_bits=request.kv_bits)
             self._session_key = key
         return self._session
 
@@ -199,11 +196,6 @@ def _forward(progress: Callable[[dict], None]) -> Callable[[Any], None]:
                   "done": p.done, "total": p.total})
 
     return report
-
-
-def _reset_quantized(session, kv_bits: int) -> None:
-    session.cache = session.model.make_cache(kv_bits=kv_bits)
-    session.tokens, session.restore_points = [], []
 
 
 def _refuse_if_too_large(folder: Path) -> None:

@@ -302,7 +302,7 @@ def test_model_files_removed_while_loaded(hf_checkpoint, tmp_path):
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "missing"])
 def test_damaged_document_cache_is_rejected_and_recomputed(hf_checkpoint, tmp_path, monkeypatch, damage):
     from gemma4_mac import document_cache
-    from gemma4_mac.generate import prefill
+    from gemma4_mac.prefill import prefill
     from gemma4_mac.session import ChatSession
 
     monkeypatch.setattr(document_cache, "MIN_TOKENS_TO_SAVE", 16)

@@ -17,7 +17,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from gemma4_mac.generate import SamplingSettings, prepare_prompt, prefill, run_prompt
+from gemma4_mac.generate import SamplingSettings, prepare_prompt, run_prompt
+from gemma4_mac.prefill import prefill
 from gemma4_mac.prefill import chunk_bounds
 from gemma4_mac.session import ChatSession
 from mlx_model import load
