@@ -10,7 +10,6 @@ import math
 import re
 import shutil
 import unicodedata
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -228,9 +227,6 @@ class AttachmentStore:
         folder = self.conversation_dir(conversation_id, create=False)
         if folder.exists():
             shutil.rmtree(folder)
-
-    def new_recording_name(self) -> str:
-        return f"Recording {uuid.uuid4().hex[:6]}.wav"
 
 
 def _audio_meta(path: Path, name: str) -> dict[str, Any]:

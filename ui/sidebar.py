@@ -217,11 +217,6 @@ class Sidebar(QFrame):
         return [self.list.item(r).data(ID_ROLE) for r in range(self.list.count())
                 if self.list.item(r).data(KIND_ROLE) == "conversation"]
 
-    def start_rename(self, conversation_id: int) -> None:
-        item = self.item_for(conversation_id)
-        if item is not None:
-            self.list.editItem(item)
-
     def set_model_status(self, name: str, state: str) -> None:
         """state: "idle", "loading", "ready", "error"."""
         palette = current_palette()
