@@ -111,12 +111,8 @@ def test_kill_during_many_inserts_leaves_whole_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hf_checkpoint(tmp_path_factory):
-    from tests.reference_models import build_gemma4
-
-    path = tmp_path_factory.mktemp("hf") / "tiny"
-    build_gemma4("e4b", path, head_dim=32, global_head_dim=64)
-    return path
+def hf_checkpoint(e4b_checkpoint_dir):
+    return e4b_checkpoint_dir
 
 
 def _leftovers(parent: Path, name: str) -> list[str]:

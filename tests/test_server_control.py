@@ -23,7 +23,6 @@ from gemma4_mac.engine import GenerationRequest, MlxBackend
 from gemma4_mac.settings import AppSettings
 from gemma4_mac.server.control import LocalServer, ServerConfig, ServerControlError
 from ui.engine import Engine
-from tests.tiny_chat_model import build_tiny_chat_model
 
 pytestmark = pytest.mark.slow  # loads a model with the real 262K-token vocabulary
 
@@ -79,8 +78,8 @@ class ScriptedBackend(MlxBackend):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "tiny-gemma-4")
+def tiny_model(tiny_chat_model_dir) -> Path:
+    return tiny_chat_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ STREAM_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def gemma4():
-    return load_tokenizer(assets.gemma4_vocab_dir())
+def gemma4(gemma4_tokenizer):
+    return gemma4_tokenizer
 
 
 def test_llama_cpp_vectors(gemma4):

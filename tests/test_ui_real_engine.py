@@ -20,10 +20,8 @@ ANSWER_TIMEOUT = 120_000
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tests.tiny_chat_model import build_tiny_chat_model
-
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-ui"))
+def tiny_model(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 class ThreadSpy(MlxBackend):
