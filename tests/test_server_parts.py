@@ -66,7 +66,7 @@ def test_worker_skips_cancelled_jobs_reports_errors_and_limits_its_queue():
         left = worker.submit("server", lambda slot: None, on_dropped=lambda: dropped.append("left at stop"))
     finally:
         worker.stop()
-    assert not worker.thread.is_alive()
+    assert not worker.running
     assert dropped == ["skipped", "left at stop"] and left.skipped
     with pytest.raises(WorkerStoppedError):
         left.wait(1)

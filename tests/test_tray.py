@@ -78,7 +78,7 @@ def test_with_a_tray_closing_the_window_keeps_the_app_and_engine(build, qtbot):
     harness, bar, _ = build(tray_available=True)
     assert not QGuiApplication.instance().quitOnLastWindowClosed()
     harness.window.close()
-    assert harness.engine._thread.is_alive()
+    assert harness.engine.worker.running
     bar.hotkey.backend.press()
     qtbot.waitUntil(bar.panel.isVisible, timeout=TIMEOUT)
     bar.panel.input.setText("Still there?")

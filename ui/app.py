@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -26,8 +27,9 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
     from gemma4_mac.attachments import AttachmentStore
     from gemma4_mac.fake_backend import FakeBackend
     from gemma4_mac.history import HistoryError, HistoryStore
-    from gemma4_mac.paths import APP_NAME, attachments_dir, history_path, models_dir, settings_path
-    from gemma4_mac.settings import load_settings
+    from gemma4_mac.paths import APP_NAME, app_data_dir, attachments_dir, history_path, models_dir, settings_path
+    from gemma4_mac.settings import load_settings, save_settings
+    from gemma4_mac.startup_guard import StartupGuard
 
     from .controller import ChatController
     from .engine import Engine
@@ -43,6 +45,15 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setWindowIcon(app_icon())
     settings, warnings = load_settings(settings_path())
+    guard = StartupGuard(app_data_dir())
+    guarded = guard.begin(settings)  # a start that never finished turns off what it had on
+    if guarded.turned_off:
+        settings = guarded.settings
+        warnings.append(guarded.message)
+        try:
+            save_settings(settings, settings_path())
+        except (OSError, ValueError) as error:
+            warnings.append(f"Settings could not be saved: {error}")
     if args.model:
         settings.model_path = str(Path(args.model).expanduser())
     theme = ThemeManager(app, args.theme or settings.theme)
@@ -57,11 +68,14 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
     engine = Engine(backend or (FakeBackend(token_delay=0.02) if args.fake_engine else None))
     controller = ChatController(window, engine, history, AttachmentStore(attachments_dir()), settings,
                                 settings_path=settings_path(), theme=theme, recorder=recorder,
-                                models_root=models_dir())
+                                models_root=models_dir(), load_starter=guarded.load_starter and not args.model)
     window.apply_palette(theme.palette)
     if warnings:
         window.banner.show_message("\n".join(warnings), "warning")
+    controller.startup_guard = guard  # Qt holds slots of plain Python objects weakly: keep the guard alive
+    controller.startupSettled.connect(guard.finish)
     app.aboutToQuit.connect(controller.shutdown)
+    app.aboutToQuit.connect(guard.finish)  # quitting while still starting is not a failed start
     window.shortcuts["quit"].activated.connect(app.quit)
     return app, window, controller
 
@@ -74,6 +88,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as error:
         sys.stderr.write(f"error: the window needs PySide6 ({error}). Install it with `pip install PySide6`.\n")
         return 2
+    known, _ = build_parser().parse_known_args(argv)
+    if known.home:  # the crash log goes to the data folder the app will use
+        os.environ["GEMMA4_MAC_HOME"] = str(Path(known.home).expanduser())
+    crash_log = _open_crash_log()
     app, window, controller = build_app(argv)
     from .tray import install_menu_bar
 
@@ -82,7 +100,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         window.show()
         window.composer.edit.setFocus()  # ready for typing, as a Mac chat app opens
     controller.start()
-    return app.exec()  # `bar` stays referenced until here; aboutToQuit closes the hotkey and panel
+    try:
+        return app.exec()  # `bar` stays referenced until here; aboutToQuit closes the hotkey and panel
+    finally:
+        if crash_log is not None:
+            faulthandler.disable()
+            crash_log.close()
+
+
+def _open_crash_log():
+    """Native crashes (an abort in a library) write every thread's Python stack to crash.log in the data folder;
+    the previous start's log, if it has one, is kept as last-crash.log."""
+    from gemma4_mac.paths import app_data_dir
+
+    try:
+        folder = app_data_dir()
+        log = folder / "crash.log"
+        if log.exists() and log.stat().st_size:
+            log.replace(folder / "last-crash.log")
+        handle = open(log, "w", encoding="utf-8")
+    except OSError:
+        return None  # a read-only data folder: the app runs without a crash log
+    faulthandler.enable(file=handle, all_threads=True)
+    return handle
 
 
 if __name__ == "__main__":

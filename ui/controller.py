@@ -48,12 +48,14 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
     """The main window's controller; model/settings handling and generation live in the two mixins."""
 
     settingsChanged = Signal(object, object)  # (old, new) AppSettings, after they were saved
+    startupSettled = Signal()  # the first model load and the server start have ended, well or not
 
     def __init__(self, window: MainWindow, engine: Engine, history: HistoryStore, attachments: AttachmentStore,
                  settings: AppSettings, *, settings_path: Optional[Path] = None,
                  theme: Optional[ThemeManager] = None, recorder: Optional[Recorder] = None,
-                 models_root: Optional[Path] = None):
+                 models_root: Optional[Path] = None, load_starter: bool = False):
         super().__init__(window)
+        self.load_starter = load_starter  # the last start died loading the settings' model: open the starter
         self.window, self.engine, self.history, self.attachments = window, engine, history, attachments
         self.settings, self.settings_path, self.theme = settings, settings_path, theme
         self.models_root = models_root if models_root is not None else model_manager.models_dir()
@@ -69,6 +71,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.settings_dialog: Optional[SettingsDialog] = None
         self.model_dialog: Optional[ModelManagerDialog] = None
         self._shut_down = False
+        self._unsettled: set[str] = set()  # parts of the start still under way (ModelsMixin.start)
         self.server = LocalServer(engine)  # the OpenAI-compatible server shares the engine's model thread
         # a streamed answer is written to the history every few seconds, so a crash loses at most that much
         self._save_timer = QTimer(self)

@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 
 from gemma4_mac.engine import (CANCELLED_DOWNLOAD, Backend, EngineError, GenerationRequest, MlxBackend,
                                error_message, stats_dict)
+from gemma4_mac.runtime import import_runtime
 from gemma4_mac.worker import ModelSlot, ModelWorker, WorkerError, WorkerJob
 
 from . import qt_signal_fix
@@ -51,6 +52,7 @@ class Engine(QObject):
     conversionFinished = Signal(str)
     conversionFailed = Signal(str)
     busyChanged = Signal(bool)
+    runtimeReady = Signal()  # the model thread has imported MLX and the rest: other threads may start now
 
     THREAD_NAME = "gemma-engine"
     CONVERT_THREAD_NAME = "gemma-convert"
@@ -61,7 +63,6 @@ class Engine(QObject):
         self.backend = backend if backend is not None else MlxBackend()
         self._owns_worker = worker is None
         self.worker = worker if worker is not None else ModelWorker(name=self.THREAD_NAME)
-        self._thread = self.worker.thread
         self._generation_cancel = threading.Event()
         self._request_cancels: dict[int, threading.Event] = {}
         self._conversion_cancel = threading.Event()
@@ -71,6 +72,8 @@ class Engine(QObject):
         self._ids = itertools.count(1)
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self.runtime_ready = False
+        self.worker.submit("window", self._announce_runtime, label="runtime")  # runs once the imports are done
 
     # public API (window thread)
 
@@ -231,7 +234,12 @@ class Engine(QObject):
 
     # the conversion thread
 
+    def _announce_runtime(self, _slot) -> None:
+        self.runtime_ready = True
+        self.runtimeReady.emit()
+
     def _conversion_loop(self) -> None:
+        import_runtime()  # downloading imports huggingface_hub, which the model thread may be importing now
         while True:
             item = self._conversions.get()
             if item is None:

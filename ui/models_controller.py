@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Optional
 
+from PySide6.QtCore import Qt
+
 from gemma4_mac import model_manager
 from gemma4_mac.engine import DEFAULT_CONTEXT
 from gemma4_mac.server.control import ServerControlError
@@ -20,19 +22,37 @@ class ModelsMixin:
     """Model and settings handling for ChatController."""
 
     def start(self) -> None:
-        """Load the model the settings name (or the best one on disk, or the starter)."""
-        self.engine.load_model(self.initial_model_path())
+        """Load the model the settings name (or the best one on disk, or the starter), then start the server.
+
+        The server starts once the model thread has done its imports (`runtimeReady`): importing the web
+        server and MLX on this thread at the same time would race them. `startupSettled` follows when the
+        model has loaded (or failed) and the server is up (or refused)."""
+        self._unsettled = {"model", "server"}
+        self.engine.load_model(None if self.load_starter else self.initial_model_path())
+        if self.engine.runtime_ready:
+            self._start_server()
+        else:
+            self.engine.runtimeReady.connect(self._start_server, Qt.SingleShotConnection)
+
+    def _start_server(self) -> None:
         self._apply_server()
+        self._settled("server")
+
+    def _settled(self, part: str) -> None:
+        if part in self._unsettled:
+            self._unsettled.discard(part)
+            if not self._unsettled:
+                self.startupSettled.emit()
 
     def _apply_server(self) -> None:
         """Start, restart or stop the local server to match the settings; problems go to the banner."""
         try:
             url = self.server.apply(self.settings)
-        except ServerControlError as error:
+        except (ServerControlError, ImportError, OSError) as error:  # a damaged install, a refused socket
             self.window.banner.show_message(f"The local server could not start: {error}", "error")
             return
         if url:
-            self.window.banner.show_message(f"Serving the loaded model to local apps at {url}/v1", "info")
+            self.window.banner.show_message(f"Serving the loaded model to local apps at {url}", "info")
 
     def initial_model_path(self) -> Optional[str]:
         if self.settings.model_path:
@@ -46,6 +66,7 @@ class ModelsMixin:
         self.window.sidebar.set_model_status(name, "loading")
 
     def _on_model_loaded(self, info: dict) -> None:
+        self._settled("model")
         self.model_info, self.model_state = info, "ready"
         short = "Starter · Gemma 3 270M" if info.get("is_starter") else info.get("name", "Model")
         self.window.sidebar.set_model_status(short, "ready")
@@ -61,6 +82,7 @@ class ModelsMixin:
             self._submit_stream()  # a question sent while the model was loading
 
     def _on_model_failed(self, message: str) -> None:
+        self._settled("model")
         self.model_info, self.model_state = None, "error"
         self.window.sidebar.set_model_status("Model", "error")
         if self.stream is not None and self.stream.request_id is None:

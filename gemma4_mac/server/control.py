@@ -62,6 +62,9 @@ class LocalServer:
         port is taken.
         """
         self.stop()
+        from ..runtime import import_server
+
+        import_server()  # after the model thread's imports, never racing them (waits if they still run)
         from .app import ServeError, ServerHandle, create_app, is_loopback
         from .routes import ServerOptions
         from .service import GenerationService
