@@ -88,8 +88,12 @@ class Engine(QObject):
         return self._pending > 0
 
     def load_model(self, path: Optional[str | Path]) -> None:
-        """Load a model folder (None: the offline starter model) on the model thread."""
+        """Load a model folder (None: the offline starter model) on the model thread.
+
+        `modelLoading` is emitted now, not when the thread starts on it, so a question asked meanwhile
+        waits for the model (whether it is a chat model decides how the question is formatted)."""
         folder = Path(path) if path else None
+        self.modelLoading.emit(str(folder) if folder else "")
         self._submit(lambda slot: self._load(folder), label="load", failed=self.modelLoadFailed)
 
     def generate(self, request: GenerationRequest) -> int:
@@ -183,7 +187,6 @@ class Engine(QObject):
     # the model thread
 
     def _load(self, path: Optional[Path]) -> None:
-        self.modelLoading.emit(str(path) if path else "")
         self.worker.set_slot(None)  # free the old weights (and the server's caches) before the new ones arrive
         try:
             loaded = self.backend.load(path)

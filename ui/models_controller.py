@@ -28,11 +28,17 @@ class ModelsMixin:
         server and MLX on this thread at the same time would race them. `startupSettled` follows when the
         model has loaded (or failed) and the server is up (or refused)."""
         self._unsettled = {"model", "server"}
-        self.engine.load_model(None if self.load_starter else self.initial_model_path())
+        self._load_model(None if self.load_starter else self.initial_model_path())
         if self.engine.runtime_ready:
             self._start_server()
         else:
             self.engine.runtimeReady.connect(self._start_server, Qt.SingleShotConnection)
+
+    def _load_model(self, path: Optional[str]) -> None:
+        """Ask the engine for a model; until it has loaded, a question waits for it (whether it is a chat
+        model decides the prompt), even before the model thread has started on the load."""
+        self.model_info = None
+        self.engine.load_model(path)  # modelLoading arrives at once and marks the state "loading"
 
     def _start_server(self) -> None:
         self._apply_server()
@@ -107,7 +113,7 @@ class ModelsMixin:
         if self.theme is not None and new.theme != old.theme:
             self.theme.set_preference(new.theme)
         if new.model_path != old.model_path:
-            self.engine.load_model(new.model_path or None)
+            self._load_model(new.model_path or None)
         server_fields = ("server_enabled", "server_host", "server_port", "server_api_key")
         if any(getattr(new, f, None) != getattr(old, f, None) for f in server_fields):
             self._apply_server()
