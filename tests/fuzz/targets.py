@@ -7,13 +7,16 @@ anything else (another exception type) is a crash. Shared by the hypothesis prop
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="gemma4-fuzz-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)  # each fuzzing process cleans up after itself
 
 
 def _as_file(data: bytes, suffix: str) -> Path:
