@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16",
                         help="float type for unquantized weights, scales and biases (default bfloat16)")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument("--base-model", action="store_true",
+                        help="a base model that only continues text: it needs no chat template")
     return parser
 
 
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = convert_checkpoint(args.src, args.dst, bits=args.bits, group_size=args.group_size,
                                  quantize=not args.no_quantize, dtype=args.dtype, force=args.force,
-                                 progress=_StatusLine())
+                                 progress=_StatusLine(),
+                                 metadata={"chat": False} if args.base_model else None)
     except ConversionError as error:
         sys.stderr.write(f"\nerror: {error}\n")
         return 1

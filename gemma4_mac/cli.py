@@ -47,10 +47,11 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         out.write(format_table(variant_table(contexts)) + "\n")
         return 0
     from mlx_model.config import ModelConfig
-    from mlx_model.loader import ModelLoadError, read_config, weight_files
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
 
     path = Path(args.model).expanduser()
     try:
+        check_model_path(path)
         config = ModelConfig.from_dict(read_config(path)).text_config
         weights = sum(f.stat().st_size for f in weight_files(path))
     except (ModelLoadError, ValueError) as error:
@@ -93,11 +94,9 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.raw and (args.image or args.audio or args.video):
         raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
     content = _user_content(args.question, args.image, args.audio, args.video)
-    model_dir = Path(args.model).expanduser()
-    if not model_dir.is_dir():
-        raise CliError(f"model folder {args.model} does not exist")
     try:
-        model, processor = load(model_dir)
+        # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
+        model, processor = load(Path(args.model).expanduser())
     except ModelLoadError as error:
         raise CliError(str(error)) from error
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -380,7 +380,7 @@ def model_messages(messages: list[Message], system_prompt: str = "") -> list[dic
                 media.append({"type": a.kind, "path": str(a.path)})
             else:
                 try:
-                    text = document_text(Path(a.path), a.kind)
+                    text = document_text(Path(a.path), a.kind, a.meta.get("encoding"))  # as its chip showed
                     limit = a.meta.get("max_chars")
                     if limit and len(text) > limit:  # the person chose to trim it to fit the context
                         text = text[: int(limit)] + f"\n[… the rest of {a.name} was left out to fit the context …]"

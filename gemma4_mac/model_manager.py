@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from convert.partials import WorkFolder, clean_stale, work_folders
+from mlx_model.model_folder import has_chat_template as folder_has_chat_template
+
 from .paths import models_dir
 
 GIB = 1024 ** 3
@@ -105,14 +108,24 @@ def is_starter_folder(path: Path) -> bool:
 
 def has_chat_template(path: Path) -> bool:
     """Whether the folder's tokenizer knows a chat format (base models only continue text)."""
-    path = Path(path)
-    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
-        return True
-    try:
-        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return bool(config.get("chat_template"))
+    return folder_has_chat_template(Path(path))
+
+
+def unfinished_conversions(root: Optional[Path] = None) -> list[WorkFolder]:
+    """Hidden work folders of conversions in the models folder: one being written now (`running`), or one
+    left by a conversion that was killed, which takes disk space until the next conversion removes it."""
+    return work_folders(models_dir() if root is None else Path(root))
+
+
+def unfinished_bytes(root: Optional[Path] = None) -> int:
+    """Disk space held by conversions that were killed (not by one running now)."""
+    return sum(folder.size_bytes for folder in unfinished_conversions(root) if not folder.running)
+
+
+def clean_unfinished_conversions(root: Optional[Path] = None) -> int:
+    """Remove what killed conversions left in the models folder (a running one is kept); returns bytes
+    freed."""
+    return sum(folder.size_bytes for folder in clean_stale(models_dir() if root is None else Path(root)))
 
 
 def describe(path: Path, total: Optional[int] = None) -> ModelEntry:

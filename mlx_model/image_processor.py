@@ -11,6 +11,7 @@ IP = transformers/models/gemma4/image_processing_gemma4.py, PP = processing_gemm
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import re
@@ -22,6 +23,8 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .file_errors import error_detail, is_access_error, unreadable_reason
 
 SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
 # Pillow's own decompression-bomb threshold (~89.5 MP); larger images are refused before decoding.
@@ -63,9 +66,15 @@ def open_image(source: Union[str, Path, bytes, bytearray], *, name: Optional[str
     else:
         path = Path(source)
         label = name or str(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise ImageLoadError(f"Cannot open image '{label}': the file does not exist. Check the path."
+                                 ) from exc
+        except OSError as exc:
+            raise ImageLoadError(f"{label} {unreadable_reason(exc)}") from exc
         if not path.is_file():
-            raise ImageLoadError(f"Cannot open image '{label}': the file does not exist. Check the path.")
-        size = path.stat().st_size
+            raise ImageLoadError(f"{label} {unreadable_reason(IsADirectoryError(errno.EISDIR, 'folder'))}")
         data = path
     if size == 0:
         raise ImageLoadError(
@@ -96,8 +105,10 @@ def open_image(source: Union[str, Path, bytes, bytearray], *, name: Optional[str
             f"document instead."
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if is_access_error(exc):
+            raise ImageLoadError(f"{label} {unreadable_reason(exc)}") from exc
         raise ImageLoadError(
-            f"Cannot open image '{label}': the file is truncated or corrupt ({exc}). "
+            f"Cannot open image '{label}': the file is truncated or corrupt ({error_detail(exc)}). "
             f"Re-export or re-download it and attach it again."
         ) from exc
     try:

@@ -168,23 +168,27 @@ def convert_checkpoint_quiet(src, dst, **kwargs):
     return convert_checkpoint(src, dst, quantize=False, dtype="float32", **kwargs)
 
 
+# A child that converts SRC to DST and stops (printing "converting") at the first weight, until it is killed.
+CONVERT_UNTIL_KILLED = textwrap.dedent("""
+    import sys, time
+    from convert import convert_checkpoint
+
+    def progress(report):
+        if report.stage == "convert" and report.item and report.item.endswith("weight"):
+            print("converting", flush=True)
+            time.sleep(3600)
+
+    convert_checkpoint(sys.argv[1], sys.argv[2], quantize=False, dtype="float32", progress=progress)
+""")
+
+
 @pytest.mark.slow  # builds a tiny checkpoint with transformers once per module
 def test_kill_during_conversion_leaves_no_model_and_the_next_run_cleans_up(hf_checkpoint, tmp_path):
     from gemma4_mac.model_manager import list_models
 
     models = tmp_path / "models"
-    script = textwrap.dedent("""
-        import sys, time
-        from convert import convert_checkpoint
-
-        def progress(report):
-            if report.stage == "convert" and report.item and report.item.endswith("weight"):
-                print("converting", flush=True)
-                time.sleep(3600)
-
-        convert_checkpoint(sys.argv[1], sys.argv[2], quantize=False, dtype="float32", progress=progress)
-    """)
-    process = _run_until(script, [str(hf_checkpoint), str(models / "tiny")], "converting", timeout=120)
+    process = _run_until(CONVERT_UNTIL_KILLED, [str(hf_checkpoint), str(models / "tiny")], "converting",
+                         timeout=120)
     process.kill()
     process.wait(timeout=10)
     left = _leftovers(models, "tiny")

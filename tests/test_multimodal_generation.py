@@ -53,6 +53,7 @@ def _build(out_dir, variant: str, *, audio: bool, seed: int, **text_extra):
     for file in gemma4_vocab_dir().iterdir():
         if file.is_file():
             shutil.copy(file, out_dir / file.name)
+    (out_dir / "processor_config.json").write_text("{}")  # the towers' settings: the published defaults
     return model
 
 

@@ -129,6 +129,7 @@ def build_tiny_multimodal_model(path: Path) -> Path:
     weights = {k: 0.05 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
     mx.save_safetensors(str(path / "model.safetensors"), weights)
     (path / "config.json").write_text(json.dumps(config))
+    (path / "processor_config.json").write_text("{}")  # the towers' settings: the published defaults
     return path
 
 

@@ -8,11 +8,11 @@ from typing import Optional
 
 from PySide6.QtCore import QMimeData, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QPainter
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy,
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton, QSizePolicy,
                                QToolButton, QVBoxLayout, QWidget)
 
 from gemma4_mac.attachments import Attachment
-from gemma4_mac.documents import is_long_paste
+from gemma4_mac.documents import ENCODING_CHOICES, encoding_label, is_long_paste
 
 from . import icons
 from .theme import Palette, current_palette
@@ -81,9 +81,11 @@ class PromptEdit(QPlainTextEdit):
 
 
 class AttachmentChip(QFrame):
-    """A pending attachment: thumbnail, name, facts and a remove button."""
+    """A pending attachment: thumbnail, name, facts and a remove button. A text file's chip says which
+    encoding it was read in (tooltip) and offers the others on right-click."""
 
     removeClicked = Signal()
+    encodingChosen = Signal(str)
 
     def __init__(self, attachment: Attachment, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -112,7 +114,32 @@ class AttachmentChip(QFrame):
         self.remove_button.setFixedSize(18, 18)
         self.remove_button.clicked.connect(self.removeClicked)
         layout.addWidget(self.remove_button, 0, Qt.AlignTop)
+        encoding = attachment.meta.get("encoding") if attachment.kind == "text" else None
+        if encoding:
+            self.setToolTip(f"{attachment.name} was read as {encoding_label(encoding)}. "
+                            "Right-click to read it with another encoding.")
         self.apply_palette(current_palette())
+
+    def encoding_menu(self) -> Optional[QMenu]:
+        """The menu of encodings for a text attachment (None for other kinds); the current one is checked."""
+        current = self.attachment.meta.get("encoding") if self.attachment.kind == "text" else None
+        if not current:
+            return None
+        menu = QMenu(self)
+        menu.addSection("Read this file as")
+        for codec, label in ENCODING_CHOICES:
+            action = menu.addAction(label)
+            action.setCheckable(True)
+            action.setChecked(encoding_label(codec) == encoding_label(current))
+            action.triggered.connect(lambda _checked=False, c=codec: self.encodingChosen.emit(c))
+        return menu
+
+    def contextMenuEvent(self, event) -> None:
+        menu = self.encoding_menu()
+        if menu is None:
+            super().contextMenuEvent(event)
+            return
+        menu.exec(event.globalPos())
 
     def apply_palette(self, palette: Palette) -> None:
         thumb = self.attachment.thumbnail
@@ -207,6 +234,7 @@ class Composer(QFrame):
     imageReceived = Signal(QImage)
     longTextReceived = Signal(str)
     attachmentRemoved = Signal(int)
+    attachmentEncodingChosen = Signal(int, str)
     attachClicked = Signal()
     recordClicked = Signal()
     recordStopClicked = Signal()
@@ -306,6 +334,7 @@ class Composer(QFrame):
         for index, attachment in enumerate(self.attachments):
             chip = AttachmentChip(attachment)
             chip.removeClicked.connect(lambda i=index: self.attachmentRemoved.emit(i))
+            chip.encodingChosen.connect(lambda codec, i=index: self.attachmentEncodingChosen.emit(i, codec))
             self.chip_row.insertWidget(index, chip)
             self.chips.append(chip)
         self.chip_row_widget.setVisible(bool(self.chips))

@@ -117,6 +117,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         composer.imageReceived.connect(self.attach_image)
         composer.longTextReceived.connect(self.attach_long_text)
         composer.attachmentRemoved.connect(self.remove_attachment)
+        composer.attachmentEncodingChosen.connect(self.reread_attachment)
         composer.attachClicked.connect(lambda: self.attach_files(self.choose_files()))
         composer.recordClicked.connect(self.recorder.start)
         composer.recordStopClicked.connect(self.recorder.stop)
@@ -307,6 +308,16 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
     def remove_attachment(self, index: int) -> None:
         if 0 <= index < len(self.pending):
             self.attachments.remove(self.pending.pop(index))
+            self._pending_changed([])
+
+    def reread_attachment(self, index: int, encoding: str) -> None:
+        """Read a pending text attachment again in the encoding the person picked on its chip."""
+        if 0 <= index < len(self.pending):
+            try:
+                self.attachments.reread_text(self.pending[index], encoding)
+            except AttachmentError as error:
+                self._pending_changed([str(error)])
+                return
             self._pending_changed([])
 
     def _pending_changed(self, problems: list[str]) -> None:

@@ -106,6 +106,11 @@ class ModelManagerDialog(QDialog):
         scroll.setFrameShape(QFrame.NoFrame)
         layout.addWidget(scroll, 1)
         self.rows: list[ModelRow] = []
+        self.unfinished_label = QLabel()
+        self.unfinished_label.setObjectName("hint")
+        self.unfinished_label.setWordWrap(True)
+        self.unfinished_label.hide()
+        layout.addWidget(self.unfinished_label)
 
         section = QLabel("GET A GEMMA 4 MODEL")
         section.setObjectName("sectionTitle")
@@ -175,6 +180,12 @@ class ModelManagerDialog(QDialog):
             self.list_layout.addWidget(empty)
             self.rows.append(empty)
         self.list_layout.addStretch(1)
+
+    def set_unfinished(self, size_bytes: int) -> None:
+        """Say how much disk space conversions that were cut off still hold (hidden when none)."""
+        self.unfinished_label.setText(f"Unfinished conversions hold {size_bytes / 1e6:,.0f} MB; they are "
+                                      "removed when the next conversion starts.")
+        self.unfinished_label.setVisible(size_bytes > 0)
 
     def _start_download(self) -> None:
         repo_id = self.hub_combo.currentData()

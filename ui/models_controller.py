@@ -150,6 +150,7 @@ class ModelsMixin:
         current = (self.model_info or {}).get("path", "")
         extra = tuple(p for p in (self.settings.model_path, current) if p and Path(p).is_dir())
         self.model_dialog.set_models(model_manager.list_models(extra=extra, root=self.models_root), current)
+        self.model_dialog.set_unfinished(model_manager.unfinished_bytes(self.models_root))
 
     def use_model(self, path: str) -> None:
         self.apply_settings(dataclasses.replace(self.settings, model_path=path))

@@ -9,6 +9,8 @@ from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPainterPath, QPixmap
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget, QFrame
 
+from gemma4_mac.documents import encoding_label
+
 from . import icons
 from .theme import Palette, current_palette
 
@@ -147,6 +149,9 @@ def attachment_subtitle(kind: str, meta: dict, name: str) -> str:
     if kind == "text":
         suffix = Path(name).suffix.lstrip(".").upper() or "Text"
         lines = meta.get("lines")
+        encoding = meta.get("encoding")
+        if encoding and encoding.replace("_", "-").lower() not in ("utf-8", "ascii"):
+            suffix += f" · {encoding_label(encoding).split(' (')[0]}"  # a legacy encoding: say which
         return f"{suffix} · {lines:,} lines" if lines else suffix
     if kind == "audio":
         duration = meta.get("duration")

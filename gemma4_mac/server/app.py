@@ -126,7 +126,8 @@ class ServerHandle:
 
 
 def load_slot(path: Path) -> ModelSlot:
-    """Load a model folder as the worker's slot, with the context this machine can hold."""
+    """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
+    folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so."""
     from mlx_model import load
 
     model, processor = load(path)
@@ -181,10 +182,14 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
         if not model_path:
             raise ServeError("no model: pass --model PATH (a folder of a converted model)")
         path = Path(model_path).expanduser()
-        if not path.is_dir():
-            raise ServeError(f"model folder {path} does not exist")
-        worker = ModelWorker()
         from mlx_model import ModelLoadError
+        from mlx_model.model_folder import check_model_path
+
+        try:
+            check_model_path(path)  # a GGUF file gets the command that converts it
+        except ModelLoadError as error:
+            raise ServeError(str(error)) from error
+        worker = ModelWorker()
 
         err.write(f"loading {path} ...\n")
         try:
