@@ -169,7 +169,7 @@ def served(tiny_model):
     from gemma4_mac.server.app import ServerHandle, create_app, load_slot
     from gemma4_mac.server.routes import ServerOptions
     from gemma4_mac.server.service import GenerationService
-    from gemma4_mac.server.worker import ModelWorker
+    from gemma4_mac.worker import ModelWorker
 
     worker = ModelWorker()
     worker.load(lambda: load_slot(tiny_model)).wait()
