@@ -155,7 +155,7 @@ def _gguf_files(folder: Path) -> list[Path]:
 
 
 def _inspect_folder(path: Path, origin: str, name: str) -> FoundModel:
-    name = name or path.name
+    name = shown = name or path.name  # shown in messages: a hub snapshot's repo id, not its commit hash
     if not (path / "config.json").is_file():
         ggufs = _gguf_files(path)
         if len(ggufs) == 1:
@@ -163,9 +163,9 @@ def _inspect_folder(path: Path, origin: str, name: str) -> FoundModel:
         if ggufs:
             listed = ", ".join(p.name for p in ggufs[:4]) + (", …" if len(ggufs) > 4 else "")
             return _refused(path, name, origin,
-                            f"{path.name} holds {len(ggufs)} GGUF files ({listed}): add the one you want.")
+                            f"{shown} holds {len(ggufs)} GGUF files ({listed}): add the one you want.")
         return _refused(path, name, origin,
-                        f"{path.name} has no config.json, so it is not a model folder. {_CHOOSE}")
+                        f"{shown} has no config.json, so it is not a model folder. {_CHOOSE}")
     config = _read_json(path / "config.json")
     if config is None:
         return _refused(path, name, origin,
@@ -176,8 +176,8 @@ def _inspect_folder(path: Path, origin: str, name: str) -> FoundModel:
     if model_type not in SUPPORTED_TYPES:
         what = f"a {model_type} model" if isinstance(model_type, str) else "a config.json without model_type"
         return _refused(path, name, origin,
-                        f"{path.name} holds {what}; this app runs Gemma 4 and Gemma 3 models.")
-    files, problem = _weights(path)
+                        f"{shown} holds {what}; this app runs Gemma 4 and Gemma 3 models.")
+    files, problem = _weights(path, shown)
     size = sum(f.stat().st_size for f in files)
     kind = MLX if ("quantization" in config or meta) else CHECKPOINT
     if problem:
@@ -185,40 +185,40 @@ def _inspect_folder(path: Path, origin: str, name: str) -> FoundModel:
     quantized = config.get("quantization_config")
     method = quantized.get("quant_method") if isinstance(quantized, dict) else None
     if method and "quantization" not in config:
-        problem = (f"{path.name} is quantized with {method}, which this app cannot read. Use the original "
+        problem = (f"{shown} is quantized with {method}, which this app cannot read. Use the original "
                    "(bfloat16) checkpoint, or an MLX conversion of it.")
         return _refused(path, name, origin, problem, kind, size)
     missing = missing_parts(path, config)
     if missing:
         hint = (" A base model that only continues text needs no chat template: convert it with "
                 "`python -m convert --base-model`." if any("chat template" in m for m in missing) else "")
-        problem = (f"{path.name} lacks {' and '.join(missing)}. Copy the missing files from the model's "
+        problem = (f"{shown} lacks {' and '.join(missing)}. Copy the missing files from the model's "
                    f"Hugging Face repo (its Files tab) into the folder.{hint}")
         return _refused(path, name, origin, problem, kind, size)
     return FoundModel(path, kind, name, size, origin, base_model=is_base_model(config))
 
 
-def _weights(path: Path) -> tuple[list[Path], str]:
+def _weights(path: Path, shown: str) -> tuple[list[Path], str]:
     """The weight files and, when they are not all there, why (names and sizes only)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         data = _read_json(index)
         weight_map = data.get("weight_map") if data else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            return [], f"{index.name} in {path.name} has no valid weight_map; download the model again."
+            return [], f"{index.name} of {shown} has no valid weight_map; download the model again."
         names = sorted(set(weight_map.values()))
         present = [path / n for n in names if (path / n).is_file()]
         if len(present) < len(names):
-            return present, (f"{path.name} is incomplete: {len(names) - len(present)} of {len(names)} weight "
+            return present, (f"{shown} is incomplete: {len(names) - len(present)} of {len(names)} weight "
                              "files are missing (an unfinished download?). Download the model again.")
         return present, ""
     files = sorted(f for f in path.glob("*.safetensors") if f.is_file())
     if files:
         return files, ""
     if any(path.glob("*.bin")) or any(path.glob("*.pth")):
-        return [], (f"{path.name} has PyTorch .bin weights; this app reads .safetensors. Download the "
+        return [], (f"{shown} has PyTorch .bin weights; this app reads .safetensors. Download the "
                     "safetensors files of the same repo.")
-    return [], f"{path.name} has a config.json but no .safetensors weights (an unfinished download?)."
+    return [], f"{shown} has a config.json but no .safetensors weights (an unfinished download?)."
 
 
 # Hugging Face's cache ------------------------------------------------------------------------------------
@@ -235,6 +235,14 @@ def hf_hub_cache(environ: Optional[Mapping[str, str]] = None, home: Optional[Pat
         return Path(environ["HF_HOME"]).expanduser() / "hub"
     cache = Path(environ["XDG_CACHE_HOME"]).expanduser() if environ.get("XDG_CACHE_HOME") else home / ".cache"
     return cache / "huggingface" / "hub"
+
+
+def display_path(path: Path) -> str:
+    """`path` as a person reads it: under the home folder as ~/..."""
+    try:
+        return "~/" + str(Path(path).relative_to(Path.home()))
+    except ValueError:
+        return str(path)
 
 
 def _hub_repo_holding(path: Path) -> Optional[Path]:

@@ -72,7 +72,7 @@ def test_add_model_from_folder_uses_it_where_it_lies_and_keeps_it_across_starts(
     assert "nothing was copied" in dialog.notice.text()
     rows = {row.entry.name: row for row in dialog.rows if isinstance(row, ModelRow)}
     assert rows["Gemma 4 E2B (my conversion)"].use_button.text() == "In use"
-    assert f"Added from {mine.parent}" in rows["Gemma 4 E2B (my conversion)"].facts.text()
+    assert "Added from ~/Models · " in rows["Gemma 4 E2B (my conversion)"].facts.text()
     saved, warnings = load_settings(h.home / "settings.json")
     assert saved.added_models == [str(mine)] and warnings == []
 

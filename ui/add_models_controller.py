@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog
 
 from gemma4_mac import model_manager, model_sources
-from gemma4_mac.model_sources import MLX, FoundModel
+from gemma4_mac.model_sources import MLX, FoundModel, display_path
 
 log = logging.getLogger(__name__)
 STARTER_MENU_LABEL = "Starter · Gemma 3 270M (base)"
@@ -150,7 +150,7 @@ class AddModelsMixin:
         elif self.settings.model_path == path:
             self.model_notice(f"{name} is already in use.", "info")
         else:
-            where = "" if inside else f" It stays in {found.path.parent}; nothing was copied."
+            where = "" if inside else f" It stays in {display_path(found.path.parent)}; nothing was copied."
             self.model_notice(f"Added {name}; loading it.{where}", "info")
         self.apply_settings(dataclasses.replace(self.settings, added_models=added, model_path=model_path))
         self._refresh_models()
@@ -173,8 +173,8 @@ class AddModelsMixin:
         destination = model_manager.conversion_destination(name, root=self.models_root)
         self.converting = {"title": f"Converting {name}", "destination": str(destination), "use": True}
         self._show_conversion_progress(None, "Starting…")
-        self.model_notice(f"Converting {name} to 4-bit MLX into {destination}. The original stays where it "
-                          "is.", "info")
+        self.model_notice(f"Converting {name} to 4-bit MLX in the app's models folder; the original stays "
+                          "where it is.", "info")
         self.engine.convert_model(str(found.path), destination, f"{name} (4-bit)",
                                   base_model=found.base_model)
 
@@ -193,7 +193,7 @@ class AddModelsMixin:
     def scan_other_apps(self, dialog) -> None:
         """Fill the model manager's "In other apps" list from Hugging Face's cache and LM Studio."""
         places = [p for p in model_sources.searched_places() if p.is_dir()]
-        where = " and ".join(_home_relative(p) for p in places) or \
+        where = " and ".join(display_path(p) for p in places) or \
             "Hugging Face's cache or LM Studio's models folder (neither exists on this Mac)"
         dialog.set_found(None)
 
@@ -285,9 +285,3 @@ class AddModelsMixin:
                                               "GGUF models (*.gguf)")
         return path or None
 
-
-def _home_relative(path: Path) -> str:
-    try:
-        return "~/" + str(path.relative_to(Path.home()))
-    except ValueError:
-        return str(path)

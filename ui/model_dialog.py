@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFrame, QHBoxLayout, QLabel, 
 
 from gemma4_mac.model_manager import (GIB, HUB_MODELS, ModelEntry, destination_for, format_size,
                                       recommended_model)
-from gemma4_mac.model_sources import CHECKPOINT, GGUF, FoundModel
+from gemma4_mac.model_sources import CHECKPOINT, GGUF, FoundModel, display_path
 
 from .theme import Palette, current_palette
 from .widgets import IconButton
@@ -43,13 +43,14 @@ class ModelRow(QFrame):
         self.name.setObjectName("chipTitle")
         facts = f"{format_size(entry.size_bytes)} on disk · {entry.fit.summary}"
         if removable:
-            facts = f"Added from {entry.path.parent} · " + facts
+            facts = f"Added from {display_path(entry.path.parent)} · " + facts
         if entry.is_starter:
             facts = "Offline starter · " + facts
         elif not entry.has_chat_template:
             facts = "Base model (continues text) · " + facts
         self.facts = QLabel(facts)
         self.facts.setObjectName("chipMeta")
+        self.facts.setWordWrap(True)
         text.addWidget(self.name)
         text.addWidget(self.facts)
         layout.addLayout(text, 1)
@@ -218,6 +219,7 @@ class ModelManagerDialog(QDialog):
         scroll = QScrollArea()
         scroll.setWidget(self.list_holder)
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # rows wrap to the dialog's width
         scroll.setFrameShape(QFrame.NoFrame)
         layout.addWidget(scroll, 1)
         self.rows: list[QWidget] = []

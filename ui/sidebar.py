@@ -290,8 +290,6 @@ class Sidebar(QFrame):
     def _rebuild_model_menu(self) -> None:
         menu = self.model_menu
         menu.clear()
-        if self._model_choices:
-            menu.addSection("Models on this Mac")
         for label, path in self._model_choices:
             action = menu.addAction(label)
             action.setCheckable(True)
