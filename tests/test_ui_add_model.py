@@ -135,6 +135,19 @@ def test_dropping_a_checkpoint_converts_it_with_progress_then_loads_it(make, qtb
     assert len(h.backend.conversions) == 1 and "was converted before" in h.window.banner.label.text()
 
 
+def test_a_conversion_is_cancelled_from_the_sidebar(make, qtbot, home):
+    checkpoint = model_folder(home / "gemma-4-E4B-it", mlx=False)
+    h = make(backend=FakeBackend(token_delay=0.05))
+    sidebar = h.window.sidebar
+    with qtbot.waitSignal(h.engine.conversionFailed, timeout=TIMEOUT) as failed:
+        drop(h.window, checkpoint)
+        qtbot.waitUntil(lambda: sidebar.progress_cancel.isVisibleTo(h.window), timeout=TIMEOUT)
+        sidebar.progress_cancel.click()
+    assert "cancelled" in failed.args[0] and h.window.banner.property("level") == "info"
+    assert not sidebar.progress_box.isVisibleTo(h.window) and h.controller.converting is None
+    assert (h.controller.model_info or {}).get("path") == str(h.home / "models" / "fake")  # the model stays
+
+
 def test_a_folder_that_is_not_a_model_gets_a_reason_and_nothing_loads(make, qtbot, home):
     h = make()
     loads = []

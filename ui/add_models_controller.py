@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog
 
 from gemma4_mac import model_manager, model_sources
+from gemma4_mac.engine import CANCELLED_CONVERSION, CANCELLED_DOWNLOAD
 from gemma4_mac.model_sources import MLX, FoundModel, display_path
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,8 @@ class AddModelsMixin:
         if self.model_dialog is not None:
             self.model_dialog.set_failed(message)
         if self.model_dialog is None or (job is not None and job["use"]):
-            self.window.banner.show_message(message, "error")
+            cancelled = message in (CANCELLED_CONVERSION, CANCELLED_DOWNLOAD)  # asked for: not an error
+            self.window.banner.show_message(message, "info" if cancelled else "error")
 
     def _on_model_progress(self, report: dict) -> None:
         """Building the starter model on first use: a real percentage in the sidebar and the banner."""
