@@ -58,12 +58,15 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(str(error)) from error
     import psutil
 
+    from .model_manager import format_size
+
     total = psutil.virtual_memory().total
     for context in contexts:
         for bits in (None, 8, 4):
             p = plan(config, context, kv_bits=bits, weights=weights)
-            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV: weights {p.weights / GIB:.2f} GiB, "
-                      f"KV {p.kv / GIB:.2f} GiB, scratch {p.scratch / GIB:.2f} GiB, total {p.total / GIB:.2f} GiB\n")
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV: weights {format_size(p.weights)}, "
+                      f"KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
+                      f"total {format_size(p.total)}\n")
     out.write(f"largest context on this machine ({total / GIB:.0f} GiB): "
               f"{largest_context(config, total, weights=weights)} tokens\n")
     return 0

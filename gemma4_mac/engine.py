@@ -22,6 +22,7 @@ from .worker import ModelSlot
 DEFAULT_CONTEXT = 8192
 CONVERT_BITS = 4  # what the model manager offers: 4-bit fits Gemma 4 E2B/E4B on 16 GB Macs
 CANCELLED_DOWNLOAD = "Download cancelled. Start it again to resume."
+CANCELLED_CONVERSION = "Conversion cancelled; nothing was written to the models folder."
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +46,10 @@ class Backend(Protocol):
 
     def load(self, path: Optional[Path]) -> ModelSlot: ...
 
+    def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
+        """Build the offline starter model on first use, reporting progress; returns the folder to `load`
+        (None: `load(None)` means the starter)."""
+
     def generate(self, loaded: ModelSlot, request: GenerationRequest,
                  cancel: threading.Event) -> Iterator[Any]: ...
 
@@ -52,8 +57,9 @@ class Backend(Protocol):
         """Fetch what `convert` reads (network and files, no MLX: runs off the model thread)."""
 
     def convert(self, repo_id: str, destination: Path, label: str, progress: Callable[[dict], None],
-                cancel: threading.Event, source: Optional[str] = None) -> Path:
-        """Convert `source` (what `download` returned) on the model thread."""
+                cancel: threading.Event, source: Optional[str] = None, base_model: bool = False) -> Path:
+        """Convert `source` (what `download` returned) on the model thread; `base_model`: a model without
+        a chat template, kept as one that continues text."""
 
     def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int: ...
 
@@ -162,19 +168,32 @@ class MlxBackend:
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
 
+    def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
+        """The starter model's folder, converted from its packaged GGUF on first use (MLX work: on the model
+        thread)."""
+        from . import model_manager
+
+        try:
+            return model_manager.ensure_starter(progress=_forward(progress))
+        except (model_manager.ModelManagerError, OSError) as error:
+            raise EngineError(str(error)) from error
+
     def convert(self, repo_id: str, destination: Path, label: str, progress: Callable[[dict], None],
-                cancel: threading.Event, source: Optional[str] = None) -> Path:
-        """Convert to 4-bit MLX (MLX work: on the model thread); `repo_id` is recorded as the source."""
+                cancel: threading.Event, source: Optional[str] = None, base_model: bool = False) -> Path:
+        """Convert to 4-bit MLX (MLX work: on the model thread); `repo_id` is recorded as the source, a local
+        folder or GGUF file as given (it is read where it lies and never deleted)."""
         try:
             from convert import ConversionCancelled, ConversionError, convert_checkpoint
         except ImportError as error:
             raise EngineError(f"The converter is not available in this build ({error}).") from error
+        metadata = {"source": repo_id, **({"chat": False} if base_model else {})}
+        local = Path(repo_id).expanduser().exists()
         try:
             converted = Path(convert_checkpoint(source or repo_id, destination, bits=CONVERT_BITS,
                                                 progress=_forward(progress), cancel=cancel, label=label or None,
-                                                metadata={"source": repo_id}))
+                                                metadata=metadata))
         except ConversionCancelled as error:
-            raise EngineError(CANCELLED_DOWNLOAD) from error
+            raise EngineError(CANCELLED_CONVERSION if local else CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
         if source:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class FakeBackend:
         self.requests: list[GenerationRequest] = []
         self.threads: set[str] = set()
         self.conversions: list[tuple[str, Path]] = []
+        self.base_models: list[bool] = []  # each conversion's base_model flag
 
     def load(self, path: Optional[Path]) -> ModelSlot:
         self.threads.add(threading.current_thread().name)
@@ -104,14 +106,19 @@ class FakeBackend:
         self._steps(range(0, 6), "download", repo_id, progress, cancel)
         return f"cache/{repo_id}"
 
+    def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
+        return None  # load(None) is the scripted starter
+
     def convert(self, repo_id: str, destination: Path, label: str, progress: Callable[[dict], None],
-                cancel: threading.Event, source: Optional[str] = None) -> Path:
+                cancel: threading.Event, source: Optional[str] = None, base_model: bool = False) -> Path:
         self.threads.add(threading.current_thread().name)
         self._steps(range(6, 11), "convert", repo_id, progress, cancel)
         destination.mkdir(parents=True, exist_ok=True)
-        (destination / "config.json").write_text('{"gemma4_mac": {"display_name": "%s"}}' % label)
+        meta = {"display_name": label, "source": repo_id}
+        (destination / "config.json").write_text(json.dumps({"gemma4_mac": meta}))
         (destination / "model.safetensors").write_bytes(b"\0" * 16)
         self.conversions.append((repo_id, destination))
+        self.base_models.append(base_model)
         return destination
 
     def _steps(self, steps: range, stage: str, repo_id: str, progress: Callable[[dict], None],

@@ -8,10 +8,11 @@ engine runs them on its thread; this module only describes and locates models.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from convert.partials import WorkFolder, clean_stale, work_folders
 from mlx_model.model_folder import has_chat_template as folder_has_chat_template
@@ -19,6 +20,7 @@ from mlx_model.model_folder import has_chat_template as folder_has_chat_template
 from .paths import models_dir
 
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 STARTER_LABEL = "Gemma 3 270M (base, completion only; not a chat model)"
 RUNTIME_ALLOWANCE = 1 * GIB  # KV cache, prefill scratch and the app itself at a moderate context
 SYSTEM_SHARE = 0.25  # of physical memory left to macOS and other apps
@@ -52,9 +54,19 @@ class MemoryFit:
 
     @property
     def summary(self) -> str:
-        need, have = self.required_bytes / GIB, self.total_bytes / GIB
         verdict = "fits" if self.fits else "too large"
-        return f"needs ≈{need:.1f} GB of {have:.0f} GB · {verdict}"
+        return f"needs ≈{format_size(self.required_bytes)} of {self.total_bytes / GIB:.0f} GB · {verdict}"
+
+
+def format_size(size_bytes: float) -> str:
+    """A size as a person reads it: "310 MB" below 1 GB (never "0.0 GB"), "3.4 GB" above."""
+    if size_bytes >= GIB - MIB // 2:  # 1023.6 MB reads as 1.0 GB, not "1024 MB"
+        return f"{size_bytes / GIB:.1f} GB"
+    if size_bytes >= MIB:
+        return f"{size_bytes / MIB:.0f} MB"
+    if size_bytes >= 1024:
+        return f"{size_bytes / 1024:.0f} KB"
+    return f"{int(size_bytes)} bytes"
 
 
 @dataclass
@@ -157,6 +169,30 @@ def destination_for(repo_id: str, bits: int = 4, root: Optional[Path] = None) ->
     return root / f"{repo_id.split('/')[-1].lower()}-{bits}bit"
 
 
+def conversion_destination(name: str, bits: int = 4, root: Optional[Path] = None) -> Path:
+    """A free folder in the models folder for converting the model called `name` (a repo id, a file name)."""
+    root = models_dir() if root is None else Path(root)
+    stem = name.split("/")[-1]
+    stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
+    slug = re.sub(r"[^a-z0-9._]+", "-", stem.lower()).strip("-.") or "model"
+    candidate, number = root / f"{slug}-{bits}bit", 2
+    while candidate.exists():
+        candidate, number = root / f"{slug}-{bits}bit-{number}", number + 1
+    return candidate
+
+
+def converted_from(source: Path | str, root: Optional[Path] = None) -> Optional[Path]:
+    """A model in the models folder already converted from `source` (so adding it again converts nothing)."""
+    root = models_dir() if root is None else Path(root)
+    wanted = str(Path(source).expanduser())
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in folders:
+        meta = read_model_config(folder).get("gemma4_mac")
+        if isinstance(meta, dict) and meta.get("source") == wanted and is_model_folder(folder):
+            return folder
+    return None
+
+
 def recommended_model(total: Optional[int] = None) -> HubModel:
     """The model to suggest for this machine: E2B up to 16 GB, E4B up to 32 GB, 26B-A4B beyond."""
     total = total_memory() if total is None else total
@@ -176,8 +212,9 @@ def delete_model(path: Path, root: Optional[Path] = None) -> None:
     shutil.rmtree(path)
 
 
-def ensure_starter(root: Optional[Path] = None) -> Path:
-    """The offline starter model's folder, written on first use (MLX work: call on the engine thread)."""
+def ensure_starter(root: Optional[Path] = None, progress: Optional[Callable[[Any], None]] = None) -> Path:
+    """The offline starter model's folder, written on first use (MLX work: call on the engine thread);
+    `progress` hears the converter's reports (convert.ConversionProgress) while it is built."""
     try:
         from convert.errors import ConversionError
         from convert.starter import ensure_starter_model
@@ -186,6 +223,6 @@ def ensure_starter(root: Optional[Path] = None) -> Path:
                                 f"({error}). Open the model manager to download a Gemma 4 model.") from error
     root = models_dir() if root is None else Path(root)
     try:
-        return Path(ensure_starter_model(root))
+        return Path(ensure_starter_model(root, progress=progress))
     except ConversionError as error:  # the engine reports ModelManagerError to the window
         raise ModelManagerError(f"The offline starter model could not be prepared: {error}") from error

@@ -38,6 +38,8 @@ class AppSettings:
     image_token_budget: int = 280
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)
+    # MLX model folders the person added from elsewhere, used where they lie (not copied)
+    added_models: list[str] = field(default_factory=list)
     log_conversations: bool = False  # conversation text stays out of logs unless the person turns this on
     # the local OpenAI-compatible server (gemma4_mac.server.control); beyond 127.0.0.1 only with an API key
     server_enabled: bool = False
@@ -92,6 +94,9 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if _integer(value) and 1 <= value <= 65535 else "must be a whole number from 1 to 65535"
     if name == "recent_models":
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of text"
+    if name == "added_models":
+        return None if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value) and \
+            len(set(value)) == len(value) else "must be a list of folder paths, each once"
     return "is not a known setting"
 
 

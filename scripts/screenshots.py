@@ -2,6 +2,7 @@
 
     python scripts/screenshots.py [OUTPUT_FOLDER]      (default: .cache/screenshots)
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots   (the committed set)
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots --add-model
 
 Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). Writes: empty,
 conversation (image with boxes, code), thinking (expanded), recording, model manager, settings,
@@ -10,6 +11,7 @@ and a dark-mode conversation.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -145,6 +147,8 @@ def make_fake_models(root: Path) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--add-model" in argv:  # the real app and engine: first start, adding models (add_model_shots)
+        return add_model_shots([a for a in argv if a != "--add-model"])
     out = Path(argv[0]) if argv else ROOT / ".cache" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="gemma4-shots-"))
@@ -251,6 +255,149 @@ def main(argv=None) -> int:
     shoot(window, "09-dark-conversation")
     controller.new_chat()
     shoot(window, "10-dark-empty")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
+def _tiny_models(person: Path) -> dict:
+    """Real tiny random Gemma 4 models (built with transformers, as the tests make them) where a person keeps
+    models: a checkpoint in ~/Downloads, an MLX conversion in ~/Models, Hugging Face's cache (an MLX model, a
+    checkpoint, an unfinished download) and LM Studio's folder (a GGUF file)."""
+    import shutil
+
+    from convert import convert_checkpoint
+    from tests.model_files import hub_repo
+    from tests.reference_models import build_gemma4
+    from tests.test_convert_support import QUANT_FRIENDLY, write_gemma4_gguf
+
+    checkpoint = person / "Downloads" / "gemma-4-tiny-it"
+    model = build_gemma4("e2b", checkpoint, **QUANT_FRIENDLY)
+    mine = convert_checkpoint(checkpoint, person / "Models" / "gemma-4-tiny-it-4bit", bits=4,
+                              label="Gemma 4 tiny (my 4-bit conversion)")
+    hub = person / ".cache" / "huggingface" / "hub"
+    hub_repo(hub, "my-org/gemma-4-tiny-it-mlx-4bit",
+             lambda target: convert_checkpoint(checkpoint, target, bits=4))
+    hub_repo(hub, "my-org/gemma-4-tiny-it", lambda target: shutil.copytree(checkpoint, target))
+
+    def unfinished(target: Path) -> None:
+        shutil.copytree(checkpoint, target)
+        shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+        index = {"weight_map": {"a": shards[0], "b": shards[1]}}
+        (target / "model.safetensors").rename(target / shards[0])
+        (target / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    hub_repo(hub, "my-org/gemma-4-tiny-it-draft", unfinished)
+    lm_studio = person / ".lmstudio" / "models" / "my-org" / "gemma-4-tiny-it-GGUF"
+    lm_studio.mkdir(parents=True)
+    write_gemma4_gguf(model, lm_studio / "gemma-4-tiny-it-F32.gguf")
+    (person / "Pictures").mkdir()
+    return {"checkpoint": checkpoint, "mine": mine}
+
+
+def add_model_shots(argv) -> int:
+    """Screenshots of the first start and of adding models, from the real app: the real engine (MlxBackend),
+    the real starter model built on first use, and real tiny Gemma 4 models converted by the real converter.
+    Writes first-start-starter-progress, add-model-menu, add-model-drop, add-model-converting,
+    add-model-manager and add-model-not-a-model."""
+    out = Path(argv[0]) if argv else ROOT / ".cache" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gemma4-add-model-shots-"))
+    person = scratch / "person"  # the home folder whose caches the app searches
+    os.environ["HOME"] = str(person)
+    for variable in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        os.environ.pop(variable, None)
+    os.environ["GEMMA4_MAC_HOME"] = str(person / "Library" / "Application Support" / "Gemma 4")
+    models = _tiny_models(person)
+
+    from PySide6.QtCore import QEventLoop, QMimeData, QPoint, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPainter
+    from PySide6.QtWidgets import QApplication
+
+    from ui.app import build_app
+
+    app, window, controller = build_app(["--theme", "light"])  # no backend given: the real MlxBackend
+    window.resize(*WINDOW_SIZE)
+    window.show()
+
+    def settle(seconds: float = 0.3) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.01)
+
+    def wait(predicate, timeout: float = 600.0) -> None:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.01)
+        if not predicate():
+            raise SystemExit(f"timed out; the banner says: {window.banner.label.text()}")
+        settle(0.3)
+
+    def save(pixmap, name: str) -> None:
+        path = out / f"{name}.png"
+        pixmap.save(str(path))
+        print(path)
+
+    grabbed = {}
+
+    def grab_starter_once(report: dict) -> None:  # on the Qt thread, while the starter is being converted
+        if report.get("stage") == "convert" and report.get("fraction", 0) >= 0.45 and \
+                "starter" not in grabbed:
+            app.processEvents(QEventLoop.ExcludeUserInputEvents, 20)
+            grabbed["starter"] = window.grab()
+
+    controller.engine.modelProgress.connect(grab_starter_once)
+    controller.start()  # no model yet: the starter model is built on this first start
+    wait(lambda: controller.model_state in ("ready", "error"))
+    save(grabbed["starter"], "first-start-starter-progress")
+
+    sidebar = window.sidebar
+    sidebar.show_model_menu()
+    settle(0.4)
+    shot = window.grab()
+    painter = QPainter(shot)
+    painter.drawPixmap(window.mapFromGlobal(sidebar.model_menu.pos()), sidebar.model_menu.grab())
+    painter.end()
+    sidebar.model_menu.hide()
+    save(shot, "add-model-menu")
+
+    def drag(path: Path, then_drop: bool):
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        window.dragEnterEvent(QDragEnterEvent(QPoint(600, 400), Qt.CopyAction, mime, Qt.LeftButton,
+                                              Qt.NoModifier))
+        if then_drop:
+            window.dropEvent(QDropEvent(QPointF(600, 400), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+
+    drag(models["checkpoint"], then_drop=False)
+    settle(0.3)
+    save(window.grab(), "add-model-drop")
+    window.dragLeaveEvent(None)
+
+    def grab_conversion_once(report: dict) -> None:
+        if report.get("stage") == "convert" and report.get("fraction", 0) >= 0.4 and "convert" not in grabbed:
+            app.processEvents(QEventLoop.ExcludeUserInputEvents, 20)
+            grabbed["convert"] = window.grab()
+
+    controller.engine.conversionProgress.connect(grab_conversion_once)
+    drag(models["checkpoint"], then_drop=True)
+    wait(lambda: (controller.model_info or {}).get("path", "").endswith("gemma-4-tiny-it-4bit"))
+    save(grabbed["convert"], "add-model-converting")
+
+    controller.choose_model_folder = lambda: str(models["mine"])
+    dialog = controller.open_model_manager()
+    dialog.resize(680, 860)
+    dialog.add_folder_button.click()
+    wait(lambda: (controller.model_info or {}).get("path") == str(models["mine"])
+         and len(dialog.found_rows) >= 4)
+    save(dialog.grab(), "add-model-manager")
+    dialog.close()
+
+    drag(person / "Pictures", then_drop=True)
+    wait(lambda: "cannot be added" in window.banner.label.text())
+    save(window.grab(), "add-model-not-a-model")
     controller.shutdown()
     QApplication.processEvents()
     return 0

@@ -145,6 +145,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         engine.conversionFailed.connect(self._on_conversion_failed)
         if self.theme is not None:
             self.theme.themeChanged.connect(w.apply_palette)
+        self._wire_models()  # the model menu, adding models, the starter's progress: add_models_controller.py
 
     # conversations
 
@@ -267,6 +268,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
     # attachments
 
     def attach_files(self, paths: list[str]) -> None:
+        paths = self.take_model_paths(paths)  # model folders and GGUF files are added as models, not attached
         if not paths:
             return
         cid = self.ensure_conversation()

@@ -39,6 +39,7 @@ class Engine(QObject):
     """
 
     modelLoading = Signal(str)
+    modelProgress = Signal(dict)  # building the starter model on first use: a conversion report
     modelLoaded = Signal(dict)
     modelLoadFailed = Signal(str)
     generationStarted = Signal(int)
@@ -111,15 +112,18 @@ class Engine(QObject):
         if event is not None:
             event.set()
 
-    def convert_model(self, repo_id: str, destination: Path, label: str = "") -> None:
-        """Download (on its own thread) and convert (on the model thread) a hub checkpoint; one at a time."""
+    def convert_model(self, repo_id: str, destination: Path, label: str = "",
+                      base_model: bool = False) -> None:
+        """Download (on its own thread) and convert (on the model thread) a hub checkpoint; one at a time.
+        `repo_id` may be a local checkpoint folder or GGUF file: it is converted where it lies, no download.
+        `base_model`: keep a model without a chat template as one that continues text."""
         cancel = self._conversion_cancel = threading.Event()
         self._begin()
         if self._convert_thread is None:
             self._convert_thread = threading.Thread(target=self._conversion_loop, name=self.CONVERT_THREAD_NAME,
                                                     daemon=True)
             self._convert_thread.start()
-        self._conversions.put((repo_id, Path(destination), label, cancel))
+        self._conversions.put((repo_id, Path(destination), label, base_model, cancel))
 
     def cancel_conversion(self) -> None:
         self._conversion_cancel.set()
@@ -189,6 +193,8 @@ class Engine(QObject):
     def _load(self, path: Optional[Path]) -> None:
         self.worker.set_slot(None)  # free the old weights (and the server's caches) before the new ones arrive
         try:
+            if path is None:  # the starter: built from its packaged weights on first use, with progress
+                path = self.backend.prepare_starter(self.modelProgress.emit)
             loaded = self.backend.load(path)
         except (EngineError, MemoryError) as error:
             self.modelLoadFailed.emit(error_message(error))
@@ -253,12 +259,14 @@ class Engine(QObject):
             finally:
                 self._end()
 
-    def _convert(self, repo_id: str, destination: Path, label: str, cancel: threading.Event) -> None:
+    def _convert(self, repo_id: str, destination: Path, label: str, base_model: bool,
+                 cancel: threading.Event) -> None:
+        options = {"base_model": True} if base_model else {}
         try:
             source = self.backend.download(repo_id, self.conversionProgress.emit, cancel)
             job: WorkerJob = self.worker.submit(
                 "window", lambda slot: self.backend.convert(repo_id, destination, label, self._progress_and_serve,
-                                                            cancel, source=source),
+                                                            cancel, source=source, **options),
                 cancel=cancel, label="conversion", exclusive=True)
             result = job.wait()
         except (EngineError, OSError, MemoryError, WorkerError) as error:

@@ -14,12 +14,18 @@ from gemma4_mac.engine import DEFAULT_CONTEXT
 from gemma4_mac.server.control import ServerControlError
 from gemma4_mac.settings import AppSettings, save_settings
 
+from gemma4_mac.model_sources import inspect_path
+
+from .add_models_controller import AddModelsMixin
 from .model_dialog import ModelManagerDialog
 from .settings_dialog import SettingsDialog
 
 
-class ModelsMixin:
-    """Model and settings handling for ChatController."""
+STARTER_BUTTON = "Starter · Gemma 3 270M"  # the model button's text while the starter model is loaded
+
+
+class ModelsMixin(AddModelsMixin):
+    """Model and settings handling for ChatController (adding models: AddModelsMixin)."""
 
     def start(self) -> None:
         """Load the model the settings name (or the best one on disk, or the starter), then start the server.
@@ -63,7 +69,8 @@ class ModelsMixin:
     def initial_model_path(self) -> Optional[str]:
         if self.settings.model_path:
             return self.settings.model_path
-        entries = [e for e in model_manager.list_models(root=self.models_root) if not e.is_starter and e.fit.fits]
+        entries = model_manager.list_models(extra=tuple(self.settings.added_models), root=self.models_root)
+        entries = [e for e in entries if not e.is_starter and e.fit.fits]
         return str(entries[0].path) if entries else None
 
     def _on_model_loading(self, path: str) -> None:
@@ -73,13 +80,16 @@ class ModelsMixin:
 
     def _on_model_loaded(self, info: dict) -> None:
         self._settled("model")
+        self._clear_progress("starter")
         self.model_info, self.model_state = info, "ready"
-        short = "Starter · Gemma 3 270M" if info.get("is_starter") else info.get("name", "Model")
+        short = STARTER_BUTTON if info.get("is_starter") else info.get("name", "Model")
         self.window.sidebar.set_model_status(short, "ready")
         if info.get("is_starter"):
             self.window.banner.show_message(
                 "Using the offline starter model (Gemma 3 270M): it continues text and is not a chat model. "
-                "Open Models in the sidebar to download Gemma 4.", "info")
+                f"To chat, click “{STARTER_BUTTON}” at the bottom of the sidebar and choose "
+                f"“{self.window.manage_models_action.text()}” to download Gemma 4, or "
+                f"“{self.window.add_folder_action.text()}” to use one you have.", "info")
         elif self.window.banner.property("level") in ("error", "info"):
             self.window.banner.dismiss()
         self._refresh_models()
@@ -89,6 +99,7 @@ class ModelsMixin:
 
     def _on_model_failed(self, message: str) -> None:
         self._settled("model")
+        self._clear_progress("starter")
         self.model_info, self.model_state = None, "error"
         self.window.sidebar.set_model_status("Model", "error")
         if self.stream is not None and self.stream.request_id is None:
@@ -121,7 +132,7 @@ class ModelsMixin:
         self.settingsChanged.emit(old, new)
 
     def open_settings(self) -> SettingsDialog:
-        models = model_manager.list_models(extra=(self.settings.model_path,), root=self.models_root)
+        models = model_manager.list_models(extra=self._extra_models(), root=self.models_root)
         auto = int((self.model_info or {}).get("context_limit") or DEFAULT_CONTEXT)
         dialog = SettingsDialog(self.settings, models, auto, self.window)
         dialog.accepted.connect(lambda: self.apply_settings(dialog.settings()))
@@ -137,19 +148,34 @@ class ModelsMixin:
         dialog = ModelManagerDialog(model_manager.total_memory(), self.models_root, self.window)
         dialog.useModelRequested.connect(self.use_model)
         dialog.deleteModelRequested.connect(self.delete_model)
-        dialog.downloadRequested.connect(lambda repo, dest, label: self.engine.convert_model(repo, Path(dest), label))
+        dialog.removeModelRequested.connect(self.remove_added_model)
+        dialog.foundModelChosen.connect(self.add_model_path)
+        dialog.addFolderRequested.connect(self.add_model_from_folder)
+        dialog.addFileRequested.connect(self.add_model_file)
+        dialog.downloadRequested.connect(self.download_model)
         dialog.cancelDownloadRequested.connect(self.engine.cancel_conversion)
         self.model_dialog = dialog
+        if self.converting is not None:  # started from a drop or the menu: its progress shows here too
+            dialog.set_job(self.converting["title"])
+            dialog.set_progress({"stage": "", "fraction": 0.0})
         self._refresh_models()
+        self.scan_other_apps(dialog)
         dialog.open()
         return dialog
 
     def _refresh_models(self) -> None:
+        self.refresh_model_menu()
         if self.model_dialog is None:
             return
         current = (self.model_info or {}).get("path", "")
-        extra = tuple(p for p in (self.settings.model_path, current) if p and Path(p).is_dir())
-        self.model_dialog.set_models(model_manager.list_models(extra=extra, root=self.models_root), current)
+        added = tuple(self.settings.added_models)
+        entries = model_manager.list_models(extra=self._extra_models(), root=self.models_root)
+        listed = {Path(e.path).resolve() for e in entries}
+        # removed from the list by the path it was added as
+        broken = tuple(dataclasses.replace(found, path=Path(p))
+                       for p, found in ((p, inspect_path(p, origin="Added")) for p in added)
+                       if Path(p).resolve() not in listed and not found.usable)
+        self.model_dialog.set_models(entries, current, added, broken)
         self.model_dialog.set_unfinished(model_manager.unfinished_bytes(self.models_root))
 
     def use_model(self, path: str) -> None:
@@ -164,20 +190,3 @@ class ModelsMixin:
         except (model_manager.ModelManagerError, OSError) as error:
             self.window.banner.show_message(str(error), "error")
         self._refresh_models()
-
-    def _on_conversion_progress(self, report: dict) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_progress(report)
-
-    def _on_conversion_finished(self, path: str) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_finished(path)
-            self._refresh_models()
-        self.window.banner.show_message(f"The model is ready in {path}. Choose “Use” in Models to switch to it.",
-                                        "info")
-
-    def _on_conversion_failed(self, message: str) -> None:
-        if self.model_dialog is not None:
-            self.model_dialog.set_failed(message)
-        else:
-            self.window.banner.show_message(message, "error")

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QWidget)
 
 from gemma4_mac.hotkey import default_hotkey
-from gemma4_mac.model_manager import ModelEntry
+from gemma4_mac.model_manager import ModelEntry, format_size
 from gemma4_mac.settings import IMAGE_TOKEN_BUDGETS, KV_PRECISIONS, AppSettings
 
 CONTEXT_CHOICES = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
@@ -44,7 +44,7 @@ class SettingsDialog(QDialog):
         model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         for entry in models:
-            self.model_combo.addItem(f"{entry.label}  ·  {entry.size_bytes / 1024 ** 3:.1f} GB", str(entry.path))
+            self.model_combo.addItem(f"{entry.label}  ·  {format_size(entry.size_bytes)}", str(entry.path))
         if settings.model_path and self.model_combo.findData(settings.model_path) < 0:
             self.model_combo.addItem(settings.model_path, settings.model_path)
         if not models and not settings.model_path:
