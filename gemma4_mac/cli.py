@@ -39,12 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the planner's table: weights, KV (16/8/4-bit) and prefill scratch per context."""
-    from mlx_model.planner import GIB, format_table, largest_context, plan, variant_table
+    """Print the planner's tables: weights, KV (16/8/4-bit) and prefill scratch per context, and the
+    largest context per Mac memory size."""
+    from mlx_model.planner import (GIB, format_mac_table, format_table, largest_context, mac_table, plan,
+                                   variant_table)
 
     contexts = tuple(args.context or (8192, 32768, 131072, 262144))
     if not args.model:
-        out.write(format_table(variant_table(contexts)) + "\n")
+        out.write(format_table(variant_table(contexts)) + "\n\n")
+        out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
         return 0
     from mlx_model.config import ModelConfig
     from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files

@@ -43,6 +43,9 @@ HUB_MODELS = (
     HubModel("google/gemma-4-E4B-it", "Gemma 4 E4B instruct", 5.2, "24 GB or more"),
     HubModel("google/gemma-4-26B-A4B-it", "Gemma 4 26B-A4B instruct (MoE)", 15.6, "32 GB or more"),
     HubModel("google/gemma-4-31B-it", "Gemma 4 31B instruct", 18.4, "48 GB or more"),
+    # last, so recommended_model's positions stay; 6.24 GiB of 4-bit text weights (the planner) plus the
+    # image and audio embedders at 8 bits
+    HubModel("google/gemma-4-12B-it", "Gemma 4 12B instruct (images, video and audio)", 6.3, "16 GB or more"),
 )
 
 

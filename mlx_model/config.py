@@ -79,7 +79,7 @@ def _check_at_least(section: str, config: Any, minimum: int, names: tuple[str, .
 
 
 SLIDING, FULL = "sliding_attention", "full_attention"
-SUPPORTED_TYPES = ("gemma4", "gemma4_text", "gemma3", "gemma3_text")
+SUPPORTED_TYPES = ("gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text", "gemma3", "gemma3_text")
 # activation names each tower implements (the towers map them to functions)
 VISION_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu", "silu", "relu")
 TEXT_ROPE_TYPES = ("default", "linear", "proportional")  # what mlx_model/language.py implements
@@ -136,6 +136,12 @@ class TextConfig:
     def is_gemma3(self) -> bool:
         return self.model_type.startswith("gemma3")
 
+    @property
+    def blocks_on_every_layer(self) -> bool:
+        """Whether image blocks attend bidirectionally on full layers too, past the sliding window
+        (gemma4_unified: modeling_gemma4_unified.py:1172-1184 passes the blocks to every mask)."""
+        return self.model_type.startswith("gemma4_unified")
+
     @classmethod
     def from_dict(cls, params: dict[str, Any], section: str = "") -> "TextConfig":
         """Build from a (text) config dict; unknown keys are dropped, values are checked
@@ -148,6 +154,12 @@ class TextConfig:
             params.setdefault("sliding_window", 4096)
             params.setdefault("hidden_size_per_layer_input", 0)
             params.setdefault("query_pre_attn_scalar", 256)
+        elif str(params.get("model_type", "")).startswith("gemma4_unified"):
+            # configuration_gemma4_unified.py:124-150: no PLE, window 1024, 256K positions, image blocks
+            for key, value in (("hidden_size_per_layer_input", 0), ("sliding_window", 1024),
+                               ("max_position_embeddings", 262_144),
+                               ("use_bidirectional_attention", "vision")):
+                params.setdefault(key, value)
         return dataclass_from_dict(cls, params, section)
 
     def __post_init__(self, section: str = ""):
@@ -390,6 +402,64 @@ class AudioConfig:
 
 
 @dataclass
+class UnifiedVisionConfig:
+    """gemma4_unified's vision embedder (configuration_gemma4_unified.py:238): raw 48x48 patches, no tower."""
+
+    model_type: str = "gemma4_unified_vision"
+    patch_size: int = 16
+    pooling_kernel_size: int = 3
+    mm_embed_dim: int = 3840
+    mm_posemb_size: int = 1120
+    rms_norm_eps: float = 1e-6
+    output_proj_dims: Optional[int] = None  # equals mm_embed_dim (the embedder projects mm_embed_dim)
+    model_patch_size: Optional[int] = None  # hub configs repeat patch_size * pooling_kernel_size
+
+    def __post_init__(self):
+        _check_at_least("vision_config", self, 1, (
+            "patch_size", "pooling_kernel_size", "mm_embed_dim", "mm_posemb_size", "output_proj_dims"))
+        self.output_proj_dims = self.output_proj_dims or self.mm_embed_dim
+        if self.output_proj_dims != self.mm_embed_dim:
+            raise ModelConfigError(f"vision_config.output_proj_dims {self.output_proj_dims} must equal "
+                                   f"mm_embed_dim {self.mm_embed_dim}: the embedder projects its own "
+                                   "features.")
+        merged = self.patch_size * self.pooling_kernel_size
+        if self.model_patch_size not in (None, merged):  # configuration_gemma4_unified.py:274 setter
+            raise ModelConfigError(f"vision_config.model_patch_size {self.model_patch_size} must equal "
+                                   f"patch_size * pooling_kernel_size = {merged}.")
+        self.model_patch_size = merged
+
+    @property
+    def patch_dim(self) -> int:
+        """Raw values per merged patch: (48 * 48 * 3 = 6912 by default)."""
+        return self.model_patch_size ** 2 * 3
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "UnifiedVisionConfig":
+        return dataclass_from_dict(cls, params, "vision_config")
+
+
+@dataclass
+class UnifiedAudioConfig:
+    """gemma4_unified's audio embedder (configuration_gemma4_unified.py:36): 40 ms of raw 16 kHz samples
+    per soft token; `hidden_size`, `output_proj_dims` and `audio_samples_per_token` name the same width."""
+
+    model_type: str = "gemma4_unified_audio"
+    audio_embed_dim: int = 640
+    rms_norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        _check_at_least("audio_config", self, 1, ("audio_embed_dim",))
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "UnifiedAudioConfig":
+        params = dict(check_value("audio_config", params, dict))
+        for alias in ("audio_samples_per_token", "output_proj_dims", "hidden_size"):
+            if alias in params and "audio_embed_dim" not in params:
+                params["audio_embed_dim"] = params[alias]
+        return dataclass_from_dict(cls, params, "audio_config")
+
+
+@dataclass
 class ModelConfig:
     """Top-level config: a Gemma 4 (multimodal or text-only) or Gemma 3 text checkpoint."""
 
@@ -408,6 +478,11 @@ class ModelConfig:
     eos_token_id: Any = None
     quantization: Optional[dict] = None
     raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def is_unified(self) -> bool:
+        """Gemma 4 12B: images and audio through small embedders instead of towers."""
+        return self.model_type == "gemma4_unified"
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "ModelConfig":
@@ -435,10 +510,11 @@ class ModelConfig:
         tie = check_value("tie_word_embeddings", tie, bool)
         text_params["tie_word_embeddings"] = tie
         text_config = TextConfig.from_dict(text_params, section)
-        if vision is not None:
-            VisionConfig.from_dict(vision)  # checked here; the model builds its own from the dict
+        unified = model_type == "gemma4_unified"
+        if vision is not None:  # checked here; the model builds its own from the dict
+            (UnifiedVisionConfig if unified else VisionConfig).from_dict(vision)
         if audio is not None:
-            AudioConfig.from_dict(audio)
+            (UnifiedAudioConfig if unified else AudioConfig).from_dict(audio)
         ids = {name: check_value(name, params.get(name, default), int) for name, default in (
             ("image_token_id", params.get("image_token_index", 258_880)), ("audio_token_id", 258_881),
             ("video_token_id", 258_884), ("boi_token_id", 255_999), ("eoi_token_id", 258_882),

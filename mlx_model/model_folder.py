@@ -90,8 +90,9 @@ def has_chat_template(folder: Path) -> bool:
 
 
 def towers(config: dict[str, Any]) -> list[str]:
-    """The towers besides text that config.json declares and this app runs (Gemma 4's vision and audio)."""
-    if config.get("model_type") != "gemma4":
+    """The towers besides text that config.json declares and this app runs (Gemma 4's vision and audio,
+    the 12B's embedders)."""
+    if config.get("model_type") not in ("gemma4", "gemma4_unified"):
         return []
     return [name for name in ("vision", "audio") if config.get(f"{name}_config")]
 

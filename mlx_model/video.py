@@ -59,7 +59,7 @@ class VideoFrames:
 class VideoInputs:
     """A video ready for the vision tower (transformers' `pixel_values_videos` / `video_position_ids`)."""
 
-    pixel_values: np.ndarray  # [frames, max_patches, 768] float32
+    pixel_values: np.ndarray  # [frames, rows, 768] float32 (rows of 6912 for Gemma 4 12B)
     position_ids: np.ndarray  # [frames, max_patches, 2] int32, (-1, -1) padding
     num_soft_tokens_per_frame: int
     frame_indices: list[int]
@@ -329,19 +329,14 @@ def read_video(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FRAMES) -> 
 
 def preprocess_frame(frame: np.ndarray, processor: ImageProcessor, max_soft_tokens: int
                      ) -> tuple[np.ndarray, np.ndarray, int]:
-    """One RGB frame -> (patches, positions, soft tokens) as `Gemma4VideoProcessor` does it: the image resize,
-    then x / 255 (its fused rescale+normalize divides, video_processing_gemma4.py:261)."""
-    from .image_processor import patchify, resize_bicubic_antialias
+    """One RGB frame -> (patches, positions, soft tokens) as `Gemma4VideoProcessor` (and Gemma 4 12B's
+    `Gemma4UnifiedVideoProcessor`, with `processor.model_patches`) does it: the image resize, then x / 255
+    (its fused rescale+normalize divides, video_processing_gemma4.py:261)."""
+    from .image_processor import resize_bicubic_antialias
 
     target_h, target_w = processor.target_size(frame.shape[0], frame.shape[1], max_soft_tokens)
     resized = resize_bicubic_antialias(np.ascontiguousarray(frame), target_h, target_w)
-    patches, positions = patchify(resized.astype(np.float32) / np.float32(255.0), processor.patch_size)
-    max_patches = max_soft_tokens * processor.pooling_kernel_size**2
-    pixel_values = np.zeros((max_patches, patches.shape[1]), dtype=np.float32)
-    pixel_values[: len(patches)] = patches
-    position_ids = np.full((max_patches, 2), -1, dtype=np.int32)
-    position_ids[: len(positions)] = positions
-    return pixel_values, position_ids, len(patches) // processor.pooling_kernel_size**2
+    return processor.patch_rows(resized.astype(np.float32) / np.float32(255.0), max_soft_tokens)
 
 
 def load_video(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FRAMES,
