@@ -146,7 +146,7 @@ def server(tmp_path_factory):
     slot = worker.load(load_wrapped).wait()
     observed = Observed()
     service = GenerationService(worker, observer=observed)
-    main = ServerHandle(create_app(service), "127.0.0.1", 0).start()
+    main = ServerHandle(create_app(service, ServerOptions(allow_local_files=True)), "127.0.0.1", 0).start()
     guarded = ServerHandle(create_app(service, ServerOptions(api_key="sesame", max_body_bytes=4096)),
                            "127.0.0.1", 0).start()
     empty_worker = ModelWorker()
@@ -419,7 +419,7 @@ def test_bad_requests_get_openai_errors_with_the_right_status(server):
     cases = [
         (dict(messages=[]), openai.BadRequestError, "messages"),
         (dict(temperature=5.0), openai.BadRequestError, "temperature"),
-        (dict(n=2), openai.BadRequestError, "n"),
+        (dict(n=9), openai.BadRequestError, "n"),
         (dict(tool_choice="required"), openai.BadRequestError, "tool_choice"),
         (dict(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
          openai.BadRequestError, "tool_choice"),

@@ -1,11 +1,12 @@
-"""Constrained decoding: tokens that would break a JSON schema or a forced tool call are masked.
+"""Constrained decoding: tokens that would break a JSON schema or a tool's parameters are masked.
 
 The grammar engine is llguidance (Rust; the one vLLM, SGLang and llama.cpp use). A grammar is written
 in its Lark dialect, where `%json {...}` embeds a JSON schema and `<[id]>` names a special token, so a
-reply can be "an optional thought, then JSON that fits the schema" or "one or more tool calls to these
-functions, with arguments that fit their schemas" (mlx_model/chat_format/call_grammar.py). The logits processor
-feeds each sampled token to the matcher and sets every token the
-grammar does not allow next to -inf; once the grammar is complete only end-of-turn tokens remain.
+reply can be "an optional thought, then JSON that fits the schema", "one or more tool calls to these
+functions, with arguments that fit their schemas" (mlx_model/chat_format/call_grammar.py), or, for
+tool_choice "auto", "free text, then optionally such calls". The logits processor feeds each sampled
+token to the matcher and sets every token the grammar does not allow next to -inf; once the grammar is
+complete only end-of-turn tokens remain.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from mlx_model.chat_format.call_grammar import CallRules
+from mlx_model.chat_format.call_grammar import CallRules, text_terminal
 from .errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -42,32 +43,47 @@ class ReplyShape:
     json_schema: Optional[dict] = None  # the answer is JSON fitting this schema
     tools: Optional[list[tuple[str, Optional[dict]]]] = None  # the reply is calls to these (name, parameters)
     tools_or_json: bool = False  # with both set: either calls or JSON
+    free_text: bool = False  # tool_choice "auto": text, then (optionally) calls that fit their schemas
     single_call: bool = False  # parallel_tool_calls=false: at most one call
     allow_thought: bool = False  # a thought block may come first
+    in_thought: bool = False  # the prompt opened a thought: the reply starts inside it
+
+    @property
+    def needs_markers(self) -> bool:
+        return bool(self.tools) or self.allow_thought or self.in_thought
 
 
-def build_grammar(shape: ReplyShape, token_ids: dict[str, int]) -> str:
+def build_grammar(shape: ReplyShape, token_ids: dict[str, int], *, lenient: bool = False) -> str:
     """The Lark grammar for a reply shape (token ids of the markers by MARKERS key)."""
     if shape.json_schema is None and not shape.tools:
         raise ValueError("an unconstrained reply needs no grammar")
     rules, bodies = [], []
-    if shape.json_schema is not None:
+    if shape.json_schema is not None and not shape.free_text:
         schema = dict(shape.json_schema)
         schema["x-guidance"] = {**JSON_LAYOUT, **(schema.get("x-guidance") or {})}
         rules.append("json_reply: %json " + json.dumps(schema))
         bodies.append("json_reply")
     if shape.tools:
-        calls = CallRules(token_ids["string"], token_ids["call_open"], token_ids["call_close"])
-        bodies.append(calls.calls_rule(shape.tools, shape.single_call))
+        calls = CallRules(token_ids["string"], token_ids["call_open"], token_ids["call_close"],
+                          lenient=lenient)
+        calls_rule = calls.calls_rule(shape.tools, shape.single_call)
+        bodies.append(f"ANSWER_TEXT? {calls_rule}?" if shape.free_text else calls_rule)
         rules += calls.rules
+        if shape.free_text:
+            rules.append(f"ANSWER_TEXT: {text_terminal()}")
     if not shape.tools_or_json:
         bodies = bodies[:1]
-    head = "start: thought? body" if shape.allow_thought else "start: body"
     rules.insert(0, "body: " + " | ".join(bodies))
-    if shape.allow_thought:
-        rules += [f'thought: <[{token_ids["thought_open"]}]> "thought\\n" THOUGHT_TEXT? '
-                  f'<[{token_ids["thought_close"]}]>',
-                  r"THOUGHT_TEXT: /(.|\n)+/"]
+    close = f'<[{token_ids.get("thought_close")}]>'
+    if shape.in_thought:
+        head = f"start: THOUGHT_TEXT? {close} body"
+    elif shape.allow_thought:
+        head = "start: thought? body"
+        rules.append(f'thought: <[{token_ids["thought_open"]}]> "thought\\n" THOUGHT_TEXT? {close}')
+    else:
+        head = "start: body"
+    if shape.in_thought or shape.allow_thought:
+        rules.append(f"THOUGHT_TEXT: {text_terminal()}")
     return "\n".join([head] + rules) + "\n"
 
 
@@ -150,13 +166,20 @@ class ConstraintFactory:
 
     def grammar_processor(self, shape: ReplyShape, *,
                           param: str = "response_format") -> GrammarLogitsProcessor:
-        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built."""
+        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built.
+
+        A tool schema whose patterns the engine cannot compile is enforced without its patterns and
+        formats (agents do not choose their tools' schemas; refusing them would refuse the agent)."""
         import llguidance
 
-        ids = self.token_ids() if (shape.tools or shape.allow_thought) else {}
-        grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids))
+        ids = self.token_ids() if shape.needs_markers else {}
         tokenizer = self.ll_tokenizer()
+        grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids))
         problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        if problem and shape.tools:
+            log.warning("tool schemas enforced without their patterns: %s", problem.strip())
+            grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids, lenient=True))
+            problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if problem:
             raise BadRequest(f"{param}: the schema cannot be enforced: {problem.strip()}", param=param,
                              code="invalid_schema")
