@@ -106,6 +106,7 @@ class ServerHandle:
             self.socket.close()
             raise ServeError(f"cannot listen on {host}:{port} ({error.strerror}); "
                              "choose another port") from error
+        self.socket.listen(2048)  # connections wait in the backlog until uvicorn serves: none is refused
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)

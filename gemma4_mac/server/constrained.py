@@ -125,14 +125,18 @@ class GrammarLogitsProcessor:
 
 
 class BannedTokensProcessor:
-    """Never samples the given tokens (tool_choice "none" bans the tool-call opener)."""
+    """Never samples the given tokens (tool_choice "none" bans the tool-call opener). The mask is made on
+    the first call, on the model thread, like every MLX array."""
 
     def __init__(self, token_ids: Sequence[int], vocab_size: int):
-        banned = np.zeros(vocab_size, dtype=bool)
-        banned[[t for t in token_ids if 0 <= t < vocab_size]] = True
-        self.banned = mx.array(banned)
+        self.token_ids, self.vocab_size = list(token_ids), vocab_size
+        self.banned: Optional[mx.array] = None
 
     def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
+        if self.banned is None:
+            banned = np.zeros(self.vocab_size, dtype=bool)
+            banned[[t for t in self.token_ids if 0 <= t < self.vocab_size]] = True
+            self.banned = mx.array(banned)
         return mx.where(self.banned, mx.array(-float("inf"), dtype=logits.dtype), logits)
 
 

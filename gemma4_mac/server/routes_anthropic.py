@@ -3,7 +3,8 @@
 Authentication takes Anthropic's `x-api-key` header (or a Bearer token); errors come back in Anthropic's
 shape (`{"type": "error", "error": {...}}`), in the stream as an `error` event. `thinking` turns Gemma's
 thinking on (`budget_tokens` counts within max_tokens; it does not stop a thought early), and thoughts
-come back as thinking blocks with a signature.
+come back as thinking blocks with a signature. `output_config.format` (a JSON schema) constrains the
+answer; temperature, top_p and top_k are still read when a client sends them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,20 @@ class CountTokensRequest(Lenient):
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[dict[str, Any]] = None
     thinking: Optional[dict[str, Any]] = None
+    output_config: Optional[dict[str, Any]] = None
 
     def enable_thinking(self) -> bool:
-        return (self.thinking or {}).get("type") in ("enabled", "adaptive")
+        return (self.thinking or {}).get("type") in ("enabled", "adaptive", "between_tools")
+
+    def answer_schema(self) -> Optional[dict]:
+        """output_config.format: the answer is JSON fitting this schema."""
+        fmt = (self.output_config or {}).get("format")
+        if not fmt:
+            return None
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise BadRequest("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                             param="output_config.format")
+        return fmt["schema"]
 
 
 class MessagesRequest(CountTokensRequest):
@@ -58,8 +70,8 @@ class AnthropicRoutes(Endpoint):
         choice, parallel = chat_tool_choice(body.tool_choice)
         return ChatSpec(model=body.model, messages=chat_messages(body.system, body.messages),
                         sampling=sampling, max_tokens_explicit=explicit, tools=chat_tools(body.tools),
-                        tool_choice=choice,
-                        parallel_tool_calls=parallel, enable_thinking=body.enable_thinking())
+                        tool_choice=choice, parallel_tool_calls=parallel, enable_thinking=body.enable_thinking(),
+                        json_schema=body.answer_schema(), json_param="output_config.format.schema")
 
     async def messages(self, request: Request):
         self.authorize(request)

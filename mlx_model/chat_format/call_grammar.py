@@ -65,6 +65,13 @@ def _strip_anchors(pattern: str) -> str:
     return pattern
 
 
+def _repeat(part: str, low: int, high: Optional[int]) -> str:
+    """`(part){low,high}` in the grammar engine's terms (it takes no `{0,0}`); high None: no bound."""
+    if high is not None and high <= 0:
+        return '""'
+    return f"({part}){{{low},{'' if high is None else high}}}"
+
+
 def _matches_empty(pattern: str) -> bool:
     try:
         return re.fullmatch(pattern, "") is not None
@@ -255,17 +262,16 @@ class CallRules:
         item = None if items is False else self.value(items) if isinstance(items, dict) else self.generic()
         low = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
         high = schema.get("maxItems") if isinstance(schema.get("maxItems"), int) else None
+        more = f'"," {item}'
         if prefix:  # a tuple: its fixed items in order, then more `items` within the bounds
             head = ' "," '.join(prefix)
             rest_low, rest_high = max(low - len(prefix), 0), None if high is None else high - len(prefix)
             if item is None or rest_high == 0:
                 return f'"[" {head} "]"'
-            tail = f'("," {item}){{{rest_low},{"" if rest_high is None else rest_high}}}'
-            return f'"[" {head} {tail} "]"'
+            return f'"[" {head} {_repeat(more, rest_low, rest_high)} "]"'
         if item is None or high == 0:
             return '"[" "]"'
-        more = f'("," {item}){{{max(low - 1, 0)},{"" if high is None else high - 1}}}'
-        body = f"{item} {more}"
+        body = f"{item} {_repeat(more, max(low - 1, 0), None if high is None else high - 1)}"
         return f'"[" {body} "]"' if low > 0 else f'"[" ({body})? "]"'
 
     def pairs(self, schema: Optional[dict]) -> str:
