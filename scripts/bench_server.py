@@ -93,8 +93,10 @@ def serve_process(path: Path, home: Path):
     import threading
 
     env = {**os.environ, "GEMMA4_MAC_HOME": str(home), "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "gemma4_mac", "serve", "--model", str(path), "--port", "0",
-                                "--allow-local-files"], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(path), "--port", "0",
+               "--allow-local-files"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=REPO)
     for line in process.stderr:
         found = re.search(r"at (http://\S+/v1)", line)
         if found:
@@ -153,36 +155,44 @@ def measure(process, url: str, body: bytes) -> dict:
     for thread in threads:
         thread.join()
     return {"status": status, "answer": code, "seconds": round(elapsed, 2),
-            "peak_mb_above_idle": round((peak[0] - idle) / 2 ** 20, 1), "longest_health_wait_s": round(stall[0], 3)}
+            "peak_mb_above_idle": round((peak[0] - idle) / 2 ** 20, 1),
+            "longest_health_wait_s": round(stall[0], 3)}
 
 
 def limits(path: Path, scratch: Path) -> dict:
     """What the largest requests cost the server: a 60 MB message, a 64 MB body whose text holds one emoji
     (Python then keeps the text at four bytes a character), text just short of the size bound (counted
-    in slices, then refused), a 1 GB local file, and an image of the most pixels decoded (89 MP)."""
+    in slices, then refused), a 1 GB local file, an image of the most pixels decoded (49 MP) and one
+    over that limit (89 MP, refused from its header)."""
     from PIL import Image
 
     process, url = serve_process(path, scratch / "home")
     model = path.name
 
     def chat(content) -> bytes:
-        return json.dumps({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]},
-                          ensure_ascii=False).encode()
+        messages = [{"role": "user", "content": content}]
+        body = {"model": model, "max_tokens": 2, "messages": messages}
+        return json.dumps(body, ensure_ascii=False).encode()
 
-    try:
-        post(url, "/chat/completions", chat("warm up"))
+    try:  # warm up with a tool: it waits for the grammar engine's vocabulary, built as the model loaded
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        post(url, "/chat/completions", json.dumps({"model": model, "max_tokens": 2, "tools": [tool],
+                                                   "messages": [{"role": "user", "content": "hi"}]}).encode())
         results = {}
         results["message_60mb_ascii"] = measure(process, url, chat("word " * (12 * 2 ** 20)))
-        results["body_64mb_with_an_emoji"] = measure(process, url, chat("\N{GRINNING FACE}" + "word " * 13_400_000))
+        emoji_text = "\N{GRINNING FACE}" + "word " * 13_400_000
+        results["body_64mb_with_an_emoji"] = measure(process, url, chat(emoji_text))
         results["text_5mb_counted"] = measure(process, url, chat("word " * (2 ** 20)))
         sparse = scratch / "huge.png"
         with open(sparse, "wb") as handle:
             handle.truncate(2 ** 30)
         results["local_file_1gb"] = measure(process, url, chat([{"type": "image_url",
                                                                  "image_url": {"url": str(sparse)}}]))
-        big = scratch / "big.png"
-        Image.new("RGB", (9_400, 9_400), (200, 120, 40)).save(big)
-        results["image_89mp"] = measure(process, url, chat([{"type": "image_url", "image_url": {"url": str(big)}}]))
+        for side in (7_000, 9_400):
+            big = scratch / f"big-{side}.png"
+            Image.new("RGB", (side, side), (200, 120, 40)).save(big)
+            results[f"image_{side * side // 10 ** 6}mp"] = measure(
+                process, url, chat([{"type": "image_url", "image_url": {"url": str(big)}}]))
         return results
     finally:
         process.terminate()
@@ -192,7 +202,8 @@ def limits(path: Path, scratch: Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a converted model folder (default: random weights, real vocabulary)")
-    parser.add_argument("--limits", action="store_true", help="measure the cost of the largest requests instead")
+    parser.add_argument("--limits", action="store_true",
+                        help="measure the cost of the largest requests instead")
     parser.add_argument("--tokens", type=int, default=8192, help="length of the resent conversation")
     parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

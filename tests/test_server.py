@@ -379,7 +379,8 @@ def test_n_choices_each_with_its_own_finish_and_the_usage_of_all(server):
     assert reply.usage.completion_tokens == sum(s.generation_tokens for s in stats)
     assert reply.usage.prompt_tokens == stats[0].prompt_tokens
 
-    chunks = [c for c in ask(server, "Hello", n=2, max_tokens=5, temperature=1.0, seed=7, stream=True) if c.choices]
+    streamed = ask(server, "Hello", n=2, max_tokens=5, temperature=1.0, seed=7, stream=True)
+    chunks = [c for c in streamed if c.choices]
     for index in (0, 1):
         mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
         assert mine[0].delta.role == "assistant" and mine[-1].finish_reason in ("length", "stop")
@@ -395,7 +396,8 @@ def test_logprobs_of_each_token_with_the_likeliest_alternatives(server):
         assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
         assert entry.top_logprobs[0].token == entry.token and entry.logprob == pytest.approx(alternatives[0])
         assert entry.logprob <= 0
-    assert b"".join(bytes(e.bytes) for e in content).decode("utf-8", "replace") == reply.choices[0].message.content
+    text = b"".join(bytes(e.bytes) for e in content).decode("utf-8", "replace")
+    assert text == reply.choices[0].message.content
 
     chunks = [c for c in ask(server, "Hello there", max_tokens=6, logprobs=True, top_logprobs=3, stream=True)
               if c.choices and c.choices[0].logprobs]

@@ -15,8 +15,8 @@ import pytest
 from gemma4_mac.server.routes import ServerOptions
 from tests.server_support import MODEL_ID, TOOL_RESPONSE, build_tiny_multimodal_model, png_data_url, serve
 
-WEATHER = {"name": "get_weather", "description": "Current weather in a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER = {"name": "get_weather", "description": "Current weather in a city", "input_schema": CITY}
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,14 @@ def test_text_reply_with_system_prompt_streamed_and_not(served, client):
 
 
 def test_tool_use_and_tool_result_round_trip(served, client):
-    served.script('Let me check.<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>}<tool_call|>', end=TOOL_RESPONSE)
+    served.script('Let me check.<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>}<tool_call|>',
+                  end=TOOL_RESPONSE)
     first = ask(client, "Weather in Oslo?", tools=[WEATHER])
     assert first.stop_reason == "tool_use"
     text, tool_use = first.content
     assert text.text == "Let me check." and tool_use.type == "tool_use"
-    assert tool_use.name == "get_weather" and tool_use.input == {"city": "Oslo"} and tool_use.id.startswith("toolu_")
+    assert tool_use.name == "get_weather" and tool_use.input == {"city": "Oslo"}
+    assert tool_use.id.startswith("toolu_")
 
     served.script("It is 3 degrees in Oslo.")
     messages = [{"role": "user", "content": "Weather in Oslo?"},
@@ -112,8 +114,8 @@ def test_thinking_blocks_with_a_signature_and_back(served, client):
 def test_images_stop_sequences_and_max_tokens(served, client):
     served.script("A small square.")
     media_type, data = png_data_url().removeprefix("data:").split(";base64,")
-    message = ask(client, [{"type": "text", "text": "What is it?"},
-                           {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}])
+    source = {"type": "base64", "media_type": media_type, "data": data}
+    message = ask(client, [{"type": "text", "text": "What is it?"}, {"type": "image", "source": source}])
     assert message.content[0].text == "A small square."
     assert served.observed.attachments[-1][0][0] == "image"
 
@@ -141,7 +143,8 @@ def test_api_key_errors_and_model_listing_in_anthropics_shape(served, client):
     with pytest.raises(anthropic.AuthenticationError) as caught:
         anthropic.Anthropic(base_url=root, api_key="wrong", max_retries=0).messages.create(
             model=MODEL_ID, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "authentication_error"
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "authentication_error"
     served.script("Welcome.")
     keyed = anthropic.Anthropic(base_url=root, api_key="sesame", max_retries=0, timeout=60)
     assert keyed.messages.create(model=MODEL_ID, max_tokens=8,

@@ -70,7 +70,8 @@ def test_serve_loads_the_named_model_on_demand_and_unloads_it_when_idle(library_
 
         chunks = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=2, temperature=0, stream=True)
-        assert [c for c in chunks if c.choices] and worker.slot.info["id"] == "alpha"  # swapped, one at a time
+        assert [c for c in chunks if c.choices]
+        assert worker.slot.info["id"] == "alpha"  # swapped, one model at a time
 
         with pytest.raises(openai.NotFoundError) as caught:
             client.chat.completions.create(model="gamma", messages=[{"role": "user", "content": "hi"}])
@@ -87,7 +88,8 @@ def test_serve_loads_the_named_model_on_demand_and_unloads_it_when_idle(library_
 
 
 def test_in_the_app_the_server_never_swaps_the_windows_model(library_folders, tmp_path):
-    served = serve(build_tiny_multimodal_model(tmp_path / MODEL_ID), library_entries=entries_of(library_folders))
+    served = serve(build_tiny_multimodal_model(tmp_path / MODEL_ID),
+                   library_entries=entries_of(library_folders))
     try:
         client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=60)
         listed = client.models.list().data
@@ -115,8 +117,9 @@ def test_serve_points_to_the_apps_server_instead_of_loading_a_second_copy(librar
         assert recorded["url"] == url and recorded["kind"] == "app" and recorded["pid"] == os.getpid()
         env = {**os.environ, "GEMMA4_MAC_HOME": str(home), "PYTHONPATH": str(REPO)}
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "gemma4_mac", "serve", "--model", str(library_folders[0]),
-                                 "--port", "0"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+        command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(library_folders[0]),
+                   "--port", "0"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
         assert result.returncode == 3, result.stderr
         assert url in result.stderr and "already running" in result.stderr
         assert time.monotonic() - started < 60  # it did not load the model

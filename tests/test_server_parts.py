@@ -237,7 +237,8 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
 
 
 def _shape(tools=None, **fields):
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
+    messages = [{"role": "user", "content": "x"}]
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": messages,
                                                     **({"tools": tools} if tools else {}), **fields})
     return reply_shape(chat_spec_of(request, 64))
 
@@ -245,7 +246,8 @@ def _shape(tools=None, **fields):
 def test_reply_shapes_follow_tool_choice_and_response_format():
     assert _shape() == (None, False, "response_format")
     shape, ban, param = _shape(TOOLS)  # auto: free text, but a call follows its schema
-    assert shape.free_text and [n for n, _ in shape.tools] == ["f", "g"] and not ban and param == "tool_choice"
+    assert shape.free_text and [n for n, _ in shape.tools] == ["f", "g"]
+    assert not ban and param == "tool_choice"
     assert _shape(TOOLS, tool_choice="none") == (None, True, "response_format")
     shape, _, param = _shape(TOOLS, tool_choice="required", parallel_tool_calls=False)
     assert [n for n, _ in shape.tools] == ["f", "g"] and shape.single_call and shape.json_schema is None

@@ -41,8 +41,10 @@ def test_text_response_and_its_stream_say_the_same(served, client):
     assert response.status == "completed" and response.object == "response"
     assert response.output_text == "Hello from Gemma."
     (message,) = response.output
-    assert message.type == "message" and message.role == "assistant" and message.content[0].type == "output_text"
-    assert response.usage.input_tokens == len(served.observed.prompts[-1]) and response.usage.output_tokens > 0
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "output_text"
+    assert response.usage.input_tokens == len(served.observed.prompts[-1])
+    assert response.usage.output_tokens > 0
     prompt = served.prompt_text()
     assert "Be brief." in prompt and prompt.index("Be brief.") < prompt.index("Say hello")
 
@@ -50,8 +52,9 @@ def test_text_response_and_its_stream_say_the_same(served, client):
     events = list(client.responses.create(model=MODEL_ID, input="Say hello", stream=True, temperature=0))
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
-    for expected in ("response.output_item.added", "response.content_part.added", "response.output_text.delta",
-                     "response.output_text.done", "response.content_part.done", "response.output_item.done"):
+    for expected in ("response.output_item.added", "response.content_part.added",
+                     "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+                     "response.output_item.done"):
         assert expected in kinds
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Hello from Gemma."
@@ -73,7 +76,8 @@ def test_function_call_round_trip_through_previous_response_id(served, client):
     served.script("It is 21 degrees.")
     second = client.responses.create(
         model=MODEL_ID, previous_response_id=first.id, tools=[WEATHER], temperature=0,
-        input=[{"type": "function_call_output", "call_id": call.call_id, "output": json.dumps({"celsius": 21})}])
+        input=[{"type": "function_call_output", "call_id": call.call_id,
+                "output": json.dumps({"celsius": 21})}])
     assert second.output_text == "It is 21 degrees." and second.previous_response_id == first.id
     prompt = served.prompt_text()
     assert "Weather in Paris?" in prompt and "response:get_weather{celsius:21}" in prompt
@@ -82,7 +86,8 @@ def test_function_call_round_trip_through_previous_response_id(served, client):
     events = list(client.responses.create(model=MODEL_ID, input="And Rome?", tools=[WEATHER], stream=True,
                                           previous_response_id=second.id, temperature=0))
     done = [e for e in events if e.type == "response.function_call_arguments.done"]
-    assert len(done) == 1 and json.loads(done[0].arguments) == {"city": "Rome"} and done[0].name == "get_weather"
+    assert len(done) == 1 and done[0].name == "get_weather"
+    assert json.loads(done[0].arguments) == {"city": "Rome"}
     assert "It is 21 degrees." in served.prompt_text()  # the whole chain was read back
 
 
@@ -102,8 +107,10 @@ def test_reasoning_items_json_output_and_images(served, client):
     jsonschema.validate(json.loads(response.output_text), schema)
 
     served.script("A tiny picture.")
-    response = client.responses.create(model=MODEL_ID, temperature=0, input=[{"role": "user", "content": [
-        {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": png_data_url()}]}])
+    parts = [{"type": "input_text", "text": "What is this?"},
+             {"type": "input_image", "image_url": png_data_url()}]
+    response = client.responses.create(model=MODEL_ID, temperature=0,
+                                       input=[{"role": "user", "content": parts}])
     assert response.output_text == "A tiny picture."
     assert served.observed.attachments[-1][0][0] == "image"
 
@@ -147,7 +154,8 @@ def test_input_items_become_chat_messages():
         {"role": "developer", "content": "Rules."},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
         {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "ponder"}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Let me look."}]},
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"a\": 1}"},
         {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": "one"},

@@ -90,8 +90,8 @@ def test_web_pages_are_refused_unless_their_origin_is_allowed(served):
 
 def test_hosts_and_origins_are_read_strictly():
     assert accepted_hosts("0.0.0.0") is None and accepted_hosts("::") is None  # every address: any name
-    assert set(accepted_hosts("192.168.1.5", ["Mac.local"])) == {"localhost", "127.0.0.1", "::1", "192.168.1.5",
-                                                                 "mac.local"}
+    expected = {"localhost", "127.0.0.1", "::1", "192.168.1.5", "mac.local"}
+    assert set(accepted_hosts("192.168.1.5", ["Mac.local"])) == expected
     assert host_name("[::1]:8080") == "::1" and host_name("Example.COM.:80") == "example.com"
     assert normalize_origin("http://LocalHost:3000/") == "http://localhost:3000"
     for bad in ("*", "localhost:3000", "http://localhost:3000/app", "file:///tmp"):
@@ -221,13 +221,15 @@ def test_queued_streams_get_headers_at_once_and_leave_when_their_client_goes(ser
 # ------------------------------------------------------------------------- memory, against `serve`
 
 @pytest.mark.slow
-def test_a_60_mb_message_and_a_1_gb_file_are_refused_quickly_with_little_memory(tiny_chat_model_dir, tmp_path):
+def test_a_60_mb_message_and_a_1_gb_file_are_refused_quickly_with_little_memory(tiny_chat_model_dir,
+                                                                                 tmp_path):
     import psutil
 
     env = {**os.environ, "GEMMA4_MAC_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "gemma4_mac", "serve", "--model", str(tiny_chat_model_dir),
-                                "--port", "0", "--allow-local-files"], stderr=subprocess.PIPE, text=True,
-                               env=env, cwd=REPO)
+    command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(tiny_chat_model_dir),
+               "--port", "0", "--allow-local-files"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=REPO)
     try:
         url = None
         for line in process.stderr:
@@ -270,9 +272,11 @@ def test_a_60_mb_message_and_a_1_gb_file_are_refused_quickly_with_little_memory(
         sparse = tmp_path / "huge.png"
         with open(sparse, "wb") as handle:
             handle.truncate(2 ** 30)
-        request = json.dumps({"model": tiny_chat_model_dir.name, "max_tokens": 2, "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(sparse)}}]}]}).encode()
-        grown, elapsed, (status, body, _) = peak_during(lambda: raw_request(url, "POST", "/chat/completions", request))
+        parts = [{"type": "image_url", "image_url": {"url": str(sparse)}}]
+        request = json.dumps({"model": tiny_chat_model_dir.name, "max_tokens": 2,
+                              "messages": [{"role": "user", "content": parts}]}).encode()
+        grown, elapsed, (status, body, _) = peak_during(
+            lambda: raw_request(url, "POST", "/chat/completions", request))
         assert status == 413 and body["error"]["code"] == "payload_too_large"
         assert grown < 200 and elapsed < 5, (grown, elapsed)
         assert png_data_url()  # (data URLs stay the way to send images)

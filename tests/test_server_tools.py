@@ -53,16 +53,19 @@ def leaves() -> st.SearchStrategy:
         st.builds(lambda low, span: {"type": "integer", "minimum": low, "maximum": low + span},
                   st.integers(-50, 50), st.integers(0, 100)),
         st.just({"type": "integer"}), st.just({"type": "number"}),
-        st.builds(lambda low: {"type": "number", "minimum": low, "exclusiveMaximum": low + 10}, st.integers(-5, 5)),
+        st.builds(lambda low: {"type": "number", "minimum": low, "exclusiveMaximum": low + 10},
+                  st.integers(-5, 5)),
         st.just({"type": "boolean"}), st.just({"type": "null"}), st.just({"type": ["string", "null"]}),
     )
 
 
 def objects(children: st.SearchStrategy) -> st.SearchStrategy:
     def with_required(properties: dict) -> st.SearchStrategy:
-        return st.builds(lambda required, closed: {"type": "object", "properties": properties, "required": required,
-                                                   **({"additionalProperties": False} if closed else {})},
-                         st.lists(st.sampled_from(sorted(properties)), unique=True), st.booleans())
+        def build(required: list, closed: bool) -> dict:
+            schema = {"type": "object", "properties": properties, "required": required}
+            return {**schema, "additionalProperties": False} if closed else schema
+
+        return st.builds(build, st.lists(st.sampled_from(sorted(properties)), unique=True), st.booleans())
 
     return st.dictionaries(KEYS, children, min_size=1, max_size=4).flatmap(with_required)
 
@@ -88,7 +91,8 @@ def test_every_call_the_server_returns_fits_its_schema(served, client):
 
     @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(schema=TOOL_SCHEMAS, seed=st.integers(0, 2 ** 16), choice=st.sampled_from(["required", "named", "auto"]))
+    @given(schema=TOOL_SCHEMAS, seed=st.integers(0, 2 ** 16),
+           choice=st.sampled_from(["required", "named", "auto"]))
     def check(schema, seed, choice):
         tool = {"type": "function", "function": {"name": "act", "parameters": schema}}
         tool_choice = {"type": "function", "function": {"name": "act"}} if choice == "named" else choice
@@ -144,9 +148,9 @@ def test_with_tool_choice_auto_a_call_still_follows_its_schema(served, client):
     bias[tokenizer.token_id("<|tool_call>")] = 25.0
     served.book.bias = mx.array(bias)
     try:
-        reply = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Weather?"}],
-                                               tools=[WEATHER], parallel_tool_calls=False, max_tokens=40,
-                                               temperature=0)
+        reply = client.chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER],
+            parallel_tool_calls=False, max_tokens=40, temperature=0)
     finally:
         served.book.bias = None
     (call,) = reply.choices[0].message.tool_calls
@@ -156,4 +160,5 @@ def test_with_tool_choice_auto_a_call_still_follows_its_schema(served, client):
     served.script("Just words, no call.")  # free text stays free
     reply = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}],
                                            tools=[WEATHER], max_tokens=40, temperature=0)
-    assert reply.choices[0].message.content == "Just words, no call." and reply.choices[0].finish_reason == "stop"
+    assert reply.choices[0].message.content == "Just words, no call."
+    assert reply.choices[0].finish_reason == "stop"

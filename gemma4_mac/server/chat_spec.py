@@ -70,7 +70,9 @@ def reply_shape(spec: ChatSpec) -> tuple[Optional[ReplyShape], bool, str]:
                        tools=[(name, declared[name]) for name in called] if called else None,
                        tools_or_json=not forced and schema is not None and bool(called),
                        free_text=choice == "auto" and schema is None and bool(called),
-                       single_call=spec.parallel_tool_calls is False, allow_thought=spec.enable_thinking)
+                       single_call=spec.parallel_tool_calls is False,
+                       # a thought may open the reply even with thinking off (26B/31B write an empty one)
+                       allow_thought=True)
     return shape, False, spec.tool_choice_param if forced or shape.free_text else param
 
 

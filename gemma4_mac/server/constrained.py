@@ -11,10 +11,12 @@ complete only end-of-turn tokens remain.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import mlx.core as mx
@@ -140,6 +142,33 @@ class BannedTokensProcessor:
         return mx.where(self.banned, mx.array(-float("inf"), dtype=logits.dtype), logits)
 
 
+_VOCABULARIES: dict[tuple, object] = {}  # (tokenizer.json digest or object id, size, eos) -> LLTokenizer
+_VOCABULARIES_LOCK = threading.Lock()
+
+
+def vocabulary_for_grammars(tokenizer, vocab_size: int):
+    """llguidance's tokenizer for this vocabulary: seconds of work that hold Python's lock, so it is done
+    once per vocabulary in the process (a restarted server, a reloaded model reuse it), from the model's
+    tokenizer.json as written when there is one (serializing the loaded tokenizer costs as much again)."""
+    import llguidance
+    import llguidance.hf
+
+    hf = tokenizer.hf_tokenizer
+    size = max(vocab_size, len(hf))
+    eos = tuple(tokenizer.eos_token_ids)
+    source = Path(str(getattr(hf, "name_or_path", "") or "")) / "tokenizer.json"
+    text = source.read_text(encoding="utf-8") if source.is_file() else None
+    key = (hashlib.sha256(text.encode("utf-8")).hexdigest() if text else id(tokenizer), size, eos)
+    with _VOCABULARIES_LOCK:
+        built = _VOCABULARIES.get(key)
+        if built is None:
+            built = llguidance.LLTokenizer(text, n_vocab=size, eos_token=list(eos)) if text else None
+            if built is None or built.vocab_size != size:
+                built = llguidance.hf.from_tokenizer(hf, n_vocab=size, eos_token=list(eos))
+            _VOCABULARIES[key] = built
+        return built
+
+
 class ConstraintFactory:
     """Logits processors for one tokenizer; llguidance's view of the vocabulary is built once (~5 s)."""
 
@@ -159,13 +188,10 @@ class ConstraintFactory:
         return ids
 
     def ll_tokenizer(self):
+        """llguidance's view of the vocabulary, built once per vocabulary in this process."""
         with self._lock:
             if self._ll_tokenizer is None:
-                import llguidance.hf
-
-                hf = self.tokenizer.hf_tokenizer
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    hf, n_vocab=max(self.vocab_size, len(hf)), eos_token=list(self.tokenizer.eos_token_ids))
+                self._ll_tokenizer = vocabulary_for_grammars(self.tokenizer, self.vocab_size)
             return self._ll_tokenizer
 
     def grammar_processor(self, shape: ReplyShape, *,

@@ -27,6 +27,7 @@ from .limits import read_limited
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "m4a": ".m4a"}
+API_MAX_IMAGE_PIXELS = 50_000_000  # decoding costs ~7 bytes a pixel at its peak: ~360 MB here
 IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
                   "TIFF": ".tiff"}
 
@@ -102,12 +103,12 @@ def _image_part(part: dict, param: str, media: MediaFolder, conversation: Conver
                 raise BadRequest(f"{param}: only base64 data URLs are supported",
                                  param=f"{param}.image_url.url")
             data = _decode_base64(payload, f"{param}.image_url.url")
-            image = open_image(data, name=f"{param} (data URL)")
+            image = open_image(data, name=f"{param} (data URL)", max_pixels=API_MAX_IMAGE_PIXELS)
             path = media.save(data, IMAGE_SUFFIXES.get(image.format or "", ".img"))
         else:
             path = _local_path(url, f"{param}.image_url.url", allow_local_files)
             data = read_limited(path, param=f"{param}.image_url.url")
-            open_image(data, name=str(path))
+            open_image(data, name=str(path), max_pixels=API_MAX_IMAGE_PIXELS)
     except ImageLoadError as error:
         raise BadRequest(str(error), param=f"{param}.image_url.url", code="invalid_image") from error
     conversation.media_digests.append(hashlib.sha256(data).hexdigest())

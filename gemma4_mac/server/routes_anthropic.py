@@ -21,7 +21,7 @@ from .anthropic_items import (MessageBuilder, anthropic_usage, block_id, chat_me
 from .chat_spec import ChatSpec, chat_job, sampling_from
 from .errors import APIError, BadRequest
 from .schemas import MAX_STOP_STRINGS, Lenient
-from .streaming import EVENT, KEEPALIVE, collect, event_stream, sse, stream_items
+from .streaming import collect, event_stream, outputs, sse
 from .routes import Endpoint
 
 
@@ -42,10 +42,11 @@ class CountTokensRequest(Lenient):
         fmt = (self.output_config or {}).get("format")
         if not fmt:
             return None
-        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        schema = fmt.get("schema") if isinstance(fmt, dict) and fmt.get("type") == "json_schema" else None
+        if not isinstance(schema, dict):
             raise BadRequest("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
                              param="output_config.format")
-        return fmt["schema"]
+        return schema
 
 
 class MessagesRequest(CountTokensRequest):
@@ -70,7 +71,8 @@ class AnthropicRoutes(Endpoint):
         choice, parallel = chat_tool_choice(body.tool_choice)
         return ChatSpec(model=body.model, messages=chat_messages(body.system, body.messages),
                         sampling=sampling, max_tokens_explicit=explicit, tools=chat_tools(body.tools),
-                        tool_choice=choice, parallel_tool_calls=parallel, enable_thinking=body.enable_thinking(),
+                        tool_choice=choice, parallel_tool_calls=parallel,
+                        enable_thinking=body.enable_thinking(),
                         json_schema=body.answer_schema(), json_param="output_config.format.schema")
 
     async def messages(self, request: Request):
@@ -103,12 +105,12 @@ class AnthropicRoutes(Endpoint):
         yield sse({"type": "ping"}, event="ping")  # Anthropic's keep-alive, at once and while waiting
         try:
             stats, stop = None, None
-            async for kind, payload in stream_items(opening, keepalive=self.options.keepalive_seconds):
-                if kind == KEEPALIVE:
+            async for payload in outputs(opening, keepalive=self.options.keepalive_seconds):
+                if payload is None:
                     yield sse({"type": "ping"}, event="ping")
-                elif kind == EVENT and payload.kind == "done":
+                elif payload.kind == "done":
                     stats, stop = payload.event.stats, payload.stop_sequence
-                elif kind == EVENT:
+                else:
                     for name, data in builder.add(payload.event):
                         yield sse(data, event=name)
             for name, data in builder.finish(stats, stop):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,7 +21,7 @@ from .routes import Endpoint
 from .schemas import (ChatCompletionRequest, CompletionRequest, chat_choice, chat_chunk, chat_completion,
                       new_id, openai_finish_reason, text_choice, text_completion, usage, usage_chunk)
 from .service import GenerationJob, Output
-from .streaming import EVENT, KEEPALIVE, collect, event_stream, keepalive_comment, sse, stream_items
+from .streaming import collect, event_stream, keepalive_comment, outputs, sse
 
 
 def chat_spec_of(body: ChatCompletionRequest, default_max_tokens: int) -> ChatSpec:
@@ -95,36 +95,51 @@ class OpenAIRoutes(Endpoint):
                               choices.logprobs[i] if with_logprobs else None) for i in range(spec.n)]
         return JSONResponse(chat_completion(completion_id, model_id, answer, choices.usage()))
 
-    async def chat_events(self, opening, completion_id: str, model_id: str, count: int, include_usage: bool,
-                          with_logprobs: bool) -> AsyncIterator[str]:
-        created = int(time.time())
-        choices = Choices(count)
-        started: set[int] = set()
-        yield keepalive_comment()  # the headers and a first byte go out at once, even while queued
+    async def events(self, opening, render: Callable[[Output], list[dict]],
+                     tail: Callable[[], list[dict]]) -> AsyncIterator[str]:
+        """OpenAI's stream: a keep-alive at once (headers and a first byte, even while queued) and while
+        waiting, each output's chunks from `render`, the `tail` chunks, an error as a data event, [DONE]."""
+        yield keepalive_comment()
         try:
-            async for kind, payload in stream_items(opening, keepalive=self.options.keepalive_seconds):
-                if kind == KEEPALIVE:
+            async for output in outputs(opening, keepalive=self.options.keepalive_seconds):
+                if output is None:
                     yield keepalive_comment()
-                if kind != EVENT:
                     continue
-                index = payload.choice
-                if index not in started:
-                    started.add(index)
-                    opening_delta = {"role": "assistant", "content": ""}
-                    yield sse(chat_chunk(completion_id, model_id, created, opening_delta, index=index,
-                                         logprobs=[] if with_logprobs else None))
-                delta = choices.add(payload)
-                if delta:
-                    yield sse(chat_chunk(completion_id, model_id, created, delta, index=index,
-                                         logprobs=payload.logprobs if with_logprobs else None))
-                elif payload.kind == "done":
-                    yield sse(chat_chunk(completion_id, model_id, created, {}, choices.finish_reason(index),
-                                         index=index))
-            if include_usage:
-                yield sse(usage_chunk(completion_id, model_id, created, choices.usage()))
+                for chunk in render(output):
+                    yield sse(chunk)
+            for chunk in tail():
+                yield sse(chunk)
         except APIError as error:
             yield sse(error.body())
         yield "data: [DONE]\n\n"
+
+    def chat_events(self, opening, completion_id: str, model_id: str, count: int, include_usage: bool,
+                    with_logprobs: bool) -> AsyncIterator[str]:
+        created = int(time.time())
+        choices = Choices(count)
+        started: set[int] = set()
+
+        def chunk(delta: dict, index: int, finish: Optional[str] = None, logprobs=None) -> dict:
+            return chat_chunk(completion_id, model_id, created, delta, finish, index=index,
+                              logprobs=logprobs if with_logprobs else None)
+
+        def render(output: Output) -> list[dict]:
+            index, chunks = output.choice, []
+            if index not in started:
+                started.add(index)
+                chunks.append(chunk({"role": "assistant", "content": ""}, index, logprobs=[]))
+            delta = choices.add(output)
+            if delta:
+                chunks.append(chunk(delta, index, logprobs=output.logprobs))
+            elif output.kind == "done":
+                chunks.append(chat_chunk(completion_id, model_id, created, {}, choices.finish_reason(index),
+                                         index=index))
+            return chunks
+
+        def tail() -> list[dict]:
+            return [usage_chunk(completion_id, model_id, created, choices.usage())] if include_usage else []
+
+        return self.events(opening, render, tail)
 
     async def completions(self, request: Request):
         self.authorize(request)
@@ -165,29 +180,27 @@ class OpenAIRoutes(Endpoint):
         return JSONResponse(text_completion(completion_id, model_id, created, choices,
                                             usage(stats[0], stats[1:])))
 
-    async def text_events(self, opening, completion_id: str, model_id: str, created: int, count: int,
-                          include_usage: bool, with_logprobs: bool) -> AsyncIterator[str]:
+    def text_events(self, opening, completion_id: str, model_id: str, created: int, count: int,
+                    include_usage: bool, with_logprobs: bool) -> AsyncIterator[str]:
         stats, offsets = [None] * count, [0] * count
-        yield keepalive_comment()
-        try:
-            async for kind, payload in stream_items(opening, keepalive=self.options.keepalive_seconds):
-                if kind == KEEPALIVE:
-                    yield keepalive_comment()
-                if kind != EVENT:
-                    continue
-                index = payload.choice
-                if payload.kind == "done":
-                    stats[index] = payload.event.stats
-                    choice = text_choice(index, "", openai_finish_reason(stats[index], False), None)
-                    yield sse(text_completion(completion_id, model_id, created, [choice]))
-                elif payload.kind == "answer" and payload.event.text:
-                    choice = text_choice(index, payload.event.text, None,
-                                         payload.logprobs if with_logprobs else None, offsets[index])
-                    offsets[index] += len(payload.event.text)
-                    yield sse(text_completion(completion_id, model_id, created, [choice]))
-            if include_usage:
-                yield sse(usage_chunk(completion_id, model_id, created, usage(stats[0], stats[1:]),
-                                      kind="text_completion"))
-        except APIError as error:
-            yield sse(error.body())
-        yield "data: [DONE]\n\n"
+
+        def render(output: Output) -> list[dict]:
+            index = output.choice
+            if output.kind == "done":
+                stats[index] = output.event.stats
+                choice = text_choice(index, "", openai_finish_reason(stats[index], False), None)
+            elif output.kind == "answer" and output.event.text:
+                logprobs = output.logprobs if with_logprobs else None
+                choice = text_choice(index, output.event.text, None, logprobs, offsets[index])
+                offsets[index] += len(output.event.text)
+            else:
+                return []
+            return [text_completion(completion_id, model_id, created, [choice])]
+
+        def tail() -> list[dict]:
+            if not include_usage:
+                return []
+            total = usage(stats[0], stats[1:])
+            return [usage_chunk(completion_id, model_id, created, total, kind="text_completion")]
+
+        return self.events(opening, render, tail)

@@ -23,7 +23,7 @@ from .responses_items import (ResponseBuilder, ResponseStore, chat_tool_choice, 
 from .routes import Endpoint, ServerOptions
 from .schemas import Lenient
 from .service import GenerationService
-from .streaming import EVENT, KEEPALIVE, collect, event_stream, keepalive_comment, sse, stream_items
+from .streaming import collect, event_stream, keepalive_comment, outputs, sse
 
 THINKING_EFFORTS = ("low", "medium", "high", "xhigh")
 
@@ -103,12 +103,12 @@ class ResponsesRoutes(Endpoint):
                            builder.event("response.in_progress", response=builder.snapshot())):
             yield sse(data, event=name)
         try:
-            async for kind, payload in stream_items(opening, keepalive=self.options.keepalive_seconds):
-                if kind == KEEPALIVE:
+            async for payload in outputs(opening, keepalive=self.options.keepalive_seconds):
+                if payload is None:
                     yield keepalive_comment()
-                elif kind == EVENT:
-                    for name, data in builder.add(payload.event):
-                        yield sse(data, event=name)
+                    continue
+                for name, data in builder.add(payload.event):
+                    yield sse(data, event=name)
             name, data = builder.finish()
             self.remember(body, builder.response, conversation)
             yield sse(data, event=name)

@@ -126,6 +126,7 @@ class GenerationService:
         self.finished: collections.deque = collections.deque(maxlen=32)  # GenerationStats of recent choices
         self._durations: collections.deque = collections.deque(maxlen=16)  # seconds of recent jobs
         worker.add_slot_listener(self._slot_changed)
+        self._warm_up(worker.slot)
 
     def close(self) -> None:
         """Stop following the worker's model and free this server's conversation caches."""
@@ -160,7 +161,7 @@ class GenerationService:
         self.library.busy += 1
         try:
             slot, job.model = await self.library.ensure(requested)
-            await asyncio.to_thread(self.prepare, slot, job)
+            await self._prepare_off_thread(slot, job)
             return self.start(job, asyncio.get_running_loop(), counted=True)
         except BaseException:
             self.library.busy -= 1
@@ -171,10 +172,19 @@ class GenerationService:
         """The prompt's token count, as `open` would prepare it (nothing is generated)."""
         try:
             slot, job.model = await self.library.ensure(requested)
-            await asyncio.to_thread(self.prepare, slot, job, count_only=True)
+            await self._prepare_off_thread(slot, job, count_only=True)
             return len(job.prepared.tokens)
         finally:
             job.media.cleanup()
+
+    async def _prepare_off_thread(self, slot: ModelSlot, job: GenerationJob, *,
+                                  count_only: bool = False) -> None:
+        try:
+            await asyncio.to_thread(self.prepare, slot, job, count_only=count_only)
+        except (GenerationError, ValueError) as error:  # the chat format's and the attachments' complaints
+            raise BadRequest(str(error), param="messages") from error
+        except MemoryError as error:
+            raise ServerError("out of memory while reading the prompt: send a shorter one") from error
 
     def prepare(self, slot: ModelSlot, job: GenerationJob, *, count_only: bool = False) -> None:
         """Bound, render and tokenize the prompt and build its logits processors (blocking); `count_only`:
@@ -280,6 +290,16 @@ class GenerationService:
         """Another model (or none): the caches of the old one would only hold its memory."""
         self.pool.clear()
         self._constraints = None
+        self._warm_up(slot)
+
+    def _warm_up(self, slot: Optional[ModelSlot]) -> None:
+        """Build the grammar engine's view of the vocabulary (seconds) on a thread of its own, so that the
+        first request with tools does not wait for it."""
+        tokenizer = getattr(getattr(slot, "processor", None), "tokenizer", None)
+        if tokenizer is None or tokenizer.token_id("<|tool_call>") is None:
+            return
+        factory = self._factory(slot)
+        threading.Thread(target=factory.ll_tokenizer, name="gemma-grammar-warm-up", daemon=True).start()
 
     def _run(self, slot: Optional[ModelSlot], job: GenerationJob, stream: Stream) -> None:
         started = time.monotonic()

@@ -96,6 +96,16 @@ async def stream_items(opening: Union[Stream, Awaitable[Stream]], *,
         yield item
 
 
+async def outputs(opening: Union[Stream, Awaitable[Stream]], *,
+                  keepalive: Optional[float]) -> AsyncIterator[Optional[Output]]:
+    """For an SSE response: each Output of the stream, and None where a keep-alive is due."""
+    async for kind, payload in stream_items(opening, keepalive=keepalive):
+        if kind == KEEPALIVE:
+            yield None
+        elif kind == EVENT:
+            yield payload
+
+
 async def collect(stream: Stream, request: Request) -> list[Output]:
     """Every Output of a job (for a whole, non-streamed answer)."""
     return [payload async for kind, payload in items(stream, request) if kind == EVENT]
