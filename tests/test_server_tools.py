@@ -81,6 +81,7 @@ def extend(children: st.SearchStrategy) -> st.SearchStrategy:
 TOOL_SCHEMAS = objects(st.recursive(leaves(), extend, max_leaves=6))
 
 
+@pytest.mark.slow  # 200 generations (about a minute on two idle cores)
 def test_every_call_the_server_returns_fits_its_schema(served, client):
     tokenizer = served.tokenizer.tokenizer
     bias = np.zeros(262_144, dtype=np.float32)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -133,10 +134,12 @@ class ModelLibrary:
         self.keep_alive, self.extra_paths, self.alias = keep_alive, tuple(extra_paths), alias
         self._entries = entries
         self._listing: tuple[float, list[KnownModel]] = (0.0, [])
+        self._described: Optional[tuple[weakref.ref, KnownModel]] = None  # the loaded slot, described once
         self._loading: dict[str, WorkerJob] = {}
         self._lock = threading.Lock()
         self.last_used = time.monotonic()
-        self.busy = 0  # server requests between resolve and the end of their generation
+        self._busy = 0  # server requests between resolving their model and the end of their generation
+        self._busy_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
         if owns_model and keep_alive >= 0:
@@ -153,6 +156,9 @@ class ModelLibrary:
         slot = self.worker.slot
         if slot is None:
             return None
+        cached = self._described
+        if cached is not None and cached[0]() is slot:
+            return cached[1]
         info = slot.info
         path = Path(info["path"]) if info.get("path") else None
         model_id = self.alias or info.get("id") or (model_id_for(path) if path else None) or "gemma-4"
@@ -165,6 +171,7 @@ class ModelLibrary:
         known.id = model_id
         known.vision = known.vision or model_accepts(slot.model, "vision")
         known.audio = known.audio or model_accepts(slot.model, "audio")
+        self._described = (weakref.ref(slot), known)  # weak: an unloaded model's memory is freed
         return known
 
     def known(self) -> list[KnownModel]:
@@ -281,8 +288,19 @@ class ModelLibrary:
 
     # -- keep_alive ---------------------------------------------------------------------------------------
 
-    def touch(self) -> None:
-        """A request ended: the idle clock starts again."""
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def hold(self) -> None:
+        """A request needs the loaded model: it is not unloaded for idleness until `release`."""
+        with self._busy_lock:
+            self._busy += 1
+
+    def release(self) -> None:
+        """A request is done with the model: the idle clock starts again."""
+        with self._busy_lock:
+            self._busy = max(0, self._busy - 1)
         self.last_used = time.monotonic()
 
     def _watch_idle(self) -> None:

@@ -158,13 +158,13 @@ class GenerationService:
     async def open(self, job: GenerationJob, requested: str) -> Stream:
         """Load the model `requested` names if needed, prepare the prompt off the model thread, then queue
         the generation. Raises the request's APIError (404, 409, 400, 413, 429, 503) before anything runs."""
-        self.library.busy += 1
+        self.library.hold()
         try:
             slot, job.model = await self.library.ensure(requested)
             await self._prepare_off_thread(slot, job)
-            return self.start(job, asyncio.get_running_loop(), counted=True)
+            return self.start(job, asyncio.get_running_loop(), held=True)
         except BaseException:
-            self.library.busy -= 1
+            self.library.release()
             job.media.cleanup()
             raise
 
@@ -182,7 +182,8 @@ class GenerationService:
         try:
             await asyncio.to_thread(self.prepare, slot, job, count_only=count_only)
         except (GenerationError, ValueError) as error:  # the chat format's and the attachments' complaints
-            raise BadRequest(str(error), param="messages") from error
+            param = "prompt" if job.raw_prompt is not None else "messages"
+            raise BadRequest(str(error), param=param) from error
         except MemoryError as error:
             raise ServerError("out of memory while reading the prompt: send a shorter one") from error
 
@@ -206,15 +207,15 @@ class GenerationService:
         job.processors = [self._processors(slot, job) for _ in range(job.n)]
         job.prepared_for = slot
 
-    def start(self, job: GenerationJob, loop: asyncio.AbstractEventLoop, *, counted: bool = False) -> Stream:
+    def start(self, job: GenerationJob, loop: asyncio.AbstractEventLoop, *, held: bool = False) -> Stream:
         """Queue a prepared job on the model thread; RateLimited (429, with Retry-After) when too many
-        wait."""
+        wait. The job holds the model (no idle unload) until it ends; `held`: the caller took that hold."""
         stream = Stream(loop)
-        if not counted:
-            self.library.busy += 1
+        if not held:
+            self.library.hold()
 
         def dropped() -> None:  # cancelled while queued, or the worker stopped: the job never ran
-            self.library.busy -= 1
+            self.library.release()
             job.media.cleanup()
             stream.push(ERROR, NoModelLoaded("the model thread stopped before this request ran"))
             stream.push(END)
@@ -223,13 +224,12 @@ class GenerationService:
             worker_job = self.worker.submit("server", lambda slot: self._run(slot, job, stream),
                                             cancel=stream.cancel_event, label="server generation",
                                             on_dropped=dropped)
-        except QueueFullError as error:
-            self.library.busy -= 1
+        except (QueueFullError, WorkerStoppedError) as error:
+            if not held:  # else the caller, who took the hold, gives it back
+                self.library.release()
             job.media.cleanup()
-            raise RateLimited(str(error), headers={"Retry-After": str(self.retry_after())}) from error
-        except WorkerStoppedError as error:
-            self.library.busy -= 1
-            job.media.cleanup()
+            if isinstance(error, QueueFullError):
+                raise RateLimited(str(error), headers={"Retry-After": str(self.retry_after())}) from error
             raise NoModelLoaded(str(error)) from error
         stream.prompt_tokens = len(job.prepared.tokens) if job.prepared is not None else 0
         stream.withdraw = lambda: self.worker.withdraw(worker_job)
@@ -327,8 +327,7 @@ class GenerationService:
         finally:
             job.media.cleanup()
             self._durations.append(time.monotonic() - started)
-            self.library.busy -= 1
-            self.library.touch()
+            self.library.release()
             stream.push(END)
 
     def _model_changed(self, slot: Optional[ModelSlot], job: GenerationJob) -> ModelSlot:
