@@ -85,8 +85,10 @@ def create_app(service: GenerationService, options: Optional[ServerOptions] = No
 
 
 def options_for(host: str, **fields) -> ServerOptions:
-    """ServerOptions for a server listening on `host` (the Host names it answers to follow from it)."""
+    """ServerOptions for a server listening on `host` (the Host names it answers to follow from it);
+    OriginError for a CORS origin that is not one."""
     extra_hosts = fields.pop("extra_hosts", ())
+    fields["cors_origins"] = tuple(normalize_origin(o) for o in fields.get("cors_origins", ()))
     return ServerOptions(allowed_hosts=accepted_hosts(host, extra_hosts), **fields)
 
 

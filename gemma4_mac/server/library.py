@@ -193,6 +193,14 @@ class ModelLibrary:
             models.append(model)
         return models
 
+    def listed(self) -> list[KnownModel]:
+        """What GET /v1/models lists: the models a request can use here. `serve` can load any known
+        model; the app serves the window's model only (naming another gets a 409 that says so)."""
+        if self.owns_model:
+            return self.known()
+        loaded = self.loaded()
+        return [loaded] if loaded else []
+
     def _scan(self) -> list[KnownModel]:
         found: list[KnownModel] = []
         try:

@@ -114,7 +114,7 @@ class ModelRoutes(Endpoint):
     async def models(self, request: Request) -> JSONResponse:
         self.authorize(request)
         loaded = self.service.model_id()
-        cards = [m.card(self.service.created, m.id == loaded) for m in self.service.library.known()]
+        cards = [m.card(self.service.created, m.id == loaded) for m in self.service.library.listed()]
         if "anthropic-version" in request.headers:
             data = [{"type": "model", "id": c["id"], "display_name": c["name"],
                      "created_at": _iso(c["created"]),
