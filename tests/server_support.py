@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import http.client
 import io
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -127,8 +133,9 @@ def build_tiny_multimodal_model(path: Path) -> Path:
     from mlx_model.model import Model, ModelConfig
 
     build_tiny_chat_model(path)  # tokenizer files
-    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, head_dim=16, position_embedding_size=64).to_dict()
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                position_embedding_size=64).to_dict()
     audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               subsampling_conv_channels=[128, 8], output_proj_dims=32).to_dict()
     config = {"model_type": "gemma4", "text_config": TINY_CHAT_CONFIG, "vision_config": vision,
@@ -163,6 +170,30 @@ def serve(path: Path, options: Optional[ServerOptions] = None, *, worker: Option
     service = GenerationService(worker, observer=observed, library=library)
     handle = ServerHandle(create_app(service, options or ServerOptions()), "127.0.0.1", 0).start()
     return Served(handle, handle.base_url, slot.model, slot.processor, service, worker, observed)
+
+
+@contextlib.contextmanager
+def serve_process(model: Path, home: Path, *flags: str):
+    """`python -m gemma4_mac serve --model MODEL --port 0 FLAGS` in its own process, with its data folder in
+    `home`; yields (the process, its base URL) once it said where it listens."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GEMMA4_MAC_HOME": str(home), "PYTHONPATH": str(repo)}
+    command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(model), "--port", "0", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=repo)
+    try:
+        url = None
+        for line in process.stderr:
+            found = re.search(r"at (http://\S+/v1)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "the server never said where it listens"
+        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its log flowing
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def raw_request(base_url: str, method: str, path: str, body: bytes = b"", headers: Optional[dict] = None,

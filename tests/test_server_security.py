@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
@@ -25,9 +21,8 @@ from gemma4_mac.server.errors import PayloadTooLarge
 from gemma4_mac.server.guard import OriginError, accepted_hosts, host_name, normalize_origin
 from gemma4_mac.server.limits import ContextExceeded, check_prompt_size, read_limited
 from gemma4_mac.server.routes import ServerOptions
-from tests.server_support import MODEL_ID, build_tiny_multimodal_model, png_data_url, raw_request, serve
+from tests.server_support import MODEL_ID, build_tiny_multimodal_model, raw_request, serve, serve_process
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -225,20 +220,7 @@ def test_a_60_mb_message_and_a_1_gb_file_are_refused_quickly_with_little_memory(
                                                                                  tmp_path):
     import psutil
 
-    env = {**os.environ, "GEMMA4_MAC_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(tiny_chat_model_dir),
-               "--port", "0", "--allow-local-files"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=REPO)
-    try:
-        url = None
-        for line in process.stderr:
-            found = re.search(r"at (http://\S+/v1)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "the server never said where it listens"
-        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its log flowing
+    with serve_process(tiny_chat_model_dir, tmp_path / "home", "--allow-local-files") as (process, url):
         server = psutil.Process(process.pid)
         status, _, _ = raw_request(url, "POST", "/chat/completions", chat_body())  # warm: imports, caches
         assert status == 200
@@ -279,7 +261,3 @@ def test_a_60_mb_message_and_a_1_gb_file_are_refused_quickly_with_little_memory(
             lambda: raw_request(url, "POST", "/chat/completions", request))
         assert status == 413 and body["error"]["code"] == "payload_too_large"
         assert grown < 200 and elapsed < 5, (grown, elapsed)
-        assert png_data_url()  # (data URLs stay the way to send images)
-    finally:
-        process.terminate()
-        process.wait(30)
