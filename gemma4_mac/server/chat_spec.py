@@ -8,7 +8,7 @@ thinking, sampling and the per-choice extras. `reply_shape` decides the constrai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..generate import SamplingSettings
@@ -37,7 +37,6 @@ class ChatSpec:
     logprobs: Optional[int] = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def reply_shape(spec: ChatSpec) -> tuple[Optional[ReplyShape], bool, str]:
@@ -71,8 +70,10 @@ def reply_shape(spec: ChatSpec) -> tuple[Optional[ReplyShape], bool, str]:
                        tools_or_json=not forced and schema is not None and bool(called),
                        free_text=choice == "auto" and schema is None and bool(called),
                        single_call=spec.parallel_tool_calls is False,
-                       # a thought may open the reply even with thinking off (26B/31B write an empty one)
-                       allow_thought=True)
+                       # with tools a thought may open the reply even with thinking off (26B/31B write an
+                       # empty one); JSON alone keeps to thinking, so a vocabulary without thought tokens
+                       # (Gemma 3) can still be held to a schema
+                       allow_thought=spec.enable_thinking or bool(called))
     return shape, False, spec.tool_choice_param if forced or shape.free_text else param
 
 

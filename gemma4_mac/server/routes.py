@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from pydantic import BaseModel
@@ -38,7 +38,6 @@ class ServerOptions:
     keepalive_seconds: float = 10.0  # SSE comments while a stream waits
     stored_responses: int = 64  # /v1/responses kept for previous_response_id
     stored_bytes: int = 32 * 1024 * 1024
-    extra: dict = field(default_factory=dict)
 
 
 class Endpoint:

@@ -20,6 +20,8 @@ MAX_CHOICES = 8
 
 
 class Lenient(BaseModel):
+    """A request body that ignores the fields it does not know (clients send many)."""
+
     model_config = ConfigDict(extra="ignore")
 
 
