@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..constrained import ReplyShape
 from ..generate import SamplingSettings
-from .constrained import ReplyShape
 from .errors import BadRequest
 from .messages import MediaFolder, convert_messages
 from .service import GenerationJob
