@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
+
+from .agent import DEFAULT_MAX_STEPS
+from .builtin_tools import BUILTIN_NAMES
+from .cli_stream import print_events
 
 
 class CliError(Exception):
@@ -30,8 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    ask.add_argument("--mcp", metavar="CONFIG.json",
+                     help="let the model use the tools of these MCP servers ({\"mcpServers\": {...}}, as Claude "
+                          "Desktop and LM Studio write it)")
+    ask.add_argument("--builtin", action="append", default=[], choices=BUILTIN_NAMES, metavar="TOOL",
+                     help=f"also offer a built-in tool: {', '.join(BUILTIN_NAMES)} (repeatable)")
+    ask.add_argument("--yes", action="store_true", help="allow tools that write without asking")
+    ask.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                     help="most model turns with tools (default %(default)s)")
     sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
                                  "(python -m gemma4_mac serve --help)", add_help=False)
+    mcp = sub.add_parser("mcp", help="MCP servers: `mcp list CONFIG.json` prints the tools of each server")
+    mcp.add_argument("action", choices=("list",), help="list: start each server and print its tools")
+    mcp.add_argument("config", metavar="CONFIG.json", help="the MCP configuration ({\"mcpServers\": {...}})")
     plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
     plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
     plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")
@@ -89,35 +103,6 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
     return parts + [{"type": "text", "text": question}]
 
 
-class ReadingLine:
-    """The reading progress of a long prompt on stderr: one line rewritten in place on a terminal, a line
-    per chunk otherwise; cleared when the answer starts."""
-
-    def __init__(self, err: TextIO):
-        from .progress import ReadingProgress
-
-        self.err = err
-        self.progress = ReadingProgress("prompt")
-        self.terminal = bool(getattr(err, "isatty", lambda: False)())
-        self.open = False
-
-    def update(self, read: int, total: int) -> None:
-        from .progress import text_bar
-
-        if not self.progress.update(read, total):
-            return
-        line = f"{self.progress.text()} {text_bar(self.progress.fraction)}"
-        self.err.write(f"\r{line}\033[K" if self.terminal else line + "\n")
-        self.err.flush()
-        self.open = self.terminal
-
-    def close(self) -> None:
-        if self.open:
-            self.err.write("\r\033[K")
-            self.err.flush()
-            self.open = False
-
-
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Load the model, stream the answer; thoughts go to `err` marked as such."""
     from mlx_model import ModelLoadError, load
@@ -128,6 +113,18 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise CliError("--max-tokens must be a positive number")
     if args.raw and (args.image or args.audio or args.video):
         raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
+    if args.raw and (args.mcp or args.builtin):
+        raise CliError("--raw continues plain text; tools need the chat format (drop --raw)")
+    if args.max_steps < 1:
+        raise CliError("--max-steps must be at least 1")
+    registry = None
+    if args.mcp or args.builtin:
+        from .cli_tools import ToolSetupError, registry_for
+
+        try:
+            registry = registry_for(args.mcp, args.builtin)
+        except ToolSetupError as error:
+            raise CliError(str(error)) from error
     content = _user_content(args.question, args.image, args.audio, args.video)
     try:
         # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
@@ -141,41 +138,40 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": content})
     try:
+        if registry is not None:
+            _ask_with_tools(args, model, processor, messages, sampling, registry, out, err)
+            return 0
         events = stream_generate(model, processor, None if args.raw else messages,
                                  prompt=args.question if args.raw else None,
                                  enable_thinking=args.think, sampling=sampling)
-        in_thought = False
-        reading = ReadingLine(err)
-        for event in events:
-            if event.kind == "progress":
-                reading.update(*event.progress)
-                continue
-            reading.close()
-            if event.kind == "thought":
-                if not in_thought:
-                    err.write("[thinking] ")
-                    in_thought = True
-                err.write(event.text)
-                err.flush()
-            elif event.kind == "answer":
-                if in_thought:
-                    err.write("\n")
-                    in_thought = False
-                out.write(event.text)
-                out.flush()
-            elif event.kind == "notice":
-                err.write(f"[note] {event.text}\n")
-            elif event.kind == "tool_call":
-                out.write(f"\n[tool call] {json.dumps(event.tool_call, ensure_ascii=False)}\n")
-            elif event.kind == "done":
-                out.write("\n")
-                stats = event.stats
-                err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
-                          f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
+        print_events(events, out, err, show_calls=True)
     except (GenerationError, ValueError) as error:
         # ValueError: attachments the model cannot use (MultimodalInputError, unreadable image/audio/video)
         raise CliError(str(error)) from error
+    finally:
+        if registry is not None:
+            registry.close()
     return 0
+
+
+def _ask_with_tools(args, model, processor, messages, sampling, registry, out: TextIO, err: TextIO) -> None:
+    """`ask --mcp`: the agent loop, each model turn constrained to the tools' schemas, one cache for all."""
+    from .cli_tools import ask_with_tools
+    from .constrained import agent_processors, factory_for
+    from .generate import prepare_prompt, run_prompt
+    from .session import ChatSession
+
+    session = ChatSession(model)
+    factory = factory_for(model, processor.tokenizer)
+
+    def step_events(conversation, tools, schemas, allow_calls):
+        prepared = prepare_prompt(processor, conversation, tools=tools, enable_thinking=args.think)
+        processors = agent_processors(factory, schemas, allow_calls=allow_calls,
+                                      in_thought=prepared.opens_thought) if tools else None
+        return run_prompt(model, processor, prepared, sampling, session=session, logits_processors=processors)
+
+    ask_with_tools(registry, messages, step_events=step_events, out=out, err=err, allow_writes=args.yes,
+                   max_steps=args.max_steps, can_see=bool(getattr(processor, "can_see", False)))
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -187,6 +183,13 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
             return run_ask(args, out, err)
         if args.command == "plan":
             return run_plan(args, out)
+        if args.command == "mcp":
+            from .cli_tools import ToolSetupError, run_mcp_list
+
+            try:
+                return run_mcp_list(args.config, out, err)
+            except ToolSetupError as error:
+                raise CliError(str(error)) from error
         parser.print_help(err)
         return 2
     except CliError as error:

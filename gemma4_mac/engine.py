@@ -27,8 +27,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class AgentOptions:
+    """Tools for one request (the app's agent, gemma4_mac.agent): the ones switched on in its chat, the step
+    limit, what the person wrote (the paths they named), where returned images go, and the servers the
+    person already allowed in this chat (kept by the caller across turns)."""
+
+    tools_off: list[str] = field(default_factory=list)  # "server/tool" keys switched off in this chat
+    max_steps: int = 8
+    person_texts: list[str] = field(default_factory=list)
+    image_dir: Optional[str] = None
+    approved: set[str] = field(default_factory=set)
+
+
+@dataclass
 class GenerationRequest:
-    """One turn to answer. `messages` are HF-style dicts; `raw_prompt` is used for base models instead."""
+    """One turn to answer. `messages` are HF-style dicts; `raw_prompt` is used for base models instead.
+
+    `tool_schemas` holds tool calls to those (name, parameters) pairs, `ban_tool_calls` forbids calls;
+    `agent` runs the turn with tools (the engine's agent loop, several model turns)."""
 
     conversation_id: int
     messages: list[dict]
@@ -39,6 +55,9 @@ class GenerationRequest:
     image_token_budget: int = 280
     raw_prompt: Optional[str] = None
     request_id: int = 0
+    tool_schemas: Optional[list[tuple[str, Optional[dict]]]] = None
+    ban_tool_calls: bool = False
+    agent: Optional[AgentOptions] = None
 
 
 class Backend(Protocol):
@@ -83,6 +102,7 @@ class MlxBackend:
         self._session = None
         self._session_key: Optional[tuple] = None
         self._document_cache = None
+        self._constraints = None  # the loaded model's ConstraintFactory, made on the first turn with tools
 
     def load(self, path: Optional[Path]) -> ModelSlot:
         from mlx_model import ModelLoadError, load
@@ -91,6 +111,7 @@ class MlxBackend:
 
         starter = path is None
         self._session, self._session_key = None, None  # the old model's cache goes with it
+        self._constraints = None
         try:
             folder = model_manager.ensure_starter() if starter else Path(path).expanduser()
             _refuse_if_too_large(folder)
@@ -139,19 +160,32 @@ class MlxBackend:
         return self._session
 
     def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
-        from .generate import GenerationError, SamplingSettings, stream_generate
+        from .generate import GenerationError, SamplingSettings, prepare_prompt, run_prompt
 
         if loaded.processor is not None:
             loaded.processor.image_token_budget = request.image_token_budget
         sampling = SamplingSettings(**request.sampling)
         try:
-            yield from stream_generate(
-                loaded.model, loaded.processor, None if request.raw_prompt is not None else request.messages,
-                prompt=request.raw_prompt, tools=request.tools, enable_thinking=request.enable_thinking,
-                sampling=sampling, cancel=cancel, session=self._session_for(loaded, request),
-                document_cache=self._document_cache, model_id=loaded.info.get("fingerprint"))
+            messages = None if request.raw_prompt is not None else request.messages
+            prepared = prepare_prompt(loaded.processor, messages, prompt=request.raw_prompt, tools=request.tools,
+                                      enable_thinking=request.enable_thinking)
+            yield from run_prompt(loaded.model, loaded.processor, prepared, sampling, cancel=cancel,
+                                  session=self._session_for(loaded, request),
+                                  logits_processors=self._tool_processors(loaded, request, prepared),
+                                  document_cache=self._document_cache, model_id=loaded.info.get("fingerprint"))
         except GenerationError as error:
             raise EngineError(str(error)) from error
+
+    def _tool_processors(self, loaded: ModelSlot, request: GenerationRequest, prepared) -> Optional[list]:
+        """Constrained decoding for a turn with tools: calls fit their schemas (or are banned)."""
+        if not (request.tool_schemas or request.ban_tool_calls) or request.raw_prompt is not None:
+            return None
+        from .constrained import agent_processors, factory_for
+
+        if self._constraints is None or self._constraints.tokenizer is not loaded.processor.tokenizer:
+            self._constraints = factory_for(loaded.model, loaded.processor.tokenizer)
+        return agent_processors(self._constraints, request.tool_schemas or [],
+                                allow_calls=not request.ban_tool_calls, in_thought=prepared.opens_thought)
 
     def download(self, repo_id: str, progress: Callable[[dict], None], cancel: threading.Event) -> str:
         """Download a hub checkpoint into the app's downloads folder (resumable); a local path is returned as is."""

@@ -50,6 +50,15 @@ class AppSettings:
     server_allow_local_files: bool = False  # API requests may name image files on this Mac by path
     hotkey: str = ""  # the quick-ask hotkey, e.g. "ctrl+alt+space"; empty: the platform's default
     menu_bar_only: bool = False  # no Dock icon; the app lives in the menu bar
+    # tools (docs/tools.md): MCP servers as Claude Desktop and LM Studio write them ({"name": {"command", "args",
+    # "env"} or {"url"}}, the value of "mcpServers"), each server's approval mode for tools that write
+    # ("always" | "once" | "never"), the tools a new chat starts without ("server/tool"), and the built-in tools
+    # switched on (gemma4_mac.builtin_tools: none by default)
+    mcp_servers: dict = field(default_factory=dict)
+    mcp_approval: dict = field(default_factory=dict)
+    tools_off: list[str] = field(default_factory=list)
+    builtin_tools: list[str] = field(default_factory=list)
+    agent_max_steps: int = 8
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `generate.SamplingSettings` (kept as a dict so this module stays MLX-free)."""
@@ -99,10 +108,33 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if _integer(value) and 1 <= value <= 65535 else "must be a whole number from 1 to 65535"
     if name == "recent_models":
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of text"
+    if name in ("mcp_servers", "mcp_approval", "tools_off", "builtin_tools", "agent_max_steps"):
+        return _check_tools(name, value)
     if name == "added_models":
         return None if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value) and \
             len(set(value)) == len(value) else "must be a list of folder paths, each once"
     return "is not a known setting"
+
+
+def _check_tools(name: str, value: Any) -> Optional[str]:
+    from .mcp_config import APPROVAL_MODES
+
+    if name == "mcp_servers":  # an entry that cannot be used is reported when the tools are set up, and kept
+        return None if isinstance(value, dict) and all(isinstance(k, str) for k in value) else \
+            "must be an object of MCP servers, as in {\"mcpServers\": {...}}"
+    if name == "mcp_approval":
+        return None if isinstance(value, dict) and all(isinstance(k, str) and v in APPROVAL_MODES
+                                                       for k, v in value.items()) else \
+            f"must map server names to one of {', '.join(APPROVAL_MODES)}"
+    if name == "tools_off":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else \
+            "must be a list of tools as \"server/tool\""
+    if name == "builtin_tools":
+        from .builtin_tools import BUILTIN_NAMES
+
+        return None if isinstance(value, list) and all(v in BUILTIN_NAMES for v in value) else \
+            f"must be a list of {', '.join(BUILTIN_NAMES)}"
+    return None if _integer(value) and 1 <= value <= 50 else "must be a whole number from 1 to 50"
 
 
 def _origins_ok(text: str) -> bool:
