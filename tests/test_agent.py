@@ -21,6 +21,7 @@ from gemma4_mac.history import Message, model_messages
 from gemma4_mac.mcp_config import parse_servers
 from gemma4_mac.toolbox import ToolRegistry
 from gemma4_mac.worker import ModelSlot
+from tests.tiny_chat_model import TurnScriptedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,51 +241,6 @@ def test_stored_agent_answers_are_replayed_with_their_calls_and_results():
     assert messages[3]["content"] == "Error: no" and messages[4] == {"role": "assistant",
                                                                      "content": "It says hello."}
     assert replay_messages("plain", []) == [{"role": "assistant", "content": "plain"}]
-
-
-class _Reading:
-    """The language model, noting the prompt tokens it reads (the chunks of a prompt before its last token)."""
-
-    def __init__(self, inner, read: list):
-        self.inner, self.read = inner, read
-
-    def __call__(self, inputs, *args, **kwargs):
-        if inputs is not None:
-            self.read[-1] += inputs.reshape(-1).tolist()
-        return self.inner(inputs, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-class TurnScriptedModel:
-    """A real tiny model whose logits force one scripted reply per turn. Reading a prompt ends with a call
-    for the logits of its last token (`logits_to_keep=1`): that starts the next reply; each call of the
-    generation loop moves one token on. It keeps the prompt tokens each turn read, to see what the model
-    was given."""
-
-    def __init__(self, model, replies: list[list[int]]):
-        self.model, self.replies, self.config = model, replies, model.config
-        self.turn, self.position = -1, 0
-        self.read: list[list[int]] = [[]]
-        self.language_model = _Reading(model.language_model, self.read)
-
-    def make_cache(self, *args, **kwargs):
-        return self.model.make_cache(*args, **kwargs)
-
-    def __call__(self, inputs, cache=None, logits_to_keep=0, **kwargs):
-        import mlx.core as mx
-
-        logits = self.model(inputs, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
-        if logits_to_keep == 1:  # the end of a prompt: the next reply starts
-            self.read[-1] += inputs.reshape(-1).tolist()
-            self.read.append([])
-            self.turn, self.position = self.turn + 1, 0
-        else:
-            self.position += 1
-        reply = self.replies[min(self.turn, len(self.replies) - 1)]
-        forced = mx.zeros(logits.shape[-1]).at[reply[min(self.position, len(reply) - 1)]].add(100.0)
-        return logits * 0 + forced
 
 
 def test_a_scripted_models_call_is_held_to_the_schema_runs_and_is_read_back(tiny_chat, notes):

@@ -1,4 +1,5 @@
-"""The settings dialog: model, system prompt, thinking, sampling, context, KV precision, image budget, quick ask."""
+"""The settings dialog: model, system prompt, thinking, sampling, context, KV precision, image budget, quick ask,
+the local server and tools (edited in ui/tools_dialog.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from gemma4_mac.hotkey import default_hotkey
 from gemma4_mac.model_manager import ModelEntry, format_size
 from gemma4_mac.settings import IMAGE_TOKEN_BUDGETS, KV_PRECISIONS, AppSettings
 
+from .tools_dialog import ToolsDialog
+
 CONTEXT_CHOICES = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 IMAGE_BUDGET_HINTS = {70: "fastest", 140: "fast", 280: "balanced", 560: "detailed", 1120: "small text, documents"}
 
@@ -24,8 +27,20 @@ def _section(title: str) -> QLabel:
     return label
 
 
+def tools_summary(values: dict) -> str:
+    """"2 MCP servers · 1 built-in tool", or that there are none."""
+    servers, builtins = len(values["mcp_servers"]), len(values["builtin_tools"])
+    if not servers and not builtins:
+        return "No tools: Gemma answers from what it knows and what you attach."
+    parts = [f"{servers} MCP server{'s' if servers != 1 else ''}"] if servers else []
+    if builtins:
+        parts.append(f"{builtins} built-in tool{'s' if builtins != 1 else ''}")
+    return " · ".join(parts)
+
+
 class SettingsDialog(QDialog):
     manageModelsClicked = Signal()
+    checkToolsRequested = Signal(list, list)  # (ServerConfig list, built-in names) from the tools editor
 
     def __init__(self, settings: AppSettings, models: list[ModelEntry], auto_context: int,
                  parent: Optional[QWidget] = None):
@@ -137,6 +152,20 @@ class SettingsDialog(QDialog):
         server_form.addRow("", self.server_allow_local_files)
         layout.addLayout(server_form)
 
+        layout.addWidget(_section("Tools"))
+        self.tool_values = {"mcp_servers": dict(settings.mcp_servers), "mcp_approval": dict(settings.mcp_approval),
+                            "builtin_tools": list(settings.builtin_tools), "tools_off": list(settings.tools_off)}
+        self.tools_dialog: Optional[ToolsDialog] = None
+        tools_row = QHBoxLayout()
+        self.tools_summary = QLabel(tools_summary(self.tool_values))
+        self.tools_summary.setWordWrap(True)
+        self.tools_button = QPushButton("Set up…")
+        self.tools_button.setAutoDefault(False)
+        self.tools_button.clicked.connect(self.open_tools)
+        tools_row.addWidget(self.tools_summary, 1)
+        tools_row.addWidget(self.tools_button)
+        layout.addLayout(tools_row)
+
         rule = QFrame()
         rule.setObjectName("rule")
         rule.setFixedHeight(1)
@@ -146,6 +175,26 @@ class SettingsDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
+
+    def open_tools(self) -> ToolsDialog:
+        """The tools editor; Save there keeps its values for this dialog's Save."""
+        values = self.tool_values
+        dialog = ToolsDialog(values["mcp_servers"], values["mcp_approval"], values["builtin_tools"],
+                             values["tools_off"], self)
+        dialog.checkRequested.connect(self.checkToolsRequested)
+        dialog.accepted.connect(lambda: self._tools_edited(dialog.values()))
+        self.tools_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _tools_edited(self, values: dict) -> None:
+        self.tool_values = values
+        self.tools_summary.setText(tools_summary(values))
+
+    def show_tools(self, tools: list, problems: dict) -> None:
+        """Tools listed for the editor's "Check servers"."""
+        if self.tools_dialog is not None and self.tools_dialog.isVisible():
+            self.tools_dialog.show_tools(tools, problems)
 
     def settings(self) -> AppSettings:
         """The edited settings (the original object is left as it was)."""
@@ -159,4 +208,4 @@ class SettingsDialog(QDialog):
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
             server_port=self.server_port.value(),
             server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),
-            server_allow_local_files=self.server_allow_local_files.isChecked())
+            server_allow_local_files=self.server_allow_local_files.isChecked(), **self.tool_values)
