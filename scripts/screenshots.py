@@ -540,29 +540,18 @@ def tools_main(out: Path) -> int:
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
-    from gemma4_mac.engine import MlxBackend
     from gemma4_mac.settings import AppSettings, save_settings
-    from tests.tiny_chat_model import TurnScriptedModel, build_tiny_chat_model
+    from tests.tiny_chat_model import build_tiny_chat_model, scripted_backend
     from ui.app import build_app
-
-    class ScriptedReplies(MlxBackend):
-        """The real backend, its model's replies forced: a note-taking call, then the answer after it."""
-
-        def load(self, path):
-            slot = super().load(path)
-            encode = slot.processor.tokenizer.encode
-            replies = [encode("I'll save that as a note." + NOTE_CALL, add_special_tokens=False) + [50],
-                       encode("Saved. The note **March invoices** now holds the total, 1,240.50 EUR, and the "
-                              "largest invoice.", add_special_tokens=False) + [106]]
-            slot.model = TurnScriptedModel(slot.model, replies)
-            return slot
 
     tiny = build_tiny_chat_model(home / "tiny-gemma-4")
     server = {"command": sys.executable, "args": ["-m", "tests.mcp_servers.notes", str(notes)],
               "env": {"PYTHONPATH": str(ROOT)}}
     save_settings(AppSettings(model_path=str(tiny), temperature=0.0, max_tokens=120, mcp_servers={"notes": server},
                               mcp_approval={"notes": "always"}))
-    app, window, controller = build_app(["--theme", "light"], backend=ScriptedReplies())
+    app, window, controller = build_app(["--theme", "light"], backend=scripted_backend(
+        ["I'll save that as a note." + NOTE_CALL, "Saved. The note **March invoices** now holds the total, "
+         "1,240.50 EUR, and the largest invoice."]))
     window.resize(*WINDOW_SIZE)
     window.show()
     controller.start()
@@ -594,13 +583,13 @@ def tools_main(out: Path) -> int:
         print("the call never asked for approval", file=sys.stderr)
         return 1
     window.transcript.scroll_to_bottom()
-    shoot("13-tool-call-approval")
+    shoot("14-tool-call-approval")
     answer.tool_cards[0].allow_button.click()
     if not wait(lambda: controller.stream is None) or not (notes / "March invoices.txt").is_file():
         print("the call did not run", file=sys.stderr)
         return 1
     window.transcript.scroll_to_bottom()
-    shoot("14-tool-call-done")
+    shoot("15-tool-call-done")
     controller.shutdown()
     QApplication.processEvents()
     return 0

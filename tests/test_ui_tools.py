@@ -164,3 +164,43 @@ def test_the_tools_editor_reads_a_pasted_configuration_and_lists_the_tools(harne
     assert saved.builtin_tools == ["read_file"] and saved.tools_off == ["notes/delete_note"]
     assert json.loads((h.home / "settings.json").read_text())["mcp_approval"] == {"notes": "once"}
     assert h.engine.tools is not None and h.window.composer.tools_button.isVisible()
+
+
+def test_a_server_that_cannot_start_is_named_with_why_and_the_answer_still_comes(harness_factory, tmp_path):
+    servers = {"broken": {"command": str(tmp_path / "no-such-server")}}
+    h = harness_factory(backend=FakeBackend(lambda request: [("answer", "ok")]),
+                        settings=AppSettings(mcp_servers=servers, builtin_tools=["current_time"]))
+    send(h, "What time is it?")
+    h.wait_idle()
+    banner = h.window.banner
+    assert banner.isVisible() and banner.property("level") == "warning"
+    assert "Some tools are unavailable" in banner.label.text()
+    assert "no-such-server cannot be run: no such program" in banner.label.text()
+    assert h.window.transcript.messages[-1].answer == "ok"
+    assert [t["function"]["name"] for t in h.backend.requests[-1].tools] == ["current_time"]
+    assert "broken" in h.controller.tool_problems  # the Tools menu names it too
+
+
+def test_a_tool_that_fails_shows_why_on_its_card_and_the_model_is_told(harness_factory, tmp_path):
+    call = {"name": "read_note", "arguments": {"title": "missing"}}
+    h = harness_factory(backend=FakeBackend(calls_then_answers(call)), settings=notes_settings(tmp_path))
+    send(h, "Read my note")
+    h.wait_idle()
+    card = cards(h)[0]
+    assert card.call["status"] == "failed" and card.status.text().startswith("Failed after ")
+    assert "there is no note called &#x27;missing&#x27;" in card.result.text() or \
+        "there is no note called 'missing'" in card.result.text()
+    assert "there is no note called 'missing'" in h.window.transcript.messages[-1].answer
+
+
+def test_stop_while_a_call_waits_for_approval_ends_it_unrun(harness_factory, qtbot, tmp_path):
+    call = {"name": "write_note", "arguments": {"title": "never", "text": "x"}}
+    h = harness_factory(backend=FakeBackend(calls_then_answers(call)), settings=notes_settings(tmp_path))
+    send(h, "Save a note")
+    qtbot.waitUntil(lambda: bool(cards(h)) and cards(h)[0].call.get("status") == "waiting", timeout=TIMEOUT * 3)
+    h.window.composer.send_button.click()  # Stop
+    h.wait_idle()
+    card = cards(h)[0]
+    assert card.call["status"] == "cancelled" and card.approval.isHidden()
+    assert not (tmp_path / "never.txt").exists()
+    assert h.history.messages(h.controller.conversation_id)[-1].stats["finish_reason"] == "cancelled"

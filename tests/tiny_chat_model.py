@@ -95,3 +95,23 @@ class TurnScriptedModel:
         reply = self.replies[min(self.turn, len(self.replies) - 1)]
         forced = mx.zeros(logits.shape[-1]).at[reply[min(self.position, len(reply) - 1)]].add(100.0)
         return logits * 0 + forced
+
+
+TURN_END, TOOL_RESPONSE = 106, 50  # <turn|> ends an answer; <|tool_response> follows a tool call
+
+
+def scripted_backend(replies: list[str]):
+    """The app's real backend (gemma4_mac.engine.MlxBackend) whose loaded model writes `replies`, one per turn
+    (a reply ending in a tool call is followed by <|tool_response>, any other by <turn|>)."""
+    from gemma4_mac.engine import MlxBackend
+
+    class ScriptedReplies(MlxBackend):
+        def load(self, path):
+            slot = super().load(path)
+            encode = slot.processor.tokenizer.encode
+            tokens = [encode(reply, add_special_tokens=False)
+                      + [TOOL_RESPONSE if reply.endswith("<tool_call|>") else TURN_END] for reply in replies]
+            slot.model = TurnScriptedModel(slot.model, tokens)
+            return slot
+
+    return ScriptedReplies()

@@ -71,6 +71,7 @@ class Engine(QObject):
     # "waiting" asks the person to allow it (answer with `answer_approval`)
     toolCallUpdated = Signal(int, object)  # a plain dict: its keys keep their order (a QVariantMap sorts them)
     toolsListed = Signal(object)  # {"tools": [ToolInfo], "problems": {server: why it has none}}
+    toolsUnavailable = Signal(object)  # {server: why}: servers of the turn just started that offer no tools
     APPROVAL_POLL_S = 0.1
 
     THREAD_NAME = "gemma-engine"
@@ -306,13 +307,14 @@ class Engine(QObject):
 
     def _run_agent(self, request: GenerationRequest, cancel: threading.Event) -> None:
         options, registry = request.agent, self.tools
-        notices: list[str] = []
+        notices: list[dict] = []  # the servers' problems, told to the window with the first turn
         try:
             try:
                 toolbox, problems = registry.toolbox(options.tools_off, cancel)
             except McpCancelled:
                 toolbox, problems = ToolBox([]), {}
-            notices += [f"Tools unavailable: {why}" for why in problems.values()]
+            if problems:
+                notices.append(problems)
             slot = self.worker.slot
             run = AgentRun(toolbox, step=lambda messages, allow: self._agent_step(request, toolbox, notices,
                                                                                    messages, allow, cancel),
@@ -334,7 +336,7 @@ class Engine(QObject):
             self._request_cancels.pop(request.request_id, None)
             self._end()
 
-    def _agent_step(self, request: GenerationRequest, toolbox: ToolBox, notices: list[str], messages: list[dict],
+    def _agent_step(self, request: GenerationRequest, toolbox: ToolBox, notices: list[dict], messages: list[dict],
                     allow_calls: bool, cancel: threading.Event) -> StepResult:
         """One model turn as a job on the model thread (streamed to the window); waits for it."""
         step = dataclasses.replace(request, messages=messages, tools=toolbox.offered() or None,
@@ -344,8 +346,8 @@ class Engine(QObject):
         def run(slot: Optional[ModelSlot]) -> StepResult:
             # announced at each turn: a job of the quick-ask panel may have run since the last one
             self.generationStarted.emit(request.request_id)
-            for note in notices:
-                self.noticeReceived.emit(note)
+            for problems in notices:
+                self.toolsUnavailable.emit(problems)
             notices.clear()
             if slot is None:
                 self.generationFailed.emit("No model is loaded. Choose one in the model manager.")

@@ -28,7 +28,10 @@ class ToolsMixin:
         self.tools_menu: Optional[QMenu] = None
         self.engine.toolsListed.connect(self._on_tools_listed)
         self.engine.toolCallUpdated.connect(self._on_tool_update)
+        self.engine.toolsUnavailable.connect(self._on_tools_unavailable)
         self.window.transcript.approvalAnswered.connect(self.engine.answer_approval)
+        # Allow or Deny clicked: typing goes on in the composer, not on the card's button
+        self.window.transcript.approvalAnswered.connect(lambda *_: self.window.composer.edit.setFocus())
         self.window.composer.toolsClicked.connect(self.open_tools_menu)
         self.settingsChanged.connect(self._tools_settings_changed)
         self.configure_tools()
@@ -134,6 +137,17 @@ class ToolsMixin:
             self._fill_tools_menu(self.tools_menu)
 
     # tool calls of the answer being written
+
+    def _on_tools_unavailable(self, problems: dict) -> None:
+        """Servers that could not start (or list their tools) for this answer: say which and why."""
+        if not self._streaming_ours():
+            return
+        self.tool_problems.update(problems)
+        lines = "\n".join(f"• {why}" for why in problems.values())
+        self.window.banner.show_message(
+            f"Some tools are unavailable, so Gemma answers without them:\n{lines}\n"
+            "Check the server's command in Settings › Tools › Set up.", "warning")
+
 
     def _on_tool_update(self, request_id: int, record: dict) -> None:
         """A call of our answer started, waits for the person, ran or failed: keep it and show it."""
