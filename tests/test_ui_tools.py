@@ -166,7 +166,7 @@ def test_the_tools_editor_reads_a_pasted_configuration_and_lists_the_tools(harne
     assert h.engine.tools is not None and h.window.composer.tools_button.isVisible()
 
 
-def test_a_server_that_cannot_start_is_named_with_why_and_the_answer_still_comes(harness_factory, tmp_path):
+def test_a_server_that_cannot_start_is_named_with_why_and_the_answer_still_comes(harness_factory, qtbot, tmp_path):
     servers = {"broken": {"command": str(tmp_path / "no-such-server")}}
     h = harness_factory(backend=FakeBackend(lambda request: [("answer", "ok")]),
                         settings=AppSettings(mcp_servers=servers, builtin_tools=["current_time"]))
@@ -178,7 +178,12 @@ def test_a_server_that_cannot_start_is_named_with_why_and_the_answer_still_comes
     assert "no-such-server cannot be run: no such program" in banner.label.text()
     assert h.window.transcript.messages[-1].answer == "ok"
     assert [t["function"]["name"] for t in h.backend.requests[-1].tools] == ["current_time"]
-    assert "broken" in h.controller.tool_problems  # the Tools menu names it too
+    menu = h.controller.open_tools_menu()  # names it too, below the tools that work
+    qtbot.waitUntil(lambda: h.controller.tools_listed, timeout=TIMEOUT * 3)
+    texts = [a.text() for a in menu.actions()]
+    assert "Current date and time" in texts and "broken" in texts
+    assert any(t.startswith("Unavailable: broken: ") for t in texts)
+    menu.close()
 
 
 def test_a_tool_that_fails_shows_why_on_its_card_and_the_model_is_told(harness_factory, tmp_path):

@@ -25,6 +25,7 @@ class ToolsMixin:
         self.chat_approved: dict[int, set[str]] = {}  # servers allowed in a chat ("ask once" mode)
         self.known_tools: list = []  # ToolInfo of every configured tool, once listed
         self.tool_problems: dict[str, str] = {}
+        self.tools_listed = False  # the servers were asked for their tools (known_tools is the answer)
         self.tools_menu: Optional[QMenu] = None
         self.engine.toolsListed.connect(self._on_tools_listed)
         self.engine.toolCallUpdated.connect(self._on_tool_update)
@@ -41,7 +42,7 @@ class ToolsMixin:
         servers, problems = parse_servers(self.settings.mcp_servers)
         self.engine.configure_tools(servers, approval=self.settings.mcp_approval,
                                     builtins=self.settings.builtin_tools)
-        self.known_tools, self.tool_problems = [], {}
+        self.known_tools, self.tool_problems, self.tools_listed = [], {}, False
         self.window.composer.set_tools_available(self.engine.tools is not None)
         if problems:
             self.window.banner.show_message("Some MCP servers were left out: " + " ".join(problems), "warning")
@@ -87,7 +88,7 @@ class ToolsMixin:
         menu = QMenu(self.window)
         self.tools_menu = menu
         self._fill_tools_menu(menu)
-        if not self.known_tools and not self.tool_problems:
+        if not self.tools_listed:
             self.engine.list_tools()
         button = self.window.composer.tools_button
         menu.popup(button.mapToGlobal(button.rect().topLeft()))
@@ -95,7 +96,7 @@ class ToolsMixin:
 
     def _fill_tools_menu(self, menu: QMenu) -> None:
         menu.clear()
-        if not self.known_tools and not self.tool_problems:
+        if not self.tools_listed:
             menu.addAction("Starting the tool servers…").setEnabled(False)
             menu.addAction("Set up tools…", self.open_tools_setup)
             return
@@ -104,7 +105,7 @@ class ToolsMixin:
         for tool in self.known_tools:
             servers.setdefault(tool.server, []).append(tool)
         for server, tools in servers.items():
-            menu.addSection("Built-in" if server == BUILTIN_SERVER else server)
+            _menu_header(menu, "Built-in" if server == BUILTIN_SERVER else server)
             for tool in tools:
                 label = tool.title or tool.name
                 action = menu.addAction(label + ("" if tool.read_only else "  (writes: asks first)"))
@@ -113,7 +114,7 @@ class ToolsMixin:
                 action.setToolTip(tool.description)
                 action.toggled.connect(lambda on, key=tool.key: self.set_tool_enabled(key, on))
         for server, why in self.tool_problems.items():
-            menu.addSection(server)
+            _menu_header(menu, server)
             menu.addAction(f"Unavailable: {why[:120]}").setEnabled(False)
         menu.addSeparator()
         menu.addAction("Set up tools…", self.open_tools_setup)
@@ -133,6 +134,7 @@ class ToolsMixin:
                 dialog.show_tools(list(listed["tools"]), dict(listed["problems"]))
             return
         self.known_tools, self.tool_problems = list(listed["tools"]), dict(listed["problems"])
+        self.tools_listed = True
         if self.tools_menu is not None and self.tools_menu.isVisible():
             self._fill_tools_menu(self.tools_menu)
 
@@ -167,3 +169,14 @@ class ToolsMixin:
             stream.widget.show_tool_call(record)
             if record.get("status") == "waiting":
                 self.window.transcript.scroll_to_bottom()  # the question must be in view
+
+
+def _menu_header(menu: QMenu, title: str) -> None:
+    """A server's name above its tools (a QMenu section's title is not drawn by every style)."""
+    if menu.actions():
+        menu.addSeparator()
+    header = menu.addAction(title)
+    header.setEnabled(False)
+    font = header.font()
+    font.setBold(True)
+    header.setFont(font)
