@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -38,6 +38,9 @@ class ServerOptions:
     keepalive_seconds: float = 10.0  # SSE comments while a stream waits
     stored_responses: int = 64  # /v1/responses kept for previous_response_id
     stored_bytes: int = 32 * 1024 * 1024
+    # the person's MCP tools for requests with "mcp_tools": true (server/mcp_tools.py): returns the current
+    # gemma4_mac.toolbox.ToolRegistry, or None; None here: programs get none
+    tools: Optional[Callable[[], Any]] = None
 
 
 class Endpoint:

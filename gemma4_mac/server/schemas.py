@@ -90,6 +90,7 @@ class _SamplingFields(Lenient):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[dict[str, Any]] = Field(min_length=1)
+    mcp_tools: bool = False  # this app's extension: the person's MCP tools too, run by the server
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     tools: Optional[list[Tool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
