@@ -48,6 +48,7 @@ class AppSettings:
     server_api_key: str = ""
     server_cors_origins: str = ""  # web origins (scheme://host[:port], space-separated) that may call it
     server_allow_local_files: bool = False  # API requests may name image files on this Mac by path
+    server_mcp_tools: bool = False  # API requests may ask for the read-only tools of the MCP servers below
     hotkey: str = ""  # the quick-ask hotkey, e.g. "ctrl+alt+space"; empty: the platform's default
     menu_bar_only: bool = False  # no Dock icon; the app lives in the menu bar
     # tools (docs/tools.md): MCP servers as Claude Desktop and LM Studio write them ({"name": {"command", "args",
@@ -95,7 +96,7 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if value in IMAGE_TOKEN_BUDGETS and _integer(value) else f"must be one of {IMAGE_TOKEN_BUDGETS}"
     if name == "theme":
         return None if value in THEMES else f"must be one of {', '.join(THEMES)}"
-    if name in ("server_enabled", "server_allow_local_files"):
+    if name in ("server_enabled", "server_allow_local_files", "server_mcp_tools"):
         return None if isinstance(value, bool) else "must be true or false"
     if name == "server_cors_origins":
         return None if isinstance(value, str) and _origins_ok(value) else \

@@ -6,6 +6,8 @@ request's own tool call still comes back to the program; without the person's co
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +97,38 @@ def test_mcp_tools_are_refused_with_what_to_do_where_not_allowed_or_not_possible
     status, reply = chat(served.base_url, messages=[{"role": "user", "content": "hi"}], mcp_tools=True,
                          tools=[clash])
     assert status == 400 and "has the name of an MCP tool" in reply["error"]["message"]
+
+
+def test_the_apps_switch_gives_requests_the_engines_tools_only_when_the_person_allowed_it(served):
+    from gemma4_mac.server.control import LocalServer, ServerConfig
+    from gemma4_mac.settings import AppSettings
+    from gemma4_mac.worker import ModelWorker
+
+    class Owner:  # the app's Engine, as the switch sees it: a worker and the person's tools
+        def __init__(self):
+            self.worker, self.tools = ModelWorker(), object()
+
+    owner = Owner()
+    control = LocalServer(owner)
+    try:
+        assert ServerConfig.from_settings(AppSettings(server_mcp_tools=True)).mcp_tools
+        for allowed in (False, True):
+            url = control.start(ServerConfig(port=0, mcp_tools=allowed))
+            status, reply = chat(url, messages=[{"role": "user", "content": "hi"}], mcp_tools=True, stream=True)
+            assert status == 400 and reply["error"]["param"] == "mcp_tools"
+            said = reply["error"]["message"]
+            assert ("offers no MCP tools" in said) is not allowed and ("stream: false" in said) is allowed
+    finally:
+        control.stop()
+        owner.worker.stop()
+
+
+def test_serve_names_a_bad_mcp_configuration_before_loading_a_model(tmp_path):
+    model = tmp_path / "no-model-needed"
+    model.mkdir()
+    (tmp_path / "mcp.json").write_text('{"mcpServers": {"notes": {"args": []}}}')
+    result = subprocess.run([sys.executable, "-m", "gemma4_mac", "serve", "--model", str(model), "--port", "0",
+                             "--mcp", str(tmp_path / "mcp.json")], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                           "GEMMA4_MAC_HOME": str(tmp_path / "home")})
+    assert result.returncode == 2 and "error: --mcp: " in result.stderr and "notes" in result.stderr

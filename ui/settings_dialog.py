@@ -150,6 +150,11 @@ class SettingsDialog(QDialog):
         self.server_allow_local_files = QCheckBox("Let API requests open image files on this Mac by path")
         self.server_allow_local_files.setChecked(settings.server_allow_local_files)
         server_form.addRow("", self.server_allow_local_files)
+        self.server_mcp_tools = QCheckBox("Let API requests use my read-only tools (\"mcp_tools\": true)")
+        self.server_mcp_tools.setToolTip("Programs calling the server may ask for the tools of your MCP servers "
+                                         "that only read; tools that change things are never offered to them.")
+        self.server_mcp_tools.setChecked(settings.server_mcp_tools)
+        server_form.addRow("", self.server_mcp_tools)
         layout.addLayout(server_form)
 
         layout.addWidget(_section("Tools"))
@@ -208,4 +213,5 @@ class SettingsDialog(QDialog):
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
             server_port=self.server_port.value(),
             server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),
-            server_allow_local_files=self.server_allow_local_files.isChecked(), **self.tool_values)
+            server_allow_local_files=self.server_allow_local_files.isChecked(),
+            server_mcp_tools=self.server_mcp_tools.isChecked(), **self.tool_values)

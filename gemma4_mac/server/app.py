@@ -92,6 +92,20 @@ def options_for(host: str, **fields) -> ServerOptions:
     return ServerOptions(allowed_hosts=accepted_hosts(host, extra_hosts), **fields)
 
 
+def _tools_of(config: Optional[str], worker: ModelWorker):
+    """The ToolRegistry of `serve --mcp CONFIG.json` (servers start on the first request that asks), or None."""
+    if not config:
+        return None
+    from ..mcp_config import McpConfigError, load_config_file
+    from ..toolbox import ToolRegistry
+
+    try:
+        return ToolRegistry(load_config_file(config))
+    except McpConfigError as error:
+        worker.stop()
+        raise ServeError(f"--mcp: {error}") from error
+
+
 class ServerHandle:
     """uvicorn serving an app on a thread; `start()` returns once it accepts connections."""
 
@@ -205,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request accepted, in MB (default %(default)s)")
     parser.add_argument("--allow-local-files", action="store_true",
                         help="let requests name image files on this computer by path (off: data URLs only)")
+    parser.add_argument("--mcp", metavar="CONFIG.json",
+                        help="MCP servers (Claude Desktop's JSON) whose read-only tools requests may ask for "
+                             "with \"mcp_tools\": true")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="a web origin (scheme://host[:port]) whose pages may call the server; "
                              "repeatable")
@@ -270,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
         if _already_serving(err):
             return 3
         worker = ModelWorker()
+        tools = _tools_of(args.mcp, worker)  # a bad configuration is reported before a model loads
         library = ModelLibrary(worker, owns_model=True, loader=load_slot, keep_alive=args.keep_alive,
                                extra_paths=(path,) if path else (), alias=args.model_id)
         if path is None and not library.known():
@@ -288,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
         service = GenerationService(worker, sessions=args.sessions, library=library)
         options = options_for(args.host, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2 ** 20),
                               allow_local_files=args.allow_local_files, cors_origins=tuple(args.cors_origin),
-                              extra_hosts=tuple(args.allowed_host))
+                              extra_hosts=tuple(args.allowed_host), tools=(lambda: tools) if tools else None)
         handle = ServerHandle(create_app(service, options), args.host, args.port, log_level="info")
         loaded = service.model_id()
         err.write(f"serving {loaded!r} at {handle.base_url}" if loaded else f"serving at {handle.base_url}"
@@ -301,6 +319,8 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
             registry.forget(handle.base_url)
             service.close()
             worker.stop()
+            if tools is not None:
+                tools.close()
         return 0
     except ServeError as error:
         err.write(f"error: {error}\n")
