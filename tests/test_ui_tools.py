@@ -158,10 +158,12 @@ def test_the_tools_editor_reads_a_pasted_configuration_and_lists_the_tools(harne
     editor.tool_boxes["notes/delete_note"].setChecked(False)
     editor.accept()
     assert "1 MCP server · 1 built-in tool" == settings.tools_summary.text()
+    settings.server_mcp_tools.setChecked(True)  # programs may ask for the read-only ones
     settings.accept()
     saved = h.controller.settings
     assert saved.mcp_servers == config["mcpServers"] and saved.mcp_approval == {"notes": "once"}
     assert saved.builtin_tools == ["read_file"] and saved.tools_off == ["notes/delete_note"]
+    assert saved.server_mcp_tools
     assert json.loads((h.home / "settings.json").read_text())["mcp_approval"] == {"notes": "once"}
     assert h.engine.tools is not None and h.window.composer.tools_button.isVisible()
 
