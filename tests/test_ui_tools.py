@@ -211,3 +211,18 @@ def test_stop_while_a_call_waits_for_approval_ends_it_unrun(harness_factory, qtb
     assert card.call["status"] == "cancelled" and card.approval.isHidden()
     assert not (tmp_path / "never.txt").exists()
     assert h.history.messages(h.controller.conversation_id)[-1].stats["finish_reason"] == "cancelled"
+
+
+def test_an_unexpected_error_in_the_tools_ends_the_answer_with_a_message(harness_factory, monkeypatch, tmp_path):
+    h = harness_factory(backend=FakeBackend(lambda request: [("answer", "ok")]), settings=notes_settings(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the registry broke")
+
+    monkeypatch.setattr(h.engine.tools, "toolbox", broken)
+    send(h, "hello")
+    h.wait_idle()
+    assert not h.window.composer.generating  # the window is not left waiting
+    shown = h.window.transcript.messages[-1].error_label.text()
+    assert "Answering with tools stopped on an unexpected error (the registry broke)" in shown
+    assert "Traceback" not in shown

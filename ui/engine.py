@@ -419,7 +419,9 @@ class Engine(QObject):
 
     def _agent_failed(self, request_id: int, error: Exception) -> None:
         self.generationStarted.emit(request_id)
-        self.generationFailed.emit(f"The agent failed: {type(error).__name__}: {error}")
+        why = str(error) or type(error).__name__
+        self.generationFailed.emit(f"Answering with tools stopped on an unexpected error ({why}). Try again, or "
+                                   "switch the tools off for this chat; the log has the details.")
 
     def _generation_dropped(self, request: GenerationRequest) -> None:
         """Cancelled before its turn came: the window still hears it start and end, as a cancelled answer."""
