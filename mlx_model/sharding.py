@@ -74,14 +74,7 @@ def head_ranges(n_heads: int, n_kv_heads: int, rank: int, size: int, where: str)
 
 def _quant_group(model, path: str) -> int:
     """The quantization group size of the module at `path` (1 when it is not quantized)."""
-    module = _module(model, path)
-    if getattr(module, "group_size", None):
-        return module.group_size
-    quantization = model.config.quantization
-    if not quantization:
-        return 1
-    override = quantization.get(path)
-    return (override if isinstance(override, dict) else quantization).get("group_size", 64)
+    return getattr(_module(model, path), "group_size", None) or 1
 
 
 def _module(model, path: str) -> nn.Module:
