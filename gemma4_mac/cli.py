@@ -30,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    ask.add_argument("--hosts", metavar="HOSTS.JSON",
+                     help="split the model across the Macs of this MLX hostfile, this Mac first "
+                          "(docs/distributed.md)")
     sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
                                  "(python -m gemma4_mac serve --help)", add_help=False)
     plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
     plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
     plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")
+    plan.add_argument("--macs", type=int, default=1, help="split each model across this many Macs")
     return parser
 
 
@@ -119,21 +123,48 @@ class ReadingLine:
 
 
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Load the model, stream the answer; thoughts go to `err` marked as such."""
+    """Load the model (split across Macs with --hosts), stream the answer."""
     from mlx_model import ModelLoadError, load
-
-    from .generate import GenerationError, SamplingSettings, stream_generate
 
     if args.max_tokens <= 0:
         raise CliError("--max-tokens must be a positive number")
     if args.raw and (args.image or args.audio or args.video):
         raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
     content = _user_content(args.question, args.image, args.audio, args.video)
+    if args.hosts and (args.image or args.audio or args.video):
+        raise CliError("attachments are not supported yet when the model is split across Macs (--hosts)")
+    cluster = None
     try:
-        # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
-        model, processor = load(Path(args.model).expanduser())
-    except ModelLoadError as error:
-        raise CliError(str(error)) from error
+        if args.hosts:
+            from .cluster import ClusterError, start
+
+            try:
+                cluster = start(args.hosts, args.model)
+            except ClusterError as error:
+                raise CliError(str(error)) from error
+        try:
+            # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
+            model, processor = load(Path(args.model).expanduser(), group=cluster.group if cluster else None)
+        except ModelLoadError as error:
+            raise CliError(str(error)) from error
+        if cluster is not None:
+            from .distributed import LeaderModel
+
+            model = LeaderModel(model, cluster.group)
+        try:
+            return _answer(args, model, processor, content, out, err)
+        finally:
+            if cluster is not None:
+                model.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _answer(args: argparse.Namespace, model, processor, content, out: TextIO, err: TextIO) -> int:
+    """Stream the answer to one question; thoughts go to `err` marked as such."""
+    from .generate import GenerationError, SamplingSettings, stream_generate
+
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                 seed=args.seed, max_tokens=args.max_tokens)
     messages = []

@@ -242,10 +242,12 @@ def parse_config(path: Path, raw_config: dict) -> ModelConfig:
                              "re-download or re-convert the model.") from err
 
 
-def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
+def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
+         group: Optional[mx.distributed.Group] = None):
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
-    an incomplete folder raises IncompleteModelError saying what is missing."""
+    an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's shard
+    of the text decoder is loaded (mlx_model/sharding.py)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
 
@@ -254,7 +256,7 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     raw_config = read_config(folder)
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
-    model = load_model(folder, lazy=lazy, dtype=dtype)
+    model = load_model(folder, lazy=lazy, dtype=dtype, group=group)
     try:
         processor = load_processor(folder, model.config)
     except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json
