@@ -148,9 +148,12 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except ModelLoadError as error:
             raise CliError(str(error)) from error
         if cluster is not None:
-            from .distributed import LeaderModel
+            from .distributed import LeaderModel, PeerLostError
 
-            model = LeaderModel(model, cluster.group)
+            try:
+                model = LeaderModel(model, cluster.group)
+            except PeerLostError as error:  # a follower could not load its shard
+                raise CliError(str(error)) from error
         try:
             return _answer(args, model, processor, content, out, err)
         finally:

@@ -37,6 +37,10 @@ class Channel:
         self.group = group
         self.leader = group.rank() == 0
 
+    def barrier(self) -> None:
+        """Wait until every rank got here (each has loaded its shard)."""
+        mx.eval(mx.distributed.all_sum(mx.ones((1,)), group=self.group))
+
     def _share(self, value: mx.array) -> mx.array:
         out = mx.distributed.all_sum(value if self.leader else mx.zeros_like(value), group=self.group)
         mx.eval(out)
@@ -157,6 +161,10 @@ class LeaderModel:
         self._forgotten: list = []
         self.lost: Optional[str] = None
         self.ranks = group.size()
+        try:
+            self._channel.barrier()  # ready once every Mac holds its shard
+        except RuntimeError as error:
+            raise self._peer_lost(error) from error
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -238,6 +246,7 @@ class LeaderModel:
 def follow(model, group: mx.distributed.Group) -> None:
     """(ranks 1..N-1) Repeat rank 0's model calls on this rank's shard until it says stop or goes away."""
     channel = Channel(group)
+    channel.barrier()
     caches: dict[int, list] = {}
     handles: dict[int, Any] = {}
     while True:

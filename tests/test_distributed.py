@@ -152,3 +152,45 @@ def test_head_counts_that_do_not_split_are_named(run):
         plan_shards(model, 0, 3)
     with pytest.raises(ModelLoadError, match="cannot be split across 3 ranks"):
         load_model(paths["dense"], group=_Group(0, 3))
+
+
+def _answer_alone(model_dir: Path, question: str, max_tokens: int) -> str:
+    """The greedy answer of the model on this process alone (the reference for the served one)."""
+    from gemma4_mac.generate import SamplingSettings, stream_generate
+    from mlx_model import load
+
+    model, processor = load(model_dir)
+    events = stream_generate(model, processor, [{"role": "user", "content": question}],
+                             sampling=SamplingSettings(temperature=0.0, max_tokens=max_tokens))
+    return "".join(e.text for e in events if e.kind == "answer")
+
+
+@pytest.mark.slow
+def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat_model_dir, tmp_path):
+    import psutil
+
+    from tests.server_support import raw_request, serve_process
+
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
+    question = {"model": tiny_chat_model_dir.name, "messages": [{"role": "user", "content": "Hello there"}],
+                "max_tokens": 8, "temperature": 0}
+    expected = _answer_alone(tiny_chat_model_dir, "Hello there", 8)
+    with serve_process(tiny_chat_model_dir, tmp_path / "home", "--hosts", str(hosts),
+                       "--ring-port", str(_free_port_pair())) as (process, url):
+        status, body, _ = raw_request(url, "POST", "/chat/completions", json.dumps(question).encode(),
+                                      timeout=120)
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] == expected
+
+        followers = [p for p in psutil.Process(process.pid).children(recursive=True)  # not mlx.launch itself
+                     if "gemma4_mac.cluster" in p.cmdline() and not any("mlx.launch" in a for a in p.cmdline())]
+        assert len(followers) == 1
+        followers[0].kill()
+        followers[0].wait(30)
+        status, body, _ = raw_request(url, "POST", "/chat/completions", json.dumps(question).encode())
+        assert status == 503 and body["error"]["code"] == "group_degraded"
+        assert "stopped answering" in body["error"]["message"]
+        status, health, _ = raw_request(url[: -len("/v1")], "GET", "/health")
+        assert status == 200 and health["status"] == "degraded"
+        assert process.poll() is None  # the server stays up
