@@ -49,6 +49,10 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
                                    variant_table)
 
     contexts = tuple(args.context or (8192, 32768, 131072, 262144))
+    if args.macs < 1:
+        raise CliError("--macs must be at least 1")
+    if args.macs > 1:
+        return _run_split_plan(args, contexts, out)
     if not args.model:
         out.write(format_table(variant_table(contexts)) + "\n\n")
         out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
@@ -76,6 +80,35 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
                       f"total {format_size(p.total)}\n")
     out.write(f"largest context on this machine ({total / GIB:.0f} GiB): "
               f"{largest_context(config, total, weights=weights)} tokens\n")
+    return 0
+
+
+def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> int:
+    """`plan --macs N`: memory on each Mac with the model split across N of them."""
+    from mlx_model.planner import format_split_table, split_plan, split_table
+
+    from .model_manager import format_size
+
+    if not args.model:
+        out.write(format_split_table(split_table(args.macs, tuple(args.context or (32768, 262144))), args.macs)
+                  + "\n")
+        return 0
+    from mlx_model.config import ModelConfig
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
+
+    path = Path(args.model).expanduser()
+    try:
+        check_model_path(path)
+        config = ModelConfig.from_dict(read_config(path)).text_config
+        weights = sum(f.stat().st_size for f in weight_files(path))
+    except (ModelLoadError, ValueError) as error:
+        raise CliError(str(error)) from error
+    for context in contexts:
+        for bits in (None, 8, 4):
+            p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights)
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, on each of {args.macs} Macs: weights "
+                      f"{format_size(p.weights)}, KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
+                      f"total {format_size(p.total)}\n")
     return 0
 
 
