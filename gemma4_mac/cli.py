@@ -90,8 +90,8 @@ def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> i
     from .model_manager import format_size
 
     if not args.model:
-        out.write(format_split_table(split_table(args.macs, tuple(args.context or (32768, 262144))), args.macs)
-                  + "\n")
+        rows = split_table(args.macs, tuple(args.context or (32768, 262144)))
+        out.write(format_split_table(rows, args.macs) + "\n")
         return 0
     from mlx_model.config import ModelConfig
     from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files

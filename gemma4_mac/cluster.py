@@ -42,7 +42,8 @@ def read_hosts(path: str | Path) -> list[dict]:
         and h["ips"] and all(isinstance(ip, str) for ip in h["ips"]) for h in hosts)
     if not valid:
         raise ClusterError(f"{path} is not a hosts file: expected a list like "
-                           '[{"ssh": "mac-a.local", "ips": ["10.0.0.1"]}, {"ssh": "mac-b.local", "ips": ["10.0.0.2"]}] '
+                           '[{"ssh": "mac-a.local", "ips": ["10.0.0.1"]}, '
+                           '{"ssh": "mac-b.local", "ips": ["10.0.0.2"]}] '
                            "with this Mac first (mlx.distributed_config writes one).")
     if len(hosts) < 2:
         raise ClusterError(f"{path} names {len(hosts)} Mac; a split model needs at least two.")
@@ -81,10 +82,11 @@ def _init_group(timeout: float, followers: Optional[subprocess.Popen] = None):
     if "group" in result:
         return result["group"]
     if followers is not None and followers.poll() is not None:
-        raise ClusterError(f"the other Macs could not be started (mlx.launch exited with {followers.returncode}); "
-                           "check that this Mac can `ssh` to each host without a password and that the model "
-                           "folder and this program are at the same paths there.")
-    raise ClusterError(f"could not connect the Macs' ring ({result.get('error', f'no answer in {timeout:.0f} s')}); "
+        raise ClusterError(f"the other Macs could not be started (mlx.launch exited with "
+                           f"{followers.returncode}); check that this Mac can `ssh` to each host without a "
+                           "password and that the model folder and this program are at the same paths there.")
+    reason = result.get("error", f"no answer in {timeout:.0f} s")
+    raise ClusterError(f"could not connect the Macs' ring ({reason}); "
                        "check the IPs in the hosts file and that the port is not blocked.")
 
 

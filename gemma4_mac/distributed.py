@@ -24,6 +24,7 @@ import mlx.core as mx
 from .prefill import GenerationError
 
 STOP = "stop"
+TEXT_ONLY = "images, audio and video are not supported yet when a model is split across Macs; send text only."
 
 
 class PeerLostError(GenerationError):
@@ -151,7 +152,7 @@ class _LeaderLanguageModel:
 
 
 class LeaderModel:
-    """Rank 0's model: the sharded model, with every forward pass and cache change repeated by the followers."""
+    """Rank 0's model: the sharded model; the followers repeat its every forward pass and cache change."""
 
     def __init__(self, model, group: mx.distributed.Group):
         self._model = model
@@ -205,13 +206,11 @@ class LeaderModel:
 
     def __call__(self, inputs=None, cache=None, **kwargs):
         if any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "input_features")):
-            raise GenerationError("images, audio and video are not supported yet when a model is split across "
-                                  "Macs; send text only.")
+            raise GenerationError(TEXT_ONLY)
         return self._run("model", inputs, cache, kwargs)
 
     def embed_multimodal(self, *args, **kwargs):
-        raise GenerationError("images, audio and video are not supported yet when a model is split across Macs; "
-                              "send text only.")
+        raise GenerationError(TEXT_ONLY)
 
     image_features = audio_features = embed_multimodal
 
@@ -257,7 +256,8 @@ def follow(model, group: mx.distributed.Group) -> None:
         if op == STOP:
             return
         if op == "make_cache":
-            caches[header["id"]] = model.make_cache(kv_bits=header["kv_bits"], kv_group_size=header["kv_group_size"])
+            caches[header["id"]] = model.make_cache(kv_bits=header["kv_bits"],
+                                                    kv_group_size=header["kv_group_size"])
         elif op == "cache":
             list_id, index = header["cache"]
             layer = caches[list_id][index]
@@ -268,7 +268,7 @@ def follow(model, group: mx.distributed.Group) -> None:
             else:
                 getattr(layer, header["call"])(header["argument"])
         elif op == "forward":
-            cache = [caches[list_id][index] for list_id, index in header["cache"]] if header["cache"] else None
+            cache = [caches[list_id][index] for list_id, index in header["cache"] or []] or None
             inputs = arrays.pop("__inputs__", None)
             module = model.language_model if header["target"] == "language_model" else model
             mx.eval(module(inputs, cache=cache, **_join_arguments(header["kwargs"], arrays)))

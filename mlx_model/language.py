@@ -20,7 +20,7 @@ from .config import FULL, SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
 def all_sum(x: mx.array, group) -> mx.array:
-    """Sum of the ranks' partial results under tensor parallelism (mlx_model/sharding.py); x alone otherwise."""
+    """The sum of the ranks' partial results under tensor parallelism (mlx_model/sharding.py), else x."""
     return x if group is None else mx.distributed.all_sum(x, group=group)
 
 
@@ -172,7 +172,8 @@ class Experts(nn.Module):
 
     def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
         if self.local_experts is not None:
-            # routes to other ranks' experts count 0 here (their rank adds them); index 0 keeps gather_mm in range
+            # routes to other ranks' experts count 0 here (their rank adds them); index 0 keeps gather_mm in
+            # range
             local = indices - self.first_expert
             mine = (local >= 0) & (local < self.local_experts)
             indices, weights = mx.where(mine, local, 0), mx.where(mine, weights, 0.0)
@@ -227,7 +228,7 @@ class DecoderLayer(nn.Module):
         if self.enable_moe:
             indices, weights = self.router(x)  # HF:1404 router takes the residual before the norm
             h2 = self.experts(self.pre_feedforward_layernorm_2(x), indices, weights)
-            if self.group is not None:  # both halves are partial sums when sharded: one collective for the two
+            if self.group is not None:  # both halves are partial sums when sharded: one collective for both
                 h, h2 = all_sum(mx.stack([h, h2]), self.group)
             h = self.post_feedforward_layernorm_1(h) + self.post_feedforward_layernorm_2(h2)
         x = x + self.post_feedforward_layernorm(h)

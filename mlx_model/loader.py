@@ -90,7 +90,8 @@ def _located_tensors(path: Path, model: Model) -> dict[str, tuple]:
             header, data_start = read_header(file)
             tensors = mx.load(str(file))  # lazy: nothing is read until evaluated
         except (RuntimeError, ValueError, OSError, SafetensorsHeaderError) as err:
-            raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or incomplete.") from err
+            raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or "
+                                 "incomplete.") from err
         for name, value in tensors.items():
             for new_name, new_value in model.sanitize({name: value}).items():  # sanitize renames key by key
                 located[new_name] = (file, header[name], data_start, new_value)

@@ -265,9 +265,9 @@ def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Opti
     (the logits and the hidden states are whole on every Mac)."""
     count = count_text_weights(config)
     embedding = config.vocab_size * config.hidden_size
-    whole = quantized_bytes(count.quantizable, weight_bits) + quantized_bytes(count.router, 8 if weight_bits else None)
-    replicated = (quantized_bytes(embedding, weight_bits) + quantized_bytes(count.router, 8 if weight_bits else None)
-                  + count.floats * 2)
+    router = quantized_bytes(count.router, 8 if weight_bits else None)
+    whole = quantized_bytes(count.quantizable, weight_bits) + router
+    replicated = quantized_bytes(embedding, weight_bits) + router + count.floats * 2
     per_mac = replicated + -(-(whole + count.floats * 2 - replicated) // macs)
     if weights is not None:
         per_mac = int(weights * per_mac / (whole + count.floats * 2))
@@ -275,9 +275,11 @@ def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Opti
     for i in range(config.first_shared_layer):
         heads = config.layer_kv_heads[i]
         local = heads // macs if heads % macs == 0 else 1
-        tokens = min(context, config.sliding_window) if config.layer_types[i] == SLIDING else -(-context // 256) * 256
+        sliding = config.layer_types[i] == SLIDING
+        tokens = min(context, config.sliding_window) if sliding else -(-context // 256) * 256
         kv += 2 * quantized_bytes(tokens * local * config.layer_head_dims[i], kv_bits)
-    return MemoryPlan(weights=per_mac, kv=kv, scratch=prefill_scratch_bytes(config, chunk, context), chunk=chunk)
+    scratch = prefill_scratch_bytes(config, chunk, context)
+    return MemoryPlan(weights=per_mac, kv=kv, scratch=scratch, chunk=chunk)
 
 
 def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) -> list[dict]:
@@ -291,9 +293,11 @@ def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) ->
                 continue
             for bits in kv_precisions:
                 p = split_plan(config, context, macs, kv_bits=bits)
-                fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * (1 - DEFAULT_SAFETY_MARGIN)), None)
-                rows.append(dict(variant=name, context=context, kv_bits=bits or 16, weights_gib=p.weights / GIB,
-                                 kv_gib=p.kv / GIB, total_gib=p.total / GIB, smallest_mac_gib=fits))
+                usable = 1 - DEFAULT_SAFETY_MARGIN
+                fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * usable), None)
+                rows.append(dict(variant=name, context=context, kv_bits=bits or 16,
+                                 weights_gib=p.weights / GIB, kv_gib=p.kv / GIB, total_gib=p.total / GIB,
+                                 smallest_mac_gib=fits))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Tensor parallelism: one Gemma model across the ranks of an `mx.distributed` group (mlx-lm's `shard(group)`).
+"""Tensor parallelism: one Gemma model across the ranks of an `mx.distributed` group (mlx-lm's `shard`).
 
 Every rank runs every layer on a slice of its weights; the partial results meet in one `all_sum` per block:
 - attention: query heads split evenly, KV heads the same way, so each rank's KV cache holds only its heads.
@@ -46,10 +46,11 @@ class Cut:
 
 
 def even_range(total: int, rank: int, size: int, align: int = 1, what: str = "") -> tuple[int, int]:
-    """Rank's share of `total`, cut on multiples of `align`; the first ranks take one unit more when uneven."""
+    """Rank's share of `total`, cut on multiples of `align`; the first ranks take a unit more when uneven."""
     if total % align or total // align < size:
-        raise ShardingError(f"{what} of width {total} cannot be split across {size} ranks in whole blocks of "
-                            f"{align}; run on fewer Macs (or a checkpoint with a smaller quantization group).")
+        raise ShardingError(f"{what} of width {total} cannot be split across {size} ranks in whole blocks "
+                            f"of {align}; run on fewer Macs (or a checkpoint with a smaller quantization "
+                            "group).")
     base, extra = divmod(total // align, size)
     start = rank * base + min(rank, extra)
     return start * align, (start + base + (rank < extra)) * align
@@ -68,8 +69,8 @@ def head_ranges(n_heads: int, n_kv_heads: int, rank: int, size: int, where: str)
     if size % n_kv_heads == 0:  # every rank's query heads read one KV head: it keeps a copy of that one
         kv = queries[0] // (n_heads // n_kv_heads)
         return queries, (kv, kv + 1)
-    raise ShardingError(f"{where} has {n_kv_heads} key/value heads; {size} ranks need a count that divides or "
-                        f"is divided by {size}. Use {n_kv_heads} Macs or a divisor of it.")
+    raise ShardingError(f"{where} has {n_kv_heads} key/value heads; {size} ranks need a count that "
+                        f"divides or is divided by {size}. Use {n_kv_heads} Macs or a divisor of it.")
 
 
 def _quant_group(model, path: str) -> int:
@@ -92,8 +93,8 @@ def plan_shards(model, rank: int, size: int) -> dict[str, Cut]:
     plan: dict[str, Cut] = {}
     for i, layer in enumerate(lm.layers):
         path, attn = f"{prefix}.layers.{i}", layer.self_attn
-        queries, kv = head_ranges(attn.n_heads, attn.n_kv_heads, rank, size,
-                                  f"layer {i} ({'sliding' if attn.layer_type == SLIDING else 'full'} attention)")
+        kind = "sliding" if attn.layer_type == SLIDING else "full"
+        queries, kv = head_ranges(attn.n_heads, attn.n_kv_heads, rank, size, f"layer {i} ({kind} attention)")
         hd = attn.head_dim
         plan[f"{path}.self_attn.q_proj"] = Cut(-2, ((queries[0] * hd, queries[1] * hd),))
         plan[f"{path}.self_attn.o_proj"] = Cut(-1, ((queries[0] * hd, queries[1] * hd),))
@@ -115,7 +116,8 @@ def plan_shards(model, rank: int, size: int) -> dict[str, Cut]:
         align = max([align] + [_quant_group(model, f"{prefix}.layers.{i}.per_layer_projection")
                                for i in range(len(lm.layers))])
         cols = even_range(lm.ple_dim, rank, size, align, "the per-layer embedding")
-        slots = tuple((layer * lm.ple_dim + cols[0], layer * lm.ple_dim + cols[1]) for layer in range(len(lm.layers)))
+        slots = tuple((layer * lm.ple_dim + cols[0], layer * lm.ple_dim + cols[1])
+                      for layer in range(len(lm.layers)))
         plan[f"{prefix}.embed_tokens_per_layer"] = Cut(-1, slots)
         plan[f"{prefix}.per_layer_model_projection"] = Cut(-2, slots)
         plan[f"{prefix}.per_layer_projection_norm"] = Cut(-1, (cols,))
@@ -136,8 +138,8 @@ def cut_tensor(tensor, kind: str, cut: Cut, bits: Optional[int] = None, group_si
     axis, scale = cut.axis, 1
     if kind == "bias":
         if axis != -2:
-            raise ShardingError("a layer with a bias cannot be split by input columns; such checkpoints cannot "
-                                "be sharded.")
+            raise ShardingError("a layer with a bias cannot be split by input columns; such checkpoints "
+                                "cannot be sharded.")
         axis = -1
     elif axis == -1 and bits:
         scale = group_size if kind in ("scales", "biases") else 32 / bits
@@ -164,8 +166,8 @@ def shard_model(model, group: mx.distributed.Group) -> dict[str, Cut]:
         return {}
     text = model.config.text_config
     if text.attention_bias:
-        raise ShardingError("this checkpoint's attention layers have biases, which tensor parallelism here does "
-                            "not split; run it on one Mac.")
+        raise ShardingError("this checkpoint's attention layers have biases, which tensor parallelism here "
+                            "does not split; run it on one Mac.")
     plan = plan_shards(model, rank, size)
     for path, cut in plan.items():
         module = _module(model, path)

@@ -74,8 +74,9 @@ def measure(path: str, prompt_len: int, decode: int) -> dict:
         token = mx.argmax(logits[:, -1], axis=-1)[:, None]
         mx.eval(token)
     decode_s = time.perf_counter() - start
-    return {"ranks": group.size(), "rank": group.rank(), "weight_bytes": weights, "load_peak_bytes": load_peak,
-            "kv_bytes": kv, "prefill_tps": prompt_len / prefill_s, "decode_tps": decode / decode_s}
+    return {"ranks": group.size(), "rank": group.rank(), "weight_bytes": weights,
+            "load_peak_bytes": load_peak, "kv_bytes": kv, "prefill_tps": prompt_len / prefill_s,
+            "decode_tps": decode / decode_s}
 
 
 def run(path: Path, ranks: int, prompt_len: int, decode: int, out: Path) -> list[dict]:

@@ -1,6 +1,6 @@
-"""One rank of tests/test_distributed.py, started by `mlx.launch --backend ring`: loads each checkpoint sharded
-across the group and saves its logits (full forward, then cached prefill and greedy decode) for the test to
-compare with the single-process model.
+"""One rank of tests/test_distributed.py, started by `mlx.launch --backend ring`: loads each checkpoint
+sharded across the group and saves its logits (full forward, then cached prefill and greedy decode) for
+the test to compare with the single-process model.
 
 Usage: distributed_worker.py OUT_DIR PROMPT_LEN DECODE_STEPS CASE... where a CASE is NAME=CHECKPOINT:KV_BITS
 (KV_BITS 16 or 8).

@@ -1,8 +1,8 @@
 """Tensor parallelism across two processes: `mlx.launch --backend ring` on 127.0.0.1 (CPU), one launch for
 every case. Each rank loads only its slice of the checkpoint; rank 0's logits must equal the single-process
-model's within 1e-4 (full forward; cached prefill and greedy decode past the sliding window with a 16-bit KV
-cache; with an 8-bit cache, well inside the cache's own rounding error) and the greedy tokens must be identical
-on every rank.
+model's within 1e-4 (full forward; cached prefill and greedy decode past the sliding window with a 16-bit
+KV cache; with an 8-bit cache, well inside the cache's own rounding error) and the greedy tokens must be
+identical on every rank.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ CASES = {  # name -> (checkpoint, KV bits)
 
 
 def _quantized_copy(source: Path, target: Path) -> Path:
-    """`source` with its linears, expert banks and embeddings at 8 bits (group 32), as a converter writes it."""
+    """`source` with its linears, expert banks and embeddings at 8 bits (group 32), as converted."""
     model = load_model(source)
     nn.quantize(model, group_size=32, bits=8,
                 class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 32 == 0)
@@ -89,7 +89,8 @@ def run(tmp_path_factory):
     cases = [f"{name}={paths[ckpt]}:{bits}" for name, (ckpt, bits) in CASES.items()]
     command = [mlx_launch(), "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()),
                "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--python", sys.executable,
-               str(ROOT / "tests" / "distributed_worker.py"), str(out), str(PROMPT_LEN), str(DECODE_STEPS), *cases]
+               str(ROOT / "tests" / "distributed_worker.py"), str(out), str(PROMPT_LEN), str(DECODE_STEPS),
+               *cases]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
@@ -183,8 +184,10 @@ def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat
         assert status == 200, body
         assert body["choices"][0]["message"]["content"] == expected
 
-        followers = [p for p in psutil.Process(process.pid).children(recursive=True)  # not mlx.launch itself
-                     if "gemma4_mac.cluster" in p.cmdline() and not any("mlx.launch" in a for a in p.cmdline())]
+        children = psutil.Process(process.pid).children(recursive=True)
+        followers = [p for p in children  # the follower itself, not the mlx.launch that started it
+                     if "gemma4_mac.cluster" in p.cmdline()
+                     and not any("mlx.launch" in part for part in p.cmdline())]
         assert len(followers) == 1
         followers[0].kill()
         followers[0].wait(30)
@@ -194,3 +197,31 @@ def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat
         status, health, _ = raw_request(url[: -len("/v1")], "GET", "/health")
         assert status == 200 and health["status"] == "degraded"
         assert process.poll() is None  # the server stays up
+
+
+def test_planner_divides_weights_and_kv_between_macs():
+    from mlx_model.config import TextConfig
+    from mlx_model.planner import VARIANT_CONFIGS, plan, split_plan
+
+    big = TextConfig.from_dict({**VARIANT_CONFIGS["31B"], "max_position_embeddings": 262_144})
+    one, two = plan(big, 262_144, kv_bits=8), split_plan(big, 262_144, 2, kv_bits=8)
+    assert 0.5 < two.weights / one.weights < 0.55  # the embedding stays whole on both Macs
+    assert two.kv == one.kv // 2
+    # E2B has one KV head: each Mac keeps a copy of it, so its KV cache is not divided
+    small = TextConfig.from_dict({**VARIANT_CONFIGS["E2B"], "max_position_embeddings": 131_072})
+    assert split_plan(small, 32_768, 2).kv == plan(small, 32_768).kv
+
+
+def test_a_bad_hosts_file_is_one_error_line(tmp_path):
+    import io
+
+    from gemma4_mac.cli import main as cli_main
+
+    alone = tmp_path / "alone.json"
+    alone.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}]))
+    for hosts, message in ((tmp_path / "missing.json", "cannot read the hosts file"),
+                           (alone, "needs at least two")):
+        out, err = io.StringIO(), io.StringIO()
+        assert cli_main(["ask", "--model", str(tmp_path), "--hosts", str(hosts), "Hi"], out=out, err=err) == 2
+        assert err.getvalue().startswith("error: ") and message in err.getvalue()
+        assert err.getvalue().count("\n") == 1

@@ -169,7 +169,8 @@ def check_binding(host: str, api_key: Optional[str]) -> None:
 def load_slot(path: Path, group=None) -> ModelSlot:
     """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
     folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so.
-    With a `group` (serve --hosts) this is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py)."""
+    With a `group` (serve --hosts) it is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py).
+    """
     from mlx_model import load
 
     from .library import describe_folder
@@ -335,7 +336,8 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
 
 
 def _start_group(args, path: Path, err: TextIO):
-    """Start the other Macs of --hosts (they load their shards) and a loader giving rank 0's slot for --model."""
+    """Start the other Macs of --hosts (they load their shards); returns them and a loader that gives rank 0's
+    slot for --model."""
     from ..cluster import ClusterError, start
 
     err.write(f"starting the Macs of {args.hosts} ...\n")
