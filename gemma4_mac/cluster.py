@@ -31,12 +31,15 @@ class ClusterError(RuntimeError):
 
 
 def read_hosts(path: str | Path) -> list[dict]:
-    """The hosts of `path` (MLX's hostfile format), checked: at least two, each with an ssh name and an IP."""
+    """The hosts of `path` (MLX's hostfile: the list, or mlx.distributed_config's {"hosts": [...], ...}),
+    checked: at least two, each with an ssh name and an IP (the ring uses each host's first IP)."""
     path = Path(path).expanduser()
     try:
         hosts = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ClusterError(f"cannot read the hosts file {path} ({error}).") from error
+    if isinstance(hosts, dict):
+        hosts = hosts.get("hosts")
     valid = isinstance(hosts, list) and all(
         isinstance(h, dict) and isinstance(h.get("ssh"), str) and isinstance(h.get("ips"), list)
         and h["ips"] and all(isinstance(ip, str) for ip in h["ips"]) for h in hosts)

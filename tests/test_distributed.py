@@ -225,3 +225,14 @@ def test_a_bad_hosts_file_is_one_error_line(tmp_path):
         assert cli_main(["ask", "--model", str(tmp_path), "--hosts", str(hosts), "Hi"], out=out, err=err) == 2
         assert err.getvalue().startswith("error: ") and message in err.getvalue()
         assert err.getvalue().count("\n") == 1
+
+
+def test_hosts_file_in_both_of_mlx_formats(tmp_path):
+    from gemma4_mac.cluster import read_hosts, ring_addresses
+
+    hosts = [{"ssh": "mac-a.local", "ips": ["10.0.0.1"]}, {"ssh": "mac-b.local", "ips": ["10.0.0.2"]}]
+    (tmp_path / "list.json").write_text(json.dumps(hosts))
+    (tmp_path / "config.json").write_text(json.dumps({"backend": "ring", "envs": [], "hosts": hosts}))
+    for name in ("list.json", "config.json"):
+        assert read_hosts(tmp_path / name) == hosts
+    assert ring_addresses(hosts, 5000) == [["10.0.0.1:5000"], ["10.0.0.2:5001"]]
