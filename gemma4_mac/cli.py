@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--yes", action="store_true", help="allow tools that write without asking")
     ask.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
                      help="most model turns with tools (default %(default)s)")
+    ask.add_argument("--hosts", metavar="HOSTS.JSON",
+                     help="split the model across the Macs of this MLX hostfile, this Mac first "
+                          "(docs/distributed.md)")
     sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
                                  "(python -m gemma4_mac serve --help)", add_help=False)
     mcp = sub.add_parser("mcp", help="MCP servers: `mcp list CONFIG.json` prints the tools of each server")
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
     plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
     plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")
+    plan.add_argument("--macs", type=int, default=1, help="split each model across this many Macs")
     return parser
 
 
@@ -59,6 +63,10 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
                                    variant_table)
 
     contexts = tuple(args.context or (8192, 32768, 131072, 262144))
+    if args.macs < 1:
+        raise CliError("--macs must be at least 1")
+    if args.macs > 1:
+        return _run_split_plan(args, contexts, out)
     if not args.model:
         out.write(format_table(variant_table(contexts)) + "\n\n")
         out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
@@ -89,6 +97,35 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> int:
+    """`plan --macs N`: memory on each Mac with the model split across N of them."""
+    from mlx_model.planner import format_split_table, split_plan, split_table
+
+    from .model_manager import format_size
+
+    if not args.model:
+        rows = split_table(args.macs, tuple(args.context or (32768, 262144)))
+        out.write(format_split_table(rows, args.macs) + "\n")
+        return 0
+    from mlx_model.config import ModelConfig
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
+
+    path = Path(args.model).expanduser()
+    try:
+        check_model_path(path)
+        config = ModelConfig.from_dict(read_config(path)).text_config
+        weights = sum(f.stat().st_size for f in weight_files(path))
+    except (ModelLoadError, ValueError) as error:
+        raise CliError(str(error)) from error
+    for context in contexts:
+        for bits in (None, 8, 4):
+            p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights)
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, on each of {args.macs} Macs: weights "
+                      f"{format_size(p.weights)}, KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
+                      f"total {format_size(p.total)}\n")
+    return 0
+
+
 def _user_content(question: str, images: list[str], audio: list[str], videos: list[str]):
     for kind, files in (("image", images), ("audio", audio), ("video", videos)):
         for name in files:
@@ -104,10 +141,8 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
 
 
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Load the model, stream the answer; thoughts go to `err` marked as such."""
+    """Load the model (split across Macs with --hosts), stream the answer."""
     from mlx_model import ModelLoadError, load
-
-    from .generate import GenerationError, SamplingSettings, stream_generate
 
     if args.max_tokens <= 0:
         raise CliError("--max-tokens must be a positive number")
@@ -126,11 +161,43 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except ToolSetupError as error:
             raise CliError(str(error)) from error
     content = _user_content(args.question, args.image, args.audio, args.video)
+    if args.hosts and (args.image or args.audio or args.video):
+        raise CliError("attachments are not supported yet when the model is split across Macs (--hosts)")
+    cluster = None
     try:
-        # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
-        model, processor = load(Path(args.model).expanduser())
-    except ModelLoadError as error:
-        raise CliError(str(error)) from error
+        if args.hosts:
+            from .cluster import ClusterError, start
+
+            try:
+                cluster = start(args.hosts, args.model)
+            except ClusterError as error:
+                raise CliError(str(error)) from error
+        try:
+            # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
+            model, processor = load(Path(args.model).expanduser(), group=cluster.group if cluster else None)
+        except ModelLoadError as error:
+            raise CliError(str(error)) from error
+        if cluster is not None:
+            from .distributed import LeaderModel, PeerLostError
+
+            try:
+                model = LeaderModel(model, cluster.group)
+            except PeerLostError as error:  # a follower could not load its shard
+                raise CliError(str(error)) from error
+        try:
+            return _answer(args, model, processor, content, registry, out, err)
+        finally:
+            if cluster is not None:
+                model.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _answer(args: argparse.Namespace, model, processor, content, registry, out: TextIO, err: TextIO) -> int:
+    """Stream the answer to one question; thoughts go to `err` marked as such."""
+    from .generate import GenerationError, SamplingSettings, stream_generate
+
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                 seed=args.seed, max_tokens=args.max_tokens)
     messages = []

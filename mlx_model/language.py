@@ -19,6 +19,11 @@ from .cache import KVCache, SlidingKVCache, window_mask
 from .config import FULL, SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
+def all_sum(x: mx.array, group) -> mx.array:
+    """The sum of the ranks' partial results under tensor parallelism (mlx_model/sharding.py), else x."""
+    return x if group is None else mx.distributed.all_sum(x, group=group)
+
+
 def _norm(config: TextConfig, dims: int) -> nn.Module:
     return OffsetRMSNorm(dims, config.rms_norm_eps) if config.is_gemma3 else RMSNorm(dims, config.rms_norm_eps)
 
@@ -32,9 +37,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+        self.group = None  # set by sharding: this rank holds a slice of the width, the ranks sum
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(gated_gelu(self.gate_proj(x), self.up_proj(x)))
+        return all_sum(self.down_proj(gated_gelu(self.gate_proj(x), self.up_proj(x))), self.group)
 
 
 class Attention(nn.Module):
@@ -62,6 +68,7 @@ class Attention(nn.Module):
             self.use_v_norm = not config.is_gemma3
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=bias)
         self.rope = RotaryEmbedding(self.head_dim, config.rope_parameters[self.layer_type])
+        self.group = None  # set by sharding: this rank holds some of the heads, the ranks sum o_proj
 
     def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0):
         """Returns the output and this layer's (keys, values) for KV-shared layers to reuse."""
@@ -89,7 +96,7 @@ class Attention(nn.Module):
         else:
             out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        return self.o_proj(out), (keys, values)
+        return all_sum(self.o_proj(out), self.group), (keys, values)
 
 
 def _explicit_mask(mask, n_queries: int, n_keys: int):
@@ -160,8 +167,16 @@ class Experts(nn.Module):
         hidden, inner, n = config.hidden_size, config.moe_intermediate_size, config.num_experts
         self.gate_up_proj = ExpertLinear(hidden, 2 * inner, n)
         self.down_proj = ExpertLinear(inner, hidden, n)
+        # expert parallelism (mlx_model/sharding.py): this rank holds experts first_expert..+local_experts
+        self.first_expert, self.local_experts = 0, None
 
     def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
+        if self.local_experts is not None:
+            # routes to other ranks' experts count 0 here (their rank adds them); index 0 keeps gather_mm in
+            # range
+            local = indices - self.first_expert
+            mine = (local >= 0) & (local < self.local_experts)
+            indices, weights = mx.where(mine, local, 0), mx.where(mine, weights, 0.0)
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, H]
         sort = indices.size >= 64  # sorting by expert pays off once many tokens are routed
         if sort:
@@ -203,6 +218,7 @@ class DecoderLayer(nn.Module):
         self.has_layer_scalar = not config.is_gemma3
         if self.has_layer_scalar:
             self.layer_scalar = mx.ones((1,))
+        self.group = None  # set by sharding: sums the MoE block's two partial results and the PLE projection
 
     def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0):
         h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset)
@@ -210,15 +226,16 @@ class DecoderLayer(nn.Module):
 
         h = self.mlp(self.pre_feedforward_layernorm(x))
         if self.enable_moe:
-            h = self.post_feedforward_layernorm_1(h)
             indices, weights = self.router(x)  # HF:1404 router takes the residual before the norm
             h2 = self.experts(self.pre_feedforward_layernorm_2(x), indices, weights)
-            h = h + self.post_feedforward_layernorm_2(h2)
+            if self.group is not None:  # both halves are partial sums when sharded: one collective for both
+                h, h2 = all_sum(mx.stack([h, h2]), self.group)
+            h = self.post_feedforward_layernorm_1(h) + self.post_feedforward_layernorm_2(h2)
         x = x + self.post_feedforward_layernorm(h)
 
         if self.has_ple:
             gate = gated_gelu(self.per_layer_input_gate(x), per_layer_input)
-            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
+            x = x + self.post_per_layer_input_norm(all_sum(self.per_layer_projection(gate), self.group))
         if self.has_layer_scalar:
             x = x * self.layer_scalar  # HF:1424 scales the whole residual stream
         return x, kv
@@ -240,6 +257,8 @@ class TextModel(nn.Module):
             self.embed_tokens_per_layer = nn.Embedding(config.vocab_size_per_layer_input, total)
             self.per_layer_model_projection = nn.Linear(config.hidden_size, total, bias=False)
             self.per_layer_projection_norm = _norm(config, self.ple_dim)
+        # under sharding each rank holds ple_local of the ple_dim columns of every layer's input
+        self.ple_local, self.ple_group = self.ple_dim, None
 
     def embed(self, input_ids: mx.array) -> mx.array:
         """Scaled token embeddings; the scale is rounded to the weight dtype first (HF:1438)."""
@@ -250,14 +269,18 @@ class TextModel(nn.Module):
         """The token-identity half of PLE, [B, L, layers, ple_dim] (HF:1713)."""
         h = self.embed_tokens_per_layer(input_ids)
         h = h * mx.array(math.sqrt(self.ple_dim), dtype=h.dtype)
-        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_dim)
+        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_local)
 
     def project_per_layer_inputs(self, embeds: mx.array, token_inputs: Optional[mx.array]) -> mx.array:
         """Combine the context projection of the embeddings with the token half (HF:1760-1792)."""
         proj = self.per_layer_model_projection(embeds) * (self.config.hidden_size ** -0.5)
-        proj = self.per_layer_projection_norm(
-            proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_dim)
-        )
+        proj = proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_local)
+        if self.ple_group is None:
+            proj = self.per_layer_projection_norm(proj)
+        else:  # the norm's mean of squares runs over all ranks' columns
+            squares = all_sum(mx.square(proj.astype(mx.float32)).sum(axis=-1, keepdims=True), self.ple_group)
+            norm = self.per_layer_projection_norm
+            proj = (proj * mx.rsqrt(squares / self.ple_dim + norm.eps)).astype(proj.dtype) * norm.weight
         if token_inputs is None:
             return proj
         return (proj + token_inputs) * (2.0 ** -0.5)

@@ -8,12 +8,14 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from .config import ModelConfig, ModelConfigError
 from .model import Model
 from .model_folder import IncompleteModelError, ModelLoadError, check_complete, check_model_path, read_config
 from .safetensors_header import SafetensorsHeaderError, read_header
+from .sharding import Cut, ShardingError, cut_tensor, shard_model
 
 __all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
            "load_model", "read_config", "read_weights", "weight_files"]
@@ -57,6 +59,66 @@ def read_weights(path: Path) -> dict[str, mx.array]:
         except (RuntimeError, ValueError, OSError, SafetensorsHeaderError) as err:
             raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or incomplete.") from err
     return weights
+
+
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U32": np.uint32, "I32": np.int32,
+                 "U8": np.uint8, "I8": np.int8, "F64": np.float64, "I64": np.int64, "U16": np.uint16}
+
+
+def _file_slice(file: Path, entry: dict, data_start: int):
+    """`take(axis, start, stop)` reading one slice of a tensor straight from the file (memory-mapped): rows
+    come off the disk alone, and a column band is copied out without the rest of the tensor being kept."""
+    shape = tuple(entry["shape"])
+
+    def take(_tensor, axis: int, start: int, stop: int) -> mx.array:
+        mapped = np.memmap(file, dtype=_NUMPY_DTYPES[entry["dtype"]], mode="r", shape=shape,
+                           offset=data_start + entry["data_offsets"][0])
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(start, stop)
+        piece = mx.array(np.ascontiguousarray(mapped[tuple(index)]))
+        del mapped
+        return piece.view(mx.bfloat16) if entry["dtype"] == "BF16" else piece
+
+    return take
+
+
+def _located_tensors(path: Path, model: Model) -> dict[str, tuple]:
+    """Sanitized name -> (file, header entry, data start, lazy array) for every tensor of the checkpoint."""
+    located = {}
+    for file in weight_files(path):
+        try:
+            header, data_start = read_header(file)
+            tensors = mx.load(str(file))  # lazy: nothing is read until evaluated
+        except (RuntimeError, ValueError, OSError, SafetensorsHeaderError) as err:
+            raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or "
+                                 "incomplete.") from err
+        for name, value in tensors.items():
+            for new_name, new_value in model.sanitize({name: value}).items():  # sanitize renames key by key
+                located[new_name] = (file, header[name], data_start, new_value)
+    return located
+
+
+def read_sharded_weights(path: Path, model: Model, located: dict[str, tuple],
+                         plan: dict[str, Cut]) -> dict[str, mx.array]:
+    """The checkpoint's tensors with those that `plan` splits read as this rank's slice only, straight from
+    the files (no rank holds the whole model); the rest stay lazy, memory-mapped by MLX."""
+    out = {}
+    for name, (file, entry, data_start, value) in located.items():
+        module_path, kind = name.rsplit(".", 1)
+        cut = plan.get(module_path)
+        if cut is None:
+            out[name] = value
+            continue
+        module = model
+        for part in module_path.split("."):
+            module = module[int(part)] if isinstance(module, list) else getattr(module, part)
+        take = _file_slice(file, entry, data_start) if entry["dtype"] in _NUMPY_DTYPES else None
+        try:
+            out[name] = cut_tensor(value, kind, cut, getattr(module, "bits", None),
+                                   getattr(module, "group_size", None), take)
+        except (ShardingError, ValueError, OSError) as err:
+            raise ModelLoadError(f"{path}: tensor {name} cannot be split for this rank ({err}).") from err
+    return out
 
 
 def _quant_settings(settings: dict, where: str) -> dict:
@@ -113,10 +175,13 @@ def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.
                              "config do not belong together. Re-download or re-convert the model.")
 
 
-def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None) -> Model:
+def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
+               group: Optional[mx.distributed.Group] = None) -> Model:
     """Build the model described by `path`/config.json and load its weights.
 
-    Missing or unexpected tensors are an error that names them. `dtype` casts float weights.
+    Missing or unexpected tensors are an error that names them. `dtype` casts float weights. With a
+    `group` of two or more ranks the text decoder is sharded (mlx_model/sharding.py) and this rank reads
+    only its slice of the split tensors.
     """
     path = Path(path).expanduser()
     check_model_path(path)
@@ -127,9 +192,17 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
             KeyError) as err:
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
-    weights = model.sanitize(read_weights(path))
-    if config.quantization:
+    sharded = group is not None and group.size() > 1
+    located = _located_tensors(path, model) if sharded else None
+    weights = {k: v[3] for k, v in located.items()} if sharded else model.sanitize(read_weights(path))
+    if config.quantization:  # on the whole model, checked against the whole tensors' shapes
         _apply_quantization(model, config.quantization, weights, path)
+    if sharded:
+        try:
+            plan = shard_model(model, group)  # slices the still-lazy initial weights: nothing is computed
+        except ShardingError as err:
+            raise ModelLoadError(f"{path} cannot be split across {group.size()} ranks: {err}") from err
+        weights = read_sharded_weights(path, model, located, plan)
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -170,10 +243,12 @@ def parse_config(path: Path, raw_config: dict) -> ModelConfig:
                              "re-download or re-convert the model.") from err
 
 
-def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
+def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
+         group: Optional[mx.distributed.Group] = None):
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
-    an incomplete folder raises IncompleteModelError saying what is missing."""
+    an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's shard
+    of the text decoder is loaded (mlx_model/sharding.py)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
 
@@ -182,7 +257,7 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     raw_config = read_config(folder)
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
-    model = load_model(folder, lazy=lazy, dtype=dtype)
+    model = load_model(folder, lazy=lazy, dtype=dtype, group=group)
     try:
         processor = load_processor(folder, model.config)
     except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json

@@ -182,6 +182,13 @@ class Model(nn.Module):
         """Fresh per-layer caches for one conversation; `kv_bits` 8 or 4 quantizes keys and values."""
         return self.language_model.make_cache(kv_bits, kv_group_size)
 
+    def shard(self, group: Optional[mx.distributed.Group] = None) -> dict:
+        """Split the text decoder across `group`'s ranks (tensor parallel, mlx-lm's convention); towers stay
+        whole. Returns the plan (module path -> Cut) of what this rank keeps (mlx_model/sharding.py)."""
+        from .sharding import shard_model
+
+        return shard_model(self, group or mx.distributed.init())
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Map a checkpoint's weights onto our module names. Pure, and idempotent."""
         text = self.config.text_config

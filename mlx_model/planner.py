@@ -255,3 +255,60 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b"
                      f"{r['weights_gib']:>9.2f}G{r['kv_gib']:>9.2f}G{r['scratch_gib']:>8.2f}G{r['total_gib']:>8.2f}G")
     return "\n".join(lines)
+
+
+def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Optional[int] = 4,
+               kv_bits: Optional[int] = None, chunk: int = 512, weights: Optional[int] = None) -> MemoryPlan:
+    """Memory on each Mac when the model is split across `macs` (mlx_model/sharding.py): the token embeddings,
+    norms and routers on every Mac, the rest divided; KV heads divided, or one kept per Mac where there are
+    fewer KV heads than Macs. `weights` (bytes on disk) is scaled by the same shares. Scratch is not divided
+    (the logits and the hidden states are whole on every Mac)."""
+    count = count_text_weights(config)
+    embedding = config.vocab_size * config.hidden_size
+    router = quantized_bytes(count.router, 8 if weight_bits else None)
+    whole = quantized_bytes(count.quantizable, weight_bits) + router
+    replicated = quantized_bytes(embedding, weight_bits) + router + count.floats * 2
+    per_mac = replicated + -(-(whole + count.floats * 2 - replicated) // macs)
+    if weights is not None:
+        per_mac = int(weights * per_mac / (whole + count.floats * 2))
+    kv = 0
+    for i in range(config.first_shared_layer):
+        heads = config.layer_kv_heads[i]
+        local = heads // macs if heads % macs == 0 else 1
+        sliding = config.layer_types[i] == SLIDING
+        tokens = min(context, config.sliding_window) if sliding else -(-context // 256) * 256
+        kv += 2 * quantized_bytes(tokens * local * config.layer_head_dims[i], kv_bits)
+    scratch = prefill_scratch_bytes(config, chunk, context)
+    return MemoryPlan(weights=per_mac, kv=kv, scratch=scratch, chunk=chunk)
+
+
+def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) -> list[dict]:
+    """Per variant, context and KV precision: GiB on each of `macs` Macs (4-bit weights) and the smallest Mac
+    memory size (of MAC_MEMORY_GIB) that holds it with the margin left to macOS."""
+    rows = []
+    for name, raw in VARIANT_CONFIGS.items():
+        config = TextConfig.from_dict({**raw, "max_position_embeddings": VARIANT_CONTEXTS[name]})
+        for context in contexts:
+            if context > VARIANT_CONTEXTS[name]:
+                continue
+            for bits in kv_precisions:
+                p = split_plan(config, context, macs, kv_bits=bits)
+                usable = 1 - DEFAULT_SAFETY_MARGIN
+                fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * usable), None)
+                rows.append(dict(variant=name, context=context, kv_bits=bits or 16,
+                                 weights_gib=p.weights / GIB, kv_gib=p.kv / GIB, total_gib=p.total / GIB,
+                                 smallest_mac_gib=fits))
+    return rows
+
+
+def format_split_table(rows: list[dict], macs: int) -> str:
+    """`split_table` as aligned text."""
+    header = (f"{'variant':<9}{'context':>9}{'KV':>5}{'weights':>10}{'KV cache':>10}{'total':>9}"
+              f"{'smallest Mac':>14}")
+    lines = [f"memory on each of {macs} Macs (4-bit weights, the model split across them)", header,
+             "-" * len(header)]
+    for r in rows:
+        smallest = f"{r['smallest_mac_gib']} GB" if r["smallest_mac_gib"] else "-"
+        lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b{r['weights_gib']:>9.2f}G"
+                     f"{r['kv_gib']:>9.2f}G{r['total_gib']:>8.2f}G{smallest:>14}")
+    return "\n".join(lines)

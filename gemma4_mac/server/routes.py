@@ -131,9 +131,14 @@ class ModelRoutes(Endpoint):
         return JSONResponse(known.card(self.service.created, known.id == self.service.model_id()))
 
     async def health(self, request: Request) -> JSONResponse:
-        """Liveness and who this is (the serve command asks it before starting a second server)."""
-        return JSONResponse({"status": "ok", "server": SERVER_NAME, "pid": os.getpid(),
-                             "model": self.service.model_id(), "queued": self.service.worker.queued()})
+        """Liveness and who this is (the serve command asks it before starting a second server); "degraded"
+        with the reason when the model is split across Macs and one of them stopped answering."""
+        body = {"status": "ok", "server": SERVER_NAME, "pid": os.getpid(), "model": self.service.model_id(),
+                "queued": self.service.worker.queued()}
+        lost = getattr(getattr(self.service.slot, "model", None), "lost", None)
+        if isinstance(lost, str):
+            body.update(status="degraded", error=lost)
+        return JSONResponse(body)
 
 
 def _iso(timestamp: int) -> str:

@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional, Union
 from ..constrained import ConstraintError, ConstraintFactory, ConstraintUnavailable, ReplyShape
 from ..generate import (GenerationError, GenerationEvent, PreparedPrompt, SamplingSettings, prepare_prompt,
                         run_prompt)
-from .errors import APIError, BadRequest, NoModelLoaded, RateLimited, ServerError
+from ..distributed import PeerLostError
+from .errors import APIError, BadRequest, GroupDegraded, NoModelLoaded, RateLimited, ServerError
 from .library import KnownModel, ModelConflict, ModelLibrary, model_accepts
 from .limits import ContextExceeded, check_prompt_size, texts_of
 from .messages import Conversation, MediaFolder
@@ -317,6 +318,8 @@ class GenerationService:
                 self._generate(slot, job, stream, choice)
         except APIError as error:
             stream.push(ERROR, error)
+        except PeerLostError as error:  # the model is split across Macs and one of them is gone
+            stream.push(ERROR, GroupDegraded(str(error)))
         except (GenerationError, ValueError) as error:
             # ValueError covers the chat format's, the attachments' and MLX's complaints about the input
             stream.push(ERROR, BadRequest(str(error)))
