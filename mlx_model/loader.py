@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,8 @@ from .model_folder import IncompleteModelError, ModelLoadError, check_complete, 
 from .safetensors_header import SafetensorsHeaderError, read_header
 
 __all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
-           "load_model", "read_config", "read_weights", "weight_files"]
+           "load_drafter", "load_model", "read_config", "read_weights", "weight_files"]
+log = logging.getLogger(__name__)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -71,7 +73,7 @@ def _quant_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
+def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
     """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings.
 
     Each module's shape is checked against its stored scales first: weights from another model (or a
@@ -127,9 +129,18 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
             KeyError) as err:
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
-    weights = model.sanitize(read_weights(path))
-    if config.quantization:
-        _apply_quantization(model, config.quantization, weights, path)
+    _fill(model, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(model.parameters())
+    return model
+
+
+def _fill(model: nn.Module, quantization: Optional[dict], raw_weights: dict[str, mx.array], path: Path,
+          dtype: Optional[mx.Dtype]) -> None:
+    """Sanitize, quantize as config.json says, check every name and shape, and load the weights."""
+    weights = model.sanitize(raw_weights)
+    if quantization:
+        _apply_quantization(model, quantization, weights, path)
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -147,12 +158,9 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
     _check_shapes(model, weights, path)
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
-    if not lazy:
-        mx.eval(model.parameters())
-    return model
 
 
-def _check_shapes(model: Model, weights: dict[str, mx.array], path: Path) -> None:
+def _check_shapes(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
     for name, param in tree_flatten(model.parameters()):
         if weights[name].shape != param.shape:
             raise ModelLoadError(
@@ -173,7 +181,8 @@ def parse_config(path: Path, raw_config: dict) -> ModelConfig:
 def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
-    an incomplete folder raises IncompleteModelError saying what is missing."""
+    an incomplete folder raises IncompleteModelError saying what is missing. The MTP drafter the folder
+    records is loaded beside the model (`mlx_model.assistant.attached_drafter(model)`)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
 
@@ -183,8 +192,48 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
     model = load_model(folder, lazy=lazy, dtype=dtype)
+    _load_recorded_drafter(folder, raw_config, model, lazy, dtype)
     try:
         processor = load_processor(folder, model.config)
     except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json
         raise ModelLoadError(str(err)) from err
     return model, processor
+
+
+def load_drafter(path: str | Path, target_config: Optional[ModelConfig] = None, *, lazy: bool = False,
+                 dtype: Optional[mx.Dtype] = None):
+    """The MTP drafter (mlx_model.assistant.Drafter) in folder `path`, checked against the target's config when
+    given. Raises ModelLoadError naming the file and what is wrong."""
+    from .assistant import Drafter
+    from .assistant_config import AssistantConfig
+
+    path = Path(path).expanduser()
+    check_model_path(path)
+    try:
+        config = AssistantConfig.from_dict(read_config(path))
+        if target_config is not None:
+            config.check_target(target_config.text_config)
+        drafter = Drafter(config)
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError, KeyError) as err:
+        raise ModelLoadError(f"{path / 'config.json'}: {err} The drafter does not fit; convert it again with its "
+                             "model.") from err
+    _fill(drafter, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(drafter.parameters())
+    return drafter
+
+
+def _load_recorded_drafter(folder: Path, raw_config: dict, model: Model, lazy: bool,
+                           dtype: Optional[mx.Dtype]) -> None:
+    """Load the drafter the folder records and keep it beside the model; a broken one is logged and skipped
+    (the model answers without it, a little slower)."""
+    from .assistant import optional_attach
+    from .assistant_config import recorded_drafter
+
+    drafter_path = recorded_drafter(folder, raw_config)
+    if drafter_path is None:
+        return
+    try:
+        optional_attach(model, load_drafter(drafter_path, model.config, lazy=lazy, dtype=dtype))
+    except ModelLoadError as error:
+        log.warning("the drafter of %s is not used: %s", folder, error)
