@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=0.95)
     ask.add_argument("--top-k", type=int, default=64)
     ask.add_argument("--seed", type=int)
+    ask.add_argument("--draft", choices=("auto", "mtp", "lookup", "off"), default="auto",
+                     help="speculative decoding (same answer, faster where it pays): auto = the model's MTP "
+                          "drafter and prompt lookup at an adaptive depth (default); mtp or lookup alone; off")
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
@@ -92,6 +95,7 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Load the model, stream the answer; thoughts go to `err` marked as such."""
     from mlx_model import ModelLoadError, load
+    from mlx_model.assistant import attached_drafter
 
     from .generate import GenerationError, SamplingSettings, stream_generate
 
@@ -106,7 +110,10 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ModelLoadError as error:
         raise CliError(str(error)) from error
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                seed=args.seed, max_tokens=args.max_tokens)
+                                seed=args.seed, max_tokens=args.max_tokens, draft=args.draft)
+    if args.draft == "mtp" and attached_drafter(model) is None:
+        err.write("[note] this model folder has no MTP drafter (convert one with `python -m convert ... "
+                  "--drafter`); answering without drafting\n")
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -136,8 +143,10 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             elif event.kind == "done":
                 out.write("\n")
                 stats = event.stats
+                drafted = (f", {stats.accepted_tokens}/{stats.drafted_tokens} drafted tokens accepted"
+                           if stats.drafted_tokens else "")
                 err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
-                          f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
+                          f"{stats.generation_tps:.1f} tok/s{drafted}, finish: {stats.finish_reason}]\n")
     except (GenerationError, ValueError) as error:
         # ValueError: attachments the model cannot use (MultimodalInputError, unreadable image/audio/video)
         raise CliError(str(error)) from error

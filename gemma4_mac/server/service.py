@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from .. import speculative
 from ..generate import GenerationError, PreparedPrompt, SamplingSettings, prepare_prompt, run_prompt
 from .constrained import ConstraintFactory, ReplyShape
 from .errors import APIError, BadRequest, NoModelLoaded, RateLimited, ServerError
@@ -193,6 +194,7 @@ class GenerationService:
         try:
             if slot is None:
                 raise NoModelLoaded(NO_MODEL)
+            _check_draft(job.sampling)
             prepared = self._prepare(slot, job)
             self._check_length(prepared, job, slot)
             processors = self._processors(slot, job)
@@ -221,6 +223,14 @@ class GenerationService:
         finally:
             job.media.cleanup()
             stream.push(END)
+
+
+def _check_draft(sampling: SamplingSettings) -> None:
+    """The per-request speculative decoding option (`SamplingSettings.draft`): auto, mtp, lookup or off."""
+    try:
+        speculative.check_mode(sampling.draft)
+    except speculative.DraftModeError as error:
+        raise BadRequest(str(error), param="draft") from None
 
 
 def model_accepts(model, kind: str) -> bool:
