@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", action="store_true",
                         help="a base model that only continues text: it needs no chat template")
     parser.add_argument("--drafter", metavar="SRC",
-                        help="the model's MTP drafter (folder or hub repo id, e.g. google/gemma-4-E2B-it-assistant), "
-                             "converted into DST/drafter like the model: same answers, faster")
+                        help="the model's MTP drafter (folder or hub repo id, e.g. "
+                             "google/gemma-4-E2B-it-assistant), converted into DST/drafter like the model: "
+                             "same answers, faster")
     return parser
 
 

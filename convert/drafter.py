@@ -36,7 +36,8 @@ def convert_drafter(src: str | Path, model_folder: str | Path, *, progress: Prog
                     cancel: threading.Event | None = None, max_shard_bytes: int | None = None) -> Path:
     """Convert drafter SRC (checkpoint folder or hub repo id) into MODEL_FOLDER/drafter, quantized with the
     model's bits and group size (float when the model is), and record it in the model's config.json.
-    Replaces an earlier drafter. Returns the drafter folder; raises ConversionError subclasses naming the fault."""
+    Replaces an earlier drafter. Returns the drafter folder; raises ConversionError subclasses naming the
+    fault."""
     reporter = Reporter(progress, cancel)
     model_folder = Path(model_folder).expanduser().resolve()
     model_config = _read_model_config(model_folder)
@@ -51,7 +52,8 @@ def convert_drafter(src: str | Path, model_folder: str | Path, *, progress: Prog
         writer = ShardWriter(folder.path, _shard_bytes(max_shard_bytes, checkpoint.largest_shard_bytes))
         sink = TensorSink(expected, plan, DTYPES[dtype], writer, reporter)
         for shard in checkpoint.shards:
-            reporter.report("convert", 0, 1, item=shard.name, message=f"Converting the drafter ({shard.name})")
+            reporter.report("convert", 0, 1, item=shard.name,
+                            message=f"Converting the drafter ({shard.name})")
             try:
                 weights = mx.load(str(shard))
             except (RuntimeError, ValueError, OSError) as error:
@@ -99,7 +101,8 @@ def _read_model_config(model_folder: Path) -> dict[str, Any]:
         raise ConversionError(f"{model_folder} is not a converted model folder (its config.json cannot be "
                                      f"read: {error}); convert the model first, then its drafter.") from error
     if not isinstance(config, dict):
-        raise ConversionError(f"{model_folder}/config.json does not describe a model; convert the model again.")
+        raise ConversionError(f"{model_folder}/config.json does not describe a model; convert the model "
+                              "again.")
     return config
 
 
@@ -120,8 +123,8 @@ def _skeleton(config: dict, model_config: dict, where: str):
 
     for key in ("quantization", "quantization_config"):
         if config.get(key):
-            raise UnsupportedSourceError(f"{where} describes an already quantized drafter ({key}); convert the "
-                                         "original float checkpoint instead.")
+            raise UnsupportedSourceError(f"{where} describes an already quantized drafter ({key}); convert "
+                                         "the original float checkpoint instead.")
     try:
         assistant = AssistantConfig.from_dict(config)
         assistant.check_target(ModelConfig.from_dict(model_config).text_config)
@@ -140,5 +143,6 @@ def _model_format(model_config: dict) -> tuple[Optional[int], int, str]:
         return None, 64, dtype
     bits, group_size = quantization.get("bits", 4), quantization.get("group_size", 64)
     if not isinstance(bits, int) or not isinstance(group_size, int):
-        raise ConversionError("the model's config.json has a damaged quantization entry; convert the model again.")
+        raise ConversionError("the model's config.json has a damaged quantization entry; convert the model "
+                              "again.")
     return bits, group_size, dtype

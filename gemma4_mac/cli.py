@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-k", type=int, default=64)
     ask.add_argument("--seed", type=int)
     ask.add_argument("--draft", choices=("auto", "mtp", "lookup", "off"), default="auto",
-                     help="speculative decoding (same answer, faster where it pays): auto = the model's MTP "
-                          "drafter and prompt lookup at an adaptive depth (default); mtp or lookup alone; off")
+                     help="speculative decoding (same answer, faster where it pays): auto = the "
+                          "model's MTP drafter and prompt lookup at an adaptive depth (default); mtp or "
+                          "lookup alone; off")
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")

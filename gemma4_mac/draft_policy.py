@@ -162,7 +162,8 @@ class DepthPolicy:
         due), so it can be started before the current token is known, as plain decoding pipelines it."""
         if self._warming_up(room):
             return True
-        if self._best({kind: self.max_depth for kind in kinds}, room)[1] or self._since_probe + 1 >= self._probe_gap:
+        could_pay = self._best({kind: self.max_depth for kind in kinds}, room)[1] > 0
+        if could_pay or self._since_probe + 1 >= self._probe_gap:
             return False
         self._since_probe += 1
         return True

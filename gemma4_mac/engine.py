@@ -87,6 +87,7 @@ class MlxBackend:
 
     def load(self, path: Optional[Path]) -> ModelSlot:
         from mlx_model import ModelLoadError, load
+        from mlx_model.assistant import attached_drafter
 
         from . import model_manager
 
@@ -103,7 +104,8 @@ class MlxBackend:
         starter = starter or entry.is_starter
         info = {"path": str(folder), "name": entry.label, "id": folder.name, "is_starter": starter,
                 "chat": processor is not None and not starter, "size_bytes": entry.size_bytes,
-                "context_limit": self._context_limit(model, entry.size_bytes)}
+                "context_limit": self._context_limit(model, entry.size_bytes),
+                "drafter": attached_drafter(model) is not None}  # its MTP drafter, loaded beside it
         try:
             from .document_cache import DocumentCacheStore, model_fingerprint
             from .paths import document_cache_dir
@@ -171,7 +173,8 @@ class MlxBackend:
         self._download_drafter(repo_id, progress, cancel)
         return source
 
-    def _download_drafter(self, repo_id: str, progress: Callable[[dict], None], cancel: threading.Event) -> None:
+    def _download_drafter(self, repo_id: str, progress: Callable[[dict], None],
+                          cancel: threading.Event) -> None:
         """Fetch the model's MTP drafter too (it makes answers faster); without it the model still works."""
         from convert import ConversionCancelled, ConversionError
         from convert.hf_source import download

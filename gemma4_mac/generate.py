@@ -55,7 +55,7 @@ class GenerationStats:
     cached_tokens: int = 0
     drafted_tokens: int = 0  # speculative decoding: tokens drafted, and how many the model accepted
     accepted_tokens: int = 0
-    decode_forwards: int = 0  # forwards of the model while answering (plain steps and verifies)
+    decode_forwards: int = 0  # forwards of the model while answering, counted when drafting was on
 
 
 @dataclass

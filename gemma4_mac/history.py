@@ -352,7 +352,8 @@ def format_stats(stats: dict) -> str:
     parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
     parts.append(f"{stats.get('generation_tps', 0.0):.1f} tok/s")
     if stats.get("drafted_tokens"):  # speculative decoding: how many drafted tokens the model kept
-        parts.append(f"{stats.get('accepted_tokens', 0):,} of {stats['drafted_tokens']:,} drafted tokens kept")
+        kept = stats.get("accepted_tokens", 0)
+        parts.append(f"{kept:,} of {stats['drafted_tokens']:,} drafted tokens kept")
     if stats.get("peak_memory_bytes"):
         parts.append(f"{format_bytes(stats['peak_memory_bytes'])} peak")
     reason = stats.get("finish_reason")

@@ -37,8 +37,8 @@ class AppSettings:
     context_size: int = 0
     kv_precision: int = 16
     image_token_budget: int = 280
-    # faster answers, same text: draft tokens (the model's MTP drafter, prompt lookup) and verify them at once;
-    # "auto" drafts only as deep as it measurably pays on this machine
+    # faster answers, same text: draft tokens (the model's MTP drafter, prompt lookup) and verify them at
+    # once; "auto" drafts only as deep as it measurably pays on this machine
     draft: str = "auto"
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)

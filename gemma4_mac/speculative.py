@@ -78,11 +78,15 @@ def model_costs(model) -> ForwardCosts:
 
 
 def applicable(model, sampling, logits_processors) -> bool:
-    """Whether this request can draft: a mode other than "off", no logits processors or repetition penalty (a
-    grammar's state follows each accepted token; those requests decode plainly), and our model (or a stand-in
-    whose class sets `verifies_drafts`: its logits for a position must not depend on how many it gets)."""
+    """Whether this request can draft: a mode other than "off"; no logits processors or repetition penalty (a
+    grammar's state follows each accepted token); not sampled with a seed (the same seed must give the same
+    answer, and the depth follows timings, which moves the random stream); and our model (or a stand-in whose
+    class sets `verifies_drafts`: its logits for a position must not depend on how many it gets). Other
+    requests decode plainly."""
     mode = check_mode(getattr(sampling, "draft", "off"))
-    plain_only = logits_processors or (sampling.repetition_penalty and sampling.repetition_penalty != 1.0)
+    penalised = sampling.repetition_penalty and sampling.repetition_penalty != 1.0
+    seeded = sampling.seed is not None and sampling.temperature > 0
+    plain_only = logits_processors or penalised or seeded
     verifies = isinstance(model, Model) or getattr(type(model), "verifies_drafts", False)
     return mode != "off" and not plain_only and verifies
 
@@ -96,7 +100,9 @@ def target_kv(model, cache: list) -> dict[str, tuple]:
 
 
 def _visible(layer_cache) -> tuple:
-    n = min(layer_cache.offset, layer_cache.window) if isinstance(layer_cache, SlidingKVCache) else layer_cache.offset
+    n = layer_cache.offset
+    if isinstance(layer_cache, SlidingKVCache):
+        n = min(n, layer_cache.window)
     cut = lambda store: (tuple(x[..., :n, :] for x in store) if isinstance(store, tuple)  # noqa: E731
                          else store[..., :n, :])
     return cut(layer_cache.keys), cut(layer_cache.values)
@@ -168,16 +174,19 @@ class Target:
         return mx.softmax(logprobs.astype(mx.float32) * (1.0 / self.temperature), axis=-1)
 
     def pick(self, logprobs: mx.array) -> mx.array:
+        """A token as mlx-lm's sampler picks it (sample_utils.py: filters, then categorical at 1/temp)."""
         if self.greedy:
             return mx.argmax(logprobs, axis=-1)
-        return mx.random.categorical(mx.log(self.probabilities(logprobs)))
+        for method in self.filters:
+            logprobs = method(logprobs)
+        return mx.random.categorical(logprobs * (1.0 / self.temperature))
 
 
 @dataclass
 class Draft:
-    """Proposed tokens (an int32 array [k]) and, for sampled drafts, each one's proposal distribution
-    over candidates `ids` (None: over the whole vocabulary) with the drafted token's probability `q_drafted`.
-    Without `probs` the drafts were chosen deterministically (q is one at the drafted token)."""
+    """Proposed tokens (an int32 array [k]) and, for sampled drafts, each one's proposal distribution `probs`
+    over candidates `ids` (None: over the whole vocabulary). Without `probs` the drafts were chosen
+    deterministically (q is one at the drafted token)."""
 
     tokens: mx.array
     probs: Optional[list] = None
@@ -216,7 +225,6 @@ class LookupProposer:
 
     def propose(self, context: Context, depth: int) -> Draft:
         return Draft(mx.array(context.lookup.propose(depth, pending=[context.token]), dtype=mx.int32))
-
 
 
 class MtpProposer:
@@ -261,8 +269,8 @@ def _forward(model, ids: mx.array, cache: list, hidden: bool) -> tuple[mx.array,
 
 
 def _accept_sampled(target: Target, logprobs: mx.array, draft: Draft) -> tuple[int, mx.array]:
-    """Rejection sampling over the k drafts against rows 0..k-1 of `logprobs` ([k+1, V]); returns how many were
-    accepted and the next token (the residual sample at the first rejection, or the bonus from row k)."""
+    """Rejection sampling over the k drafts against rows 0..k-1 of `logprobs` ([k+1, V]); returns how many
+    were accepted and the next token (the residual sample at the first rejection, or the bonus from row k)."""
     k = len(draft)
     p = target.probabilities(logprobs)
     p_drafted = p[mx.arange(k), draft.tokens]
@@ -409,7 +417,8 @@ class _Decoder:
     def plain_step(self, token: mx.array):
         """Feed the token (possibly still being computed); returns the next token and its logprobs (being
         computed) and the final hidden state at the token."""
-        logits, hidden = _forward(self.model, token.reshape(1).astype(mx.int32), self.cache, self.needs_hidden)
+        ids = token.reshape(1).astype(mx.int32)
+        logits, hidden = _forward(self.model, ids, self.cache, self.needs_hidden)
         logprobs = self.target.logprobs(logits[-1:])
         next_token = self.target.pick(logprobs)[0]
         mx.async_eval(next_token, logprobs)

@@ -41,8 +41,9 @@ class AssistantTextModel(nn.Module):
         self.norm = _norm(text, text.hidden_size)
 
     def masks(self, shared_kv: dict[str, KV]) -> dict:
-        """HF:210-247 bidirectional masks over the target's KV, the sliding one flipped to look back: the query
-        sees the last window+1 sliding entries (masking_utils.py:145 is inclusive) and every full one."""
+        """HF:210-247 bidirectional masks over the target's KV, the sliding one flipped to look back: the
+        query sees the last window+1 sliding entries (masking_utils.py:145 is inclusive) and every full
+        one."""
         n = kv_length(shared_kv[SLIDING]) if SLIDING in shared_kv else 0
         window = self.config.sliding_window
         if not n or window is None or n <= window + 1:
@@ -50,7 +51,8 @@ class AssistantTextModel(nn.Module):
         return {FULL: None, SLIDING: (mx.arange(n) >= n - window - 1)[None]}
 
     def __call__(self, h: mx.array, shared_kv: dict[str, KV], offset: int) -> mx.array:
-        """Final hidden states for one query [B, 1, D] at position `offset` (HF's loop drafts one at a time)."""
+        """Final hidden states for one query [B, 1, D] at position `offset` (HF's loop drafts one at a
+        time)."""
         if h.shape[1] != 1:
             raise ValueError(f"the drafter reads one position at a time, not {h.shape[1]}")
         masks = self.masks(shared_kv)
@@ -72,7 +74,8 @@ class MaskedEmbedder(nn.Module):
         self.token_ordering = mx.zeros((config.text_config.vocab_size,), dtype=mx.int32)
 
     def __call__(self, h: mx.array, embed_tokens: nn.Module) -> tuple[mx.array, mx.array]:
-        """(token ids, their logits), both [B, L, top_k * tokens_per_centroid], for hidden states [B, L, D]."""
+        """(token ids, their logits), both [B, L, top_k * tokens_per_centroid], for hidden states
+        [B, L, D]."""
         scores = self.centroids(h)
         # HF:62 torch.topk; which clusters win is what matters, not their order
         clusters = mx.argpartition(-scores, kth=self.top_k - 1, axis=-1)[..., : self.top_k]
@@ -151,13 +154,9 @@ class Drafter(nn.Module):
         return predicate
 
 
-def candidate_probabilities(logits: mx.array, temperature: float) -> mx.array:
-    """Softmax of draft logits at `temperature` (> 0) in float32: the proposal distribution of a sampled draft."""
-    return mx.softmax(logits.astype(mx.float32) * (1.0 / temperature), axis=-1)
-
-
 def draft_inputs(token_embedding: mx.array, state: mx.array) -> mx.array:
-    """HF candidate_generator.py:1333: [target embedding of the token, the state before it] on the last axis."""
+    """HF candidate_generator.py:1333: [target embedding of the token, the state before it] on the last
+    axis."""
     return mx.concatenate([token_embedding, state.astype(token_embedding.dtype)], axis=-1)
 
 

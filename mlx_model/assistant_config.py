@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ModelConfigError, TextConfig, _check_at_least, _json_kind, check_value, dataclass_from_dict
+from .config import (ModelConfigError, TextConfig, _check_at_least, _json_kind, check_value,
+                     dataclass_from_dict)
 
 ASSISTANT_TYPES = {"gemma4_assistant": "gemma4_text", "gemma4_unified_assistant": "gemma4_unified_text"}
 
@@ -35,7 +36,8 @@ class AssistantConfig:
 
     @classmethod
     def from_dict(cls, params: Any) -> "AssistantConfig":
-        """Parse a drafter's config.json dict; a value the drafter cannot use is a ModelConfigError naming the key."""
+        """Parse a drafter's config.json dict; a value the drafter cannot use is a ModelConfigError naming
+        the key."""
         if not isinstance(params, dict):
             raise ModelConfigError(f"the config must be an object ({{...}}), not {_json_kind(params)}.")
         model_type = params.get("model_type")
@@ -57,7 +59,8 @@ class AssistantConfig:
                      use_ordered_embeddings=top.use_ordered_embeddings, num_centroids=top.num_centroids,
                      centroid_intermediate_top_k=top.centroid_intermediate_top_k,
                      tie_word_embeddings=top.tie_word_embeddings,
-                     quantization=check_value("quantization", params.get("quantization"), Optional[dict]), raw=params)
+                     quantization=check_value("quantization", params.get("quantization"), Optional[dict]),
+                     raw=params)
         config._check()
         return config
 
@@ -65,30 +68,30 @@ class AssistantConfig:
         _check_at_least("", self, 1, ("backbone_hidden_size", "num_centroids", "centroid_intermediate_top_k"))
         if self.use_ordered_embeddings:
             if self.text_config.vocab_size % self.num_centroids:
-                raise ModelConfigError(f"text_config.vocab_size {self.text_config.vocab_size} is not a multiple of "
-                                       f"num_centroids {self.num_centroids}.")
+                raise ModelConfigError(f"text_config.vocab_size {self.text_config.vocab_size} is not a "
+                                       f"multiple of num_centroids {self.num_centroids}.")
             if self.centroid_intermediate_top_k > self.num_centroids:
-                raise ModelConfigError(f"centroid_intermediate_top_k {self.centroid_intermediate_top_k} exceeds "
-                                       f"num_centroids {self.num_centroids}.")
+                raise ModelConfigError(f"centroid_intermediate_top_k {self.centroid_intermediate_top_k} "
+                                       f"exceeds num_centroids {self.num_centroids}.")
 
     def check_target(self, target: TextConfig) -> None:
         """Raise ModelConfigError unless this drafter reads `target`'s caches: same vocabulary, hidden size
         equal to backbone_hidden_size, and per layer type the target's head size and KV heads."""
         if target.vocab_size != self.text_config.vocab_size:
-            raise ModelConfigError(f"the drafter's vocabulary ({self.text_config.vocab_size}) differs from the "
-                                   f"model's ({target.vocab_size}).")
+            raise ModelConfigError(f"the drafter's vocabulary ({self.text_config.vocab_size}) differs from "
+                                   f"the model's ({target.vocab_size}).")
         if target.hidden_size != self.backbone_hidden_size:
-            raise ModelConfigError(f"the drafter was trained for a model of hidden size {self.backbone_hidden_size}, "
-                                   f"this model has {target.hidden_size}.")
+            raise ModelConfigError(f"the drafter was trained for a model of hidden size "
+                                   f"{self.backbone_hidden_size}, this model has {target.hidden_size}.")
         theirs = _kv_shape_per_type(target, range(target.first_shared_layer))
         ours = _kv_shape_per_type(self.text_config, range(self.text_config.num_hidden_layers))
         for kind, (head_dim, _) in ours.items():
             if kind not in theirs or theirs[kind][0] != head_dim:
-                raise ModelConfigError(f"the drafter's {kind} layers expect keys of size {head_dim}, the model's "
-                                       f"are {theirs.get(kind, (None,))[0]}.")
+                raise ModelConfigError(f"the drafter's {kind} layers expect keys of size {head_dim}, the "
+                                       f"model's are {theirs.get(kind, (None,))[0]}.")
             if self.text_config.num_attention_heads % theirs[kind][1]:
-                raise ModelConfigError(f"the drafter's {self.text_config.num_attention_heads} query heads do not "
-                                       f"divide over the model's {theirs[kind][1]} {kind} KV heads.")
+                raise ModelConfigError(f"the drafter's {self.text_config.num_attention_heads} query heads do "
+                                       f"not divide over the model's {theirs[kind][1]} {kind} KV heads.")
 
 
 @dataclass
@@ -102,7 +105,8 @@ class _TopLevel:
 
 def _refuse_unsupported(text: dict) -> None:
     """configuration_gemma4_assistant.py:82-98: drafters have no PLE, no experts and no double-wide MLP."""
-    for key, allowed in (("hidden_size_per_layer_input", (0, None)), ("vocab_size_per_layer_input", (0, None)),
+    for key, allowed in (("hidden_size_per_layer_input", (0, None)),
+                         ("vocab_size_per_layer_input", (0, None)),
                          ("enable_moe_block", (False, None)), ("use_double_wide_mlp", (False, None))):
         if text.get(key) not in allowed:
             raise ModelConfigError(f"text_config.{key} is {text.get(key)!r}; a Gemma 4 drafter has none.")

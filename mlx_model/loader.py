@@ -73,7 +73,8 @@ def _quant_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
+def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str, mx.array],
+                        path: Path) -> None:
     """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings.
 
     Each module's shape is checked against its stored scales first: weights from another model (or a
@@ -202,8 +203,8 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
 
 def load_drafter(path: str | Path, target_config: Optional[ModelConfig] = None, *, lazy: bool = False,
                  dtype: Optional[mx.Dtype] = None):
-    """The MTP drafter (mlx_model.assistant.Drafter) in folder `path`, checked against the target's config when
-    given. Raises ModelLoadError naming the file and what is wrong."""
+    """The MTP drafter (mlx_model.assistant.Drafter) in folder `path`, checked against the target's config
+    when given. Raises ModelLoadError naming the file and what is wrong."""
     from .assistant import Drafter
     from .assistant_config import AssistantConfig
 
@@ -214,9 +215,10 @@ def load_drafter(path: str | Path, target_config: Optional[ModelConfig] = None, 
         if target_config is not None:
             config.check_target(target_config.text_config)
         drafter = Drafter(config)
-    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError, KeyError) as err:
-        raise ModelLoadError(f"{path / 'config.json'}: {err} The drafter does not fit; convert it again with its "
-                             "model.") from err
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError,
+            KeyError) as err:
+        raise ModelLoadError(f"{path / 'config.json'}: {err} The drafter does not fit; convert it again with "
+                             "its model.") from err
     _fill(drafter, config.quantization, read_weights(path), path, dtype)
     if not lazy:
         mx.eval(drafter.parameters())

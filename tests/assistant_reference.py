@@ -46,7 +46,8 @@ def all_layers_shared():
 
 
 def build_drafter(out_dir: Path, target_text: dict, *, unified: bool = False, ordered: bool = True,
-                  num_centroids: int = 16, top_k: int = 4, seed: int = 0, **text_overrides) -> torch.nn.Module:
+                  num_centroids: int = 16, top_k: int = 4, seed: int = 0,
+                  **text_overrides) -> torch.nn.Module:
     """A random drafter for a target with text config `target_text` (vocabulary, head sizes, window), saved
     to `out_dir`; returns the float32 torch model with a random vocabulary order."""
     from transformers import (Gemma4AssistantConfig, Gemma4AssistantForCausalLM, Gemma4UnifiedAssistantConfig,
@@ -80,7 +81,8 @@ def reference_draft(model: torch.nn.Module, inputs, shared_kv: dict, position: i
 
     ref = copy.deepcopy(model).double()
     with all_layers_shared(), torch.no_grad():
-        kv = {k: (torch.as_tensor(v[0]).double(), torch.as_tensor(v[1]).double()) for k, v in shared_kv.items()}
+        kv = {k: (torch.as_tensor(v[0]).double(), torch.as_tensor(v[1]).double())
+              for k, v in shared_kv.items()}
         out = ref(inputs_embeds=torch.as_tensor(inputs).double(), shared_kv_states=kv,
                   position_ids=torch.full((1, inputs.shape[1]), position, dtype=torch.long))
     return out.last_hidden_state.numpy(), out.logits.numpy()

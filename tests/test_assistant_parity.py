@@ -79,14 +79,16 @@ def test_step_returns_only_the_chosen_clusters(drafter_pair):
     kv = {k: (mx.array(v[0]), mx.array(v[1])) for k, v in _shared_kv(rng, 6, 6).items()}
     _, ids, logits = drafter.step(inputs, kv, 6)
     config = drafter.config
-    assert ids.shape == logits.shape == (1, 1, config.centroid_intermediate_top_k * config.tokens_per_centroid)
+    candidates = config.centroid_intermediate_top_k * config.tokens_per_centroid
+    assert ids.shape == logits.shape == (1, 1, candidates)
     _, full = drafter(inputs, kv, 6)
     assert int(ids[0, 0, int(mx.argmax(logits[0, 0]))]) == int(mx.argmax(full[0, 0]))
 
 
 def test_drafter_reads_a_real_targets_caches(tmp_path):
-    """After 20 tokens (the window of 8 wrapped), the drafter fed from our caches and our hidden state matches
-    transformers fed from transformers' target as generation leaves it (the sliding layer returns 8 entries)."""
+    """After 20 tokens (the window of 8 wrapped), the drafter fed from our caches and our hidden state
+    matches transformers fed from transformers' target as generation leaves it (the sliding layer returns 8
+    entries)."""
     import torch
 
     target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"

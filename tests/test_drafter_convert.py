@@ -1,6 +1,7 @@
-"""A model's MTP drafter through the converter (convert/drafter.py) and the loader: converted beside the model,
-quantized like it, recorded in its config.json, loaded with it, used by `--draft mtp`; a drafter of another
-model is refused before anything is written; the model manager knows which drafter belongs to a hub model."""
+"""A model's MTP drafter through the converter (convert/drafter.py) and the loader: converted beside the
+model, quantized like it, recorded in its config.json, loaded with it, used by `--draft mtp`; a drafter of
+another model is refused before anything is written; the model manager knows which drafter belongs to a hub
+model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from convert import UnsupportedSourceError, convert_checkpoint
 from convert.drafter import convert_drafter
+from gemma4_mac.bench_speculative import bandwidth_bound_session
 from gemma4_mac.generate import SamplingSettings, run_prompt
 from gemma4_mac.model_manager import drafter_repo, weight_bytes
 from gemma4_mac.prompt import PreparedPrompt
@@ -18,7 +20,6 @@ from mlx_model import load
 from mlx_model.assistant import attached_drafter
 from tests.assistant_reference import build_drafter
 from tests.reference_models import VARIANTS, build_gemma4
-from tests.test_speculative import drafting_session
 
 TARGET = dict(VARIANTS["e2b"])
 
@@ -28,7 +29,8 @@ def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("drafter-convert")
     build_gemma4("e2b", root / "target")
     build_drafter(root / "drafter", TARGET, seed=2, hidden_size=64, intermediate_size=128)
-    model_dir = convert_checkpoint(root / "target", root / "model-8bit", bits=8, group_size=64, dtype="float32")
+    model_dir = convert_checkpoint(root / "target", root / "model-8bit", bits=8, group_size=64,
+                                   dtype="float32")
     convert_drafter(root / "drafter", model_dir)
     return root, model_dir
 
@@ -53,7 +55,7 @@ def test_the_model_loads_with_its_drafter_and_answers_the_same(converted):
     answers, stats = {}, {}
     for draft in ("off", "mtp"):
         sampling = SamplingSettings(temperature=0.0, max_tokens=24, draft=draft)
-        events = list(run_prompt(model, processor, prompt, sampling, session=drafting_session(model)))
+        events = list(run_prompt(model, processor, prompt, sampling, session=bandwidth_bound_session(model)))
         answers[draft], stats[draft] = "".join(e.text for e in events[:-1]), events[-1].stats
     assert answers["mtp"] == answers["off"]
     assert stats["mtp"].drafted_tokens > 0 and stats["off"].drafted_tokens == 0
@@ -61,8 +63,7 @@ def test_the_model_loads_with_its_drafter_and_answers_the_same(converted):
 
 def test_a_drafter_of_another_model_is_refused_and_nothing_is_recorded(converted, tmp_path):
     root, model_dir = converted
-    other = build_drafter(tmp_path / "other", dict(TARGET, vocab_size=256, vocab_size_per_layer_input=256), seed=1)
-    del other
+    build_drafter(tmp_path / "other", dict(TARGET, vocab_size=256, vocab_size_per_layer_input=256), seed=1)
     config_before = (model_dir / "config.json").read_text()
     with pytest.raises(UnsupportedSourceError, match="vocabulary"):
         convert_drafter(tmp_path / "other", model_dir)

@@ -1,7 +1,7 @@
-"""Speculative decoding (gemma4_mac/speculative.py): greedy answers identical to plain decoding on every path
-(text past the sliding window, quantized caches, MTP drafter, thinking and tool calls, an image prompt), caches
-that hold exactly the tokens taken, sampled answers distributed as plain sampling (chi-square against the
-exact distribution), and the adaptive depth (gemma4_mac/draft_policy.py)."""
+"""Speculative decoding (gemma4_mac/speculative.py): greedy answers identical to plain decoding on every
+path (text past the sliding window, quantized caches, MTP drafter, thinking and tool calls, an image prompt),
+caches that hold exactly the tokens taken, sampled answers distributed as plain sampling (chi-square against
+the exact distribution), and the adaptive depth (gemma4_mac/draft_policy.py)."""
 
 from __future__ import annotations
 
@@ -12,37 +12,17 @@ import numpy as np
 from mlx.utils import tree_map
 import pytest
 
-from gemma4_mac.draft_policy import DepthPolicy, ForwardCosts, PromptLookup, expected_tokens
+from gemma4_mac.bench_speculative import (BandwidthBoundCosts, OracleProposer, RandomProposer,
+                                           bandwidth_bound_session)
+from gemma4_mac.draft_policy import DepthPolicy, PromptLookup, expected_tokens
 from gemma4_mac.generate import SamplingSettings, TokenStep, generate_tokens, run_prompt
 from gemma4_mac.prompt import PreparedPrompt, prepare_prompt
 from gemma4_mac.session import ChatSession
-from gemma4_mac.speculative import (Draft, DraftModeError, SpeculationState, applicable, speculative_tokens)
+from gemma4_mac.speculative import DraftModeError, applicable, speculative_tokens
 from mlx_model import load
 from mlx_model.assistant import Drafter, optional_attach
 from mlx_model.assistant_config import AssistantConfig
 from mlx_model.model import Model, ModelConfig
-
-
-class FlatCosts(ForwardCosts):
-    """A bandwidth-bound machine's costs, fixed: a step of n drafted tokens costs 1 + n/20 plain steps."""
-
-    plain = 1.0
-
-    def record(self, kind, depth, seconds):
-        pass
-
-    def estimate(self, kind, depth):
-        return 1.0 + 0.05 * depth
-
-    def deepest_timed(self, kind):
-        return 8
-
-
-def drafting_session(model, kv_bits=None) -> ChatSession:
-    """A session whose policy drafts as on a Mac's GPU, whatever this CPU measures."""
-    session = ChatSession(model, kv_bits=kv_bits)
-    session.speculation = SpeculationState(policy=DepthPolicy(costs=FlatCosts()))
-    return session
 
 
 def answer(model, prompt, sampling, *, session=None, proposers=None, fixed_depth=None, plain=False):
@@ -66,42 +46,6 @@ def next_logits(model, session, token=7) -> np.ndarray:
     return np.array(model(mx.array([[token]]), cache=session.cache)[0, -1])
 
 
-class OracleProposer:
-    """Proposes the plain answer's next tokens: every draft is right."""
-
-    kind = "oracle"
-
-    def __init__(self, prompt, answer_tokens):
-        self.sequence = list(prompt) + list(answer_tokens)
-
-    def available(self, context):
-        return 8
-
-    def propose(self, context, depth):
-        at = len(context.lookup.tokens) + 1
-        return Draft(mx.array(self.sequence[at:at + depth] or [0], dtype=mx.int32))
-
-
-class RandomProposer:
-    """Random drafts; `sampled` ones come with their proposal distribution over the whole vocabulary."""
-
-    kind = "random"
-
-    def __init__(self, vocab, seed=0, sampled=False):
-        self.vocab, self.sampled = vocab, sampled
-        self.rng = np.random.default_rng(seed)
-        self.q = mx.softmax(mx.array(self.rng.standard_normal(vocab).astype(np.float32)))
-
-    def available(self, context):
-        return 8
-
-    def propose(self, context, depth):
-        if self.sampled:
-            tokens = mx.random.categorical(mx.log(self.q), num_samples=depth).astype(mx.int32)
-            return Draft(tokens, [self.q] * depth, [None] * depth)
-        return Draft(mx.array(self.rng.integers(0, self.vocab, depth), dtype=mx.int32))
-
-
 @pytest.fixture(scope="module")
 def chat(tiny_chat_model_dir):
     return load(tiny_chat_model_dir)
@@ -122,7 +66,8 @@ def test_fixed_depth_drafts_keep_greedy_output_past_the_window(chat, kv_bits):
     all accepted, random ones all rejected; answers and caches equal plain decoding's."""
     model = chat[0] if kv_bits is None else _tiny_model(vocab=262_144, head_dim=64)
     prompt = _prompt()
-    plain, plain_session = answer(model, prompt, GREEDY, session=ChatSession(model, kv_bits=kv_bits), plain=True)
+    plain, plain_session = answer(model, prompt, GREEDY, session=ChatSession(model, kv_bits=kv_bits),
+                                  plain=True)
     oracle, expected = OracleProposer(prompt, plain), next_logits(model, plain_session)
     for proposer, depth in ((oracle, 8), (oracle, 3), (RandomProposer(262_144), 4)):
         stats = _Stats()
@@ -171,8 +116,8 @@ def test_closing_inside_a_step_forgets_the_tokens_not_taken(chat):
 def _mtp_drafter(target_config, seed=0, num_centroids=2048, top_k=4) -> Drafter:
     text = target_config.text_config
     config = AssistantConfig.from_dict({
-        "model_type": "gemma4_assistant", "backbone_hidden_size": text.hidden_size, "use_ordered_embeddings": True,
-        "num_centroids": num_centroids, "centroid_intermediate_top_k": top_k,
+        "model_type": "gemma4_assistant", "backbone_hidden_size": text.hidden_size,
+        "use_ordered_embeddings": True, "num_centroids": num_centroids, "centroid_intermediate_top_k": top_k,
         "text_config": {"vocab_size": text.vocab_size, "hidden_size": 16, "intermediate_size": 32,
                         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
                         "head_dim": text.head_dim, "global_head_dim": text.global_head_dim,
@@ -231,7 +176,8 @@ class PositionScript:
 def _events(model, processor, messages, draft, **kwargs):
     sampling = SamplingSettings(temperature=0.0, max_tokens=120, draft=draft)
     prepared = prepare_prompt(processor, messages, **kwargs)
-    session = drafting_session(model) if draft != "off" else ChatSession(model)
+    # drafting as deep as on a Mac's GPU, whatever this CPU measures
+    session = bandwidth_bound_session(model) if draft != "off" else ChatSession(model)
     events = list(run_prompt(model, processor, prepared, sampling, session=session))
     return [(e.kind, e.text, e.tool_call) for e in events[:-1]], events[-1].stats, session
 
@@ -239,10 +185,11 @@ def _events(model, processor, messages, draft, **kwargs):
 def test_thinking_and_tool_call_streams_are_identical(chat):
     model, processor = chat
     text = ("<|channel>thought\nThe user wants the weather in Paris, so I should call the tool.<channel|>"
-            "Let me check the weather in Paris.<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>")
+            "Let me check the weather in Paris."
+            "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>}<tool_call|>")
     script = processor.tokenizer.encode(text, add_special_tokens=False)
-    messages = [{"role": "user", "content": "The weather in Paris, so I should call the tool. Let me check the "
-                                            "weather in Paris."}]
+    messages = [{"role": "user", "content": "The weather in Paris, so I should call the tool. Let me check "
+                                            "the weather in Paris."}]
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                                "parameters": {"type": "object",
                                                               "properties": {"city": {"type": "string"}}}}}]
@@ -285,12 +232,13 @@ def test_image_prompt_answers_are_identical(tmp_path):
     _build(tmp_path / "model", "e2b", audio=False, seed=4)
     model, processor = load(tmp_path / "model")
     processor.image_token_budget = 70
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / "a.png")},
-                                             {"type": "text", "text": "Describe it, then describe it again."}]}]
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    text = {"type": "text", "text": "Describe it, then describe it again."}
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / "a.png")}, text]}]
     plain, _, _ = _events(model, processor, messages, "off")
     ours, stats, _ = _events(model, processor, messages, "lookup")
-    assert ours == plain
+    assert ours == plain and stats.drafted_tokens > 0
 
 
 def _tiny_model(seed=0, vocab=8, head_dim=16, scale=1.0):
@@ -327,8 +275,8 @@ def _exact_answer_distribution(model, prompt, sampling, length):
 @pytest.mark.slow
 @pytest.mark.parametrize("drafts", ["deterministic", "sampled", "mtp"])
 def test_sampled_answers_follow_the_plain_sampling_distribution(drafts):
-    """1500 answers of 4 tokens (vocabulary 8, top-k 3): the frequencies of the 81 possible answers against their
-    exact probabilities (chi-square, p > 0.001), drafts verified by rejection sampling."""
+    """1500 answers of 4 tokens (vocabulary 8, top-k 3): the frequencies of the 81 possible answers against
+    their exact probabilities (chi-square, p > 0.001), drafts verified by rejection sampling."""
     model = _tiny_model()
     prompt = [1, 5, 6, 5, 6, 5]
     sampling = SamplingSettings(temperature=1.0, top_k=3, top_p=1.0, max_tokens=4, seed=3, draft="auto")
@@ -385,7 +333,7 @@ def test_depth_policy_turns_drafting_off_at_zero_acceptance_and_probes_less_and_
 
 
 def test_depth_policy_drafts_deep_where_verifying_is_cheap_and_not_where_it_costs_a_step_per_token():
-    cheap = DepthPolicy(costs=FlatCosts())
+    cheap = DepthPolicy(costs=BandwidthBoundCosts())
     cheap.plain_count = 2
     for _ in range(20):
         cheap.record("lookup", 8, 7, 1.4)
@@ -415,5 +363,22 @@ def test_requests_that_cannot_draft_decode_plainly():
     assert not applicable(model, SamplingSettings(draft="off"), None)
     assert not applicable(model, SamplingSettings(draft="auto"), [lambda tokens, logits: logits])
     assert not applicable(model, SamplingSettings(draft="auto", repetition_penalty=1.2), None)
+    assert not applicable(model, SamplingSettings(draft="auto", temperature=0.7, seed=1), None)
+    assert applicable(model, SamplingSettings(draft="auto", temperature=0.0, seed=1), None)
     with pytest.raises(DraftModeError, match="auto, mtp, lookup, off"):
         applicable(model, SamplingSettings(draft="fast"), None)
+
+
+def test_the_command_line_drafts_on_request_and_says_when_it_cannot(tiny_chat_model_dir):
+    import io
+
+    from gemma4_mac import cli
+
+    for draft in ("lookup", "mtp", "off"):
+        out, err = io.StringIO(), io.StringIO()
+        assert cli.main(["ask", "--model", str(tiny_chat_model_dir), "--draft", draft, "--max-tokens", "6",
+                         "one two one two one two"], out, err) == 0
+        assert ("no MTP drafter" in err.getvalue()) == (draft == "mtp")
+    with pytest.raises(SystemExit):  # argparse names the valid choices
+        cli.main(["ask", "--model", str(tiny_chat_model_dir), "--draft", "fast", "hi"], io.StringIO(),
+                 io.StringIO())

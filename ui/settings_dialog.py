@@ -97,8 +97,8 @@ class SettingsDialog(QDialog):
         for value, label in DRAFT_CHOICES:
             self.draft.addItem(label, value)
         self.draft.setCurrentIndex(max(0, self.draft.findData(settings.draft)))
-        self.draft.setToolTip("Drafts the next tokens and checks them in one step: the same answer, faster when "
-                              "the answer quotes the conversation or the model has its drafter")
+        self.draft.setToolTip("Drafts the next tokens and checks them in one step: the same answer, faster "
+                              "when the answer quotes the conversation or the model has its drafter")
         self.theme = QComboBox()
         for value, label in (("system", "Follow the system"), ("light", "Light"), ("dark", "Dark")):
             self.theme.addItem(label, value)
