@@ -159,6 +159,18 @@ class ModelWorker:
 
         return self.submit(source, run, label="load")
 
+    def withdraw(self, job: WorkerJob) -> bool:
+        """Take a job that has not started out of its queue at once (its `on_dropped` runs on this thread);
+        False when it already started or ended (then its cancel event is what stops it)."""
+        with self._condition:
+            waiting = self._queues.get(job.source)
+            if waiting is None or job not in waiting:
+                return False
+            waiting.remove(job)
+        job.cancel.set()
+        _drop(job)
+        return True
+
     def queued(self, source: Optional[str] = None) -> int:
         """How many jobs wait (for one source, or all)."""
         with self._condition:

@@ -125,7 +125,8 @@ class ModelsMixin(AddModelsMixin):
             self.theme.set_preference(new.theme)
         if new.model_path != old.model_path:
             self._load_model(new.model_path or None)
-        server_fields = ("server_enabled", "server_host", "server_port", "server_api_key")
+        server_fields = ("server_enabled", "server_host", "server_port", "server_api_key", "server_cors_origins",
+                         "server_allow_local_files")
         if any(getattr(new, f, None) != getattr(old, f, None) for f in server_fields):
             self._apply_server()
         self.update_token_count()

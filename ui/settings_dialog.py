@@ -135,6 +135,16 @@ class SettingsDialog(QDialog):
         server_row.addWidget(self.server_enabled, 1)
         server_row.addWidget(self.server_port)
         layout.addLayout(server_row)
+        server_form = QFormLayout()
+        self.server_cors_origins = QLineEdit(settings.server_cors_origins)
+        self.server_cors_origins.setPlaceholderText("none: web pages cannot call the server")
+        self.server_cors_origins.setToolTip("Web pages allowed to use the model (CORS), e.g. http://localhost:3000; "
+                                            "separate several with spaces. Programs and agents need no entry here.")
+        server_form.addRow("Allowed web pages", self.server_cors_origins)
+        self.server_allow_local_files = QCheckBox("Let API requests open image files on this Mac by path")
+        self.server_allow_local_files.setChecked(settings.server_allow_local_files)
+        server_form.addRow("", self.server_allow_local_files)
+        layout.addLayout(server_form)
 
         rule = QFrame()
         rule.setObjectName("rule")
@@ -156,4 +166,6 @@ class SettingsDialog(QDialog):
             kv_precision=int(self.kv.currentData()), image_token_budget=int(self.image_budget.currentData()),
             draft=self.draft.currentData(), theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
-            server_port=self.server_port.value())
+            server_port=self.server_port.value(),
+            server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),
+            server_allow_local_files=self.server_allow_local_files.isChecked())
