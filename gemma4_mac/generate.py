@@ -214,7 +214,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
 
     if speculative.applicable(model, sampling, logits_processors):
         steps = speculative.speculative_tokens(model, logits, session, sampling, TokenStep, history=tokens,
-                                               cancel=cancel, stats=stats, media=prepared.media)
+                                               cancel=cancel, stats=stats, media=prepared.media,
+                                               observers=logits_processors or ())
     else:
         steps = generate_tokens(model, logits, session.cache, sampling, history=tokens, cancel=cancel,
                                 logits_processors=logits_processors)

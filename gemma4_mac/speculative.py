@@ -77,16 +77,23 @@ def model_costs(model) -> ForwardCosts:
     return costs
 
 
+def observes_only(processor) -> bool:
+    """A logits processor that only watches the tokens and their logits (the server's logprobs tap): it
+    returns the logits unchanged, so drafting can run beside it (`speculative_tokens(observers=...)`)."""
+    return bool(getattr(processor, "observes_only", False))
+
+
 def applicable(model, sampling, logits_processors) -> bool:
-    """Whether this request can draft: a mode other than "off"; no logits processors or repetition penalty (a
-    grammar's state follows each accepted token); not sampled with a seed (the same seed must give the same
-    answer, and the depth follows timings, which moves the random stream); and our model (or a stand-in whose
-    class sets `verifies_drafts`: its logits for a position must not depend on how many it gets). Other
-    requests decode plainly."""
+    """Whether this request can draft: a mode other than "off"; no logits processors that change the logits,
+    nor a repetition penalty (a grammar's state follows each accepted token); not sampled with a seed (the
+    same seed must give the same answer, and the depth follows timings, which moves the random stream); and
+    our model (or a stand-in whose class sets `verifies_drafts`: its logits for a position must not depend on
+    how many it gets). Other requests decode plainly."""
     mode = check_mode(getattr(sampling, "draft", "off"))
     penalised = sampling.repetition_penalty and sampling.repetition_penalty != 1.0
     seeded = sampling.seed is not None and sampling.temperature > 0
-    plain_only = logits_processors or penalised or seeded
+    changes_logits = any(not observes_only(p) for p in logits_processors or ())
+    plain_only = changes_logits or penalised or seeded
     verifies = isinstance(model, Model) or getattr(type(model), "verifies_drafts", False)
     return mode != "off" and not plain_only and verifies
 
@@ -298,17 +305,21 @@ def _index(ids: Optional[mx.array], token: mx.array) -> mx.array:
 
 def speculative_tokens(model, first_logits: mx.array, session, sampling, step_type, *, history: Sequence[int],
                        cancel: Optional[threading.Event] = None, stats=None, media: Sequence = (),
-                       proposers: Optional[list] = None, fixed_depth: Optional[int] = None) -> Iterator[Any]:
+                       proposers: Optional[list] = None, fixed_depth: Optional[int] = None,
+                       observers: Sequence[Callable] = ()) -> Iterator[Any]:
     """Like `generate.generate_tokens` (every yielded `step_type(token, logprobs)` is in the session's cache),
     drafting per `sampling.draft` ("auto": the MTP drafter and prompt lookup, whichever pays; "mtp"; "lookup")
     at the depth the conversation's policy chooses, or `fixed_depth`. `proposers` replaces the drafters
     (benchmarks: an oracle, a random one). `stats` (GenerationStats) counts drafted and accepted tokens and
-    the model's forwards."""
+    the model's forwards. `observers` (processors that only watch, see `observes_only`) are called as
+    `generate_tokens` calls its processors: first (prompt, first logits), then before each token is yielded
+    (history through it, the logits of the token after it)."""
     if sampling.seed is not None:
         mx.random.seed(sampling.seed)
     decoder = _Decoder(model, session, sampling, stats, history, media, proposers)
     logprobs = decoder.target.logprobs(first_logits)
     token, hidden = decoder.target.pick(logprobs)[0], None
+    watch = _Watch(observers, history, logprobs)
     produced, clock = 0, _Clock(decoder.policy)
     try:
         while produced < sampling.max_tokens:
@@ -321,6 +332,7 @@ def speculative_tokens(model, first_logits: mx.array, session, sampling, step_ty
                 next_token, next_logprobs, hidden = decoder.plain_step(token)
                 value = int(token.item())
                 decoder.lookup.extend([value])
+                watch.token(value, next_logprobs)
                 clock.plain_token()
                 with clock.outside():
                     yield step_type(value, logprobs)
@@ -332,8 +344,11 @@ def speculative_tokens(model, first_logits: mx.array, session, sampling, step_ty
                 decoder.policy.record(kind, drafted, len(kept) - 1, clock.elapsed())
                 for taken, kept_token in enumerate(kept, start=1):
                     decoder.taken = taken  # once yielded, the caller has it (even if it stops right there)
+                    # the row a token was drawn from: the step's input token's came before the verify
+                    drawn_from = logprobs if taken == 1 else rows[taken - 2:taken - 1]
+                    watch.token(kept_token, rows[taken - 1:taken])
                     with clock.outside():
-                        yield step_type(kept_token, rows[taken - 1:taken])
+                        yield step_type(kept_token, drawn_from)
                     produced += 1
                     if cancel is not None and cancel.is_set():
                         return
@@ -343,6 +358,23 @@ def speculative_tokens(model, first_logits: mx.array, session, sampling, step_ty
                 return
     finally:
         decoder.finish_step()  # the caller stopped inside a step: forget the tokens it did not take
+
+
+class _Watch:
+    """Calls the observers with the history so far and the logits that follow it, as plain decoding would."""
+
+    def __init__(self, observers: Sequence[Callable], history: Sequence[int], first_logprobs: mx.array):
+        self.observers, self.seen = list(observers), list(history) if observers else []
+        self._call(first_logprobs)
+
+    def token(self, token: int, next_logprobs: mx.array) -> None:
+        if self.observers:
+            self.seen.append(token)
+            self._call(next_logprobs)
+
+    def _call(self, logprobs: mx.array) -> None:
+        for observe in self.observers:
+            observe(mx.array(self.seen, dtype=mx.int32), logprobs)
 
 
 class _Clock:

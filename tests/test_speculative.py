@@ -95,6 +95,27 @@ def _answer_with_stats(model, prompt, sampling, stats, session, proposers, depth
     return session.tokens[len(prompt):], session
 
 
+def test_each_token_comes_with_the_logprobs_it_was_drawn_from(chat):
+    """As plain decoding: the row of a step's first token is the one before the verify, not the verify's."""
+    model, _ = chat
+    prompt = _prompt(seed=2)
+    sampling = SamplingSettings(temperature=0.0, max_tokens=20, draft="lookup")
+    rows = {}
+    for name in ("plain", "drafted"):
+        session = ChatSession(model)
+        logits, _ = session.read_prompt(PreparedPrompt(list(prompt), None, parse_output=False))
+        if name == "plain":
+            steps = generate_tokens(model, logits, session.cache, sampling, history=prompt)
+        else:
+            plain_tokens = [token for token, _ in rows["plain"]]
+            steps = speculative_tokens(model, logits, session, sampling, TokenStep, history=prompt,
+                                       proposers=[OracleProposer(prompt, plain_tokens)], fixed_depth=3)
+        rows[name] = [(step.token, np.array(step.logprobs).reshape(-1)) for step in steps]
+    assert [t for t, _ in rows["drafted"]] == [t for t, _ in rows["plain"]]
+    for (_, ours), (_, theirs) in zip(rows["drafted"], rows["plain"]):
+        assert np.abs(ours - theirs).max() <= 1e-4
+
+
 def test_closing_inside_a_step_forgets_the_tokens_not_taken(chat):
     """A stop string or the end of a turn closes the stream in the middle of a verified step."""
     model, _ = chat
