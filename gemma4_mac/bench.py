@@ -282,11 +282,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="--speculative: paired plain/speculative rounds")
     parser.add_argument("--tiny-only", action="store_true", help="--speculative: skip the real Gemma 3 270M")
+    parser.add_argument("--real-only", action="store_true", help="--speculative: skip the tiny Gemma 4")
     args = parser.parse_args(argv)
     if args.speculative:
         from .bench_speculative import main as speculative_main
 
-        return speculative_main(args.tokens, args.rounds, real=not args.tiny_only)
+        return speculative_main(args.tokens, args.rounds, real=not args.tiny_only, tiny=not args.real_only)
     print(json.dumps(run(tuple(args.contexts), args.doc_tokens), indent=2))
     return 0
 
