@@ -403,3 +403,23 @@ def test_the_command_line_drafts_on_request_and_says_when_it_cannot(tiny_chat_mo
     with pytest.raises(SystemExit):  # argparse names the valid choices
         cli.main(["ask", "--model", str(tiny_chat_model_dir), "--draft", "fast", "hi"], io.StringIO(),
                  io.StringIO())
+
+
+@pytest.mark.slow
+def test_prompt_lookup_on_the_real_gemma3_keeps_the_answer_and_takes_several_tokens_per_forward(tmp_path):
+    """The real Gemma 3 270M (the starter model) on the benchmark's paragraph task (the answer quotes the
+    prompt; bench_speculative runs the code task too): prompt lookup at depth 8 and at the adaptive depth
+    (planning as on a Mac's GPU) answers token for token as plain greedy decoding, with at least 2.5 tokens
+    per model forward at depth 8 (the issue's bar)."""
+    from convert.starter import ensure_starter_model
+    from gemma4_mac.bench_speculative import TASKS, run_answer
+
+    model, processor = load(ensure_starter_model(tmp_path / "models"))
+    for name in ("paragraph, one word changed",):
+        prompt = [2] + processor.tokenizer.encode(TASKS[name], add_special_tokens=False)
+        plain = run_answer(model, prompt, 24, plain=True)
+        fixed = run_answer(model, prompt, 24, fixed_depth=8)
+        adaptive = run_answer(model, prompt, 24, session=bandwidth_bound_session(model))
+        assert fixed["tokens"] == plain["tokens"] == adaptive["tokens"], name
+        assert len(plain["tokens"]) / fixed["forwards"] >= 2.5, (name, fixed["forwards"])
+        assert adaptive["forwards"] < len(plain["tokens"]), name
