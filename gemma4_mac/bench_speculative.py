@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import statistics
 import time
 from typing import Optional
@@ -235,12 +236,20 @@ def gemma3_prompt_lookup(n_tokens: int, rounds: int) -> dict:
             "adaptive": paired_ratio(model, prompt, n_tokens, rounds, plain["tokens"]),
             "adaptive_planning_with_gpu_costs": _planned_on_gpu(model, prompt, n_tokens, plain["tokens"]),
         }
+        _progress(name, out["tasks"][name])
     out["forward_cost"] = forward_costs(model, first_prompt)
     prompt = [2] + processor.tokenizer.encode(TASKS["paragraph, one word changed"], add_special_tokens=False)
     reference = run_answer(model, prompt, n_tokens, plain=True)["tokens"]
     out["zero_acceptance_random_drafter"] = paired_ratio(model, prompt, n_tokens, rounds, reference,
                                                          proposers=[RandomProposer(262_144)])
+    _progress("zero acceptance", out["zero_acceptance_random_drafter"])
     return out
+
+
+def _progress(section: str, figures: dict) -> None:
+    """A finished section on stderr at once (the whole run takes minutes on a loaded machine)."""
+    sys.stderr.write(f"{section}: {json.dumps(figures, ensure_ascii=False)}\n")
+    sys.stderr.flush()
 
 
 def tiny_gemma4(n_tokens: int, rounds: int) -> dict:
