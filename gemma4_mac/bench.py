@@ -276,7 +276,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma4_mac.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--doc-tokens", type=int, default=16384)
+    parser.add_argument("--speculative", action="store_true",
+                        help="the speculative decoding benchmark instead (gemma4_mac/bench_speculative.py)")
+    parser.add_argument("--tokens", type=int, default=48, help="--speculative: tokens per answer")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="--speculative: paired plain/speculative rounds")
+    parser.add_argument("--tiny-only", action="store_true", help="--speculative: skip the real Gemma 3 270M")
+    parser.add_argument("--real-only", action="store_true", help="--speculative: skip the tiny Gemma 4")
     args = parser.parse_args(argv)
+    if args.speculative:
+        from .bench_speculative import main as speculative_main
+
+        return speculative_main(args.tokens, args.rounds, real=not args.tiny_only, tiny=not args.real_only)
     print(json.dumps(run(tuple(args.contexts), args.doc_tokens), indent=2))
     return 0
 

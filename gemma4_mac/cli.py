@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=0.95)
     ask.add_argument("--top-k", type=int, default=64)
     ask.add_argument("--seed", type=int)
+    ask.add_argument("--draft", choices=("auto", "mtp", "lookup", "off"), default="auto",
+                     help="speculative decoding (same answer, faster where it pays): auto = the "
+                          "model's MTP drafter and prompt lookup at an adaptive depth (default); mtp or "
+                          "lookup alone; off")
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
@@ -196,10 +200,15 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _answer(args: argparse.Namespace, model, processor, content, registry, out: TextIO, err: TextIO) -> int:
     """Stream the answer to one question; thoughts go to `err` marked as such."""
+    from mlx_model.assistant import attached_drafter
+
     from .generate import GenerationError, SamplingSettings, stream_generate
 
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                seed=args.seed, max_tokens=args.max_tokens)
+                                seed=args.seed, max_tokens=args.max_tokens, draft=args.draft)
+    if args.draft == "mtp" and attached_drafter(model) is None:
+        err.write("[note] this model folder has no MTP drafter (convert one with `python -m convert ... "
+                  "--drafter`); answering without drafting\n")
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

@@ -73,6 +73,8 @@ def print_events(events: Iterable, out: TextIO, err: TextIO, *, show_calls: bool
             stats = event.stats
             result.stats = {"prompt_tokens": stats.prompt_tokens, "generation_tokens": stats.generation_tokens,
                             "generation_tps": stats.generation_tps, "finish_reason": stats.finish_reason}
+            drafted = (f", {stats.accepted_tokens}/{stats.drafted_tokens} drafted tokens accepted"
+                       if stats.drafted_tokens else "")
             err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
-                      f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
+                      f"{stats.generation_tps:.1f} tok/s{drafted}, finish: {stats.finish_reason}]\n")
     return result

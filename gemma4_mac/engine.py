@@ -103,9 +103,11 @@ class MlxBackend:
         self._session_key: Optional[tuple] = None
         self._document_cache = None
         self._constraints = None  # the loaded model's ConstraintFactory, made on the first turn with tools
+        self._drafter_downloads: dict[str, str] = {}  # repo id -> its downloaded MTP drafter, for `convert`
 
     def load(self, path: Optional[Path]) -> ModelSlot:
         from mlx_model import ModelLoadError, load
+        from mlx_model.assistant import attached_drafter
 
         from . import model_manager
 
@@ -124,6 +126,7 @@ class MlxBackend:
         info = {"path": str(folder), "name": entry.label, "id": folder.name, "is_starter": starter,
                 "chat": processor is not None and not starter, "size_bytes": entry.size_bytes,
                 "context_limit": self._context_limit(model, entry.size_bytes),
+                "drafter": attached_drafter(model) is not None,  # its MTP drafter, loaded beside it
                 "can_see": bool(getattr(processor, "can_see", False)),  # a vision tower: images and video
                 "can_hear": bool(getattr(processor, "can_hear", False))}  # an audio tower (E2B and E4B)
         try:
@@ -198,11 +201,33 @@ class MlxBackend:
         if Path(repo_id).expanduser().exists() or not looks_like_repo_id(repo_id):
             return repo_id
         try:
-            return str(download(repo_id, Reporter(_forward(progress), cancel), cache_dir=downloads_dir()))
+            source = str(download(repo_id, Reporter(_forward(progress), cancel), cache_dir=downloads_dir()))
         except ConversionCancelled as error:
             raise EngineError(CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
+        self._download_drafter(repo_id, progress, cancel)
+        return source
+
+    def _download_drafter(self, repo_id: str, progress: Callable[[dict], None],
+                          cancel: threading.Event) -> None:
+        """Fetch the model's MTP drafter too (it makes answers faster); without it the model still works."""
+        from convert import ConversionCancelled, ConversionError
+        from convert.hf_source import download
+        from convert.progress import Reporter
+
+        from .model_manager import drafter_repo
+
+        drafter = drafter_repo(repo_id)
+        if drafter is None:
+            return
+        try:
+            self._drafter_downloads[repo_id] = str(download(drafter, Reporter(_forward(progress), cancel),
+                                                            cache_dir=downloads_dir()))
+        except ConversionCancelled as error:
+            raise EngineError(CANCELLED_DOWNLOAD) from error
+        except (ConversionError, OSError) as error:
+            log.warning("%s is used without its drafter %s: %s", repo_id, drafter, error)
 
     def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
         """The starter model's folder, converted from its packaged GGUF on first use (MLX work: on the model
@@ -232,11 +257,29 @@ class MlxBackend:
             raise EngineError(CANCELLED_CONVERSION if local else CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
+        self._convert_drafter(repo_id, converted, progress, cancel)
         if source:
             from convert.hub_download import discard_download
 
             discard_download(Path(source), root=downloads_dir())  # the 4-bit copy replaces the bf16 download
         return converted
+
+    def _convert_drafter(self, repo_id: str, converted: Path, progress: Callable[[dict], None],
+                         cancel: threading.Event) -> None:
+        """Convert the downloaded MTP drafter into the model folder (quantized like the model); a drafter that
+        fails is left out, and the model answers without it."""
+        from convert import ConversionCancelled, ConversionError
+        from convert.drafter import convert_drafter
+        from convert.hub_download import discard_download
+
+        source = self._drafter_downloads.pop(repo_id, None)
+        if source is None:
+            return
+        try:
+            convert_drafter(source, converted, progress=_forward(progress), cancel=cancel)
+        except (ConversionCancelled, ConversionError, OSError) as error:  # the converted model stays usable
+            log.warning("the drafter of %s was not converted: %s", converted, error or "cancelled")
+        discard_download(Path(source), root=downloads_dir())
 
     def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
         """Tokens of `text` with the model's tokenizer (an estimate without one)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from convert.partials import WorkFolder, clean_stale, work_folders
+from mlx_model.assistant_config import recorded_drafter
 from mlx_model.model_folder import has_chat_template as folder_has_chat_template
 
 from .paths import models_dir
@@ -47,6 +48,15 @@ HUB_MODELS = (
     # image and audio embedders at 8 bits
     HubModel("google/gemma-4-12B-it", "Gemma 4 12B instruct (images, video and audio)", 6.3, "16 GB or more"),
 )
+
+
+def drafter_repo(repo_id: str) -> Optional[str]:
+    """The hub repo of the MTP drafter Google publishes beside a Gemma 4 instruct model (`<repo>-assistant`),
+    fetched and converted with it; None for other models (Gemma 3, base models, other publishers)."""
+    owner, _, name = repo_id.partition("/")
+    if owner != "google" or not name.lower().startswith("gemma-4-") or not name.lower().endswith("-it"):
+        return None
+    return f"{repo_id}-assistant"
 
 
 @dataclass
@@ -93,8 +103,12 @@ def total_memory() -> int:
 
 
 def weight_bytes(path: Path) -> int:
-    """Bytes of a model folder's .safetensors files."""
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    """Bytes of a model folder's .safetensors files, its drafter's included (loaded with it)."""
+    folders = [Path(path)]
+    drafter = recorded_drafter(path, read_model_config(path))
+    if drafter is not None:
+        folders.append(drafter)
+    return sum(f.stat().st_size for folder in folders for f in folder.glob("*.safetensors"))
 
 
 def estimate_fit(path: Path, total: Optional[int] = None) -> MemoryFit:

@@ -40,6 +40,7 @@ class ChatSession:
         self.cache = self._new_cache()
         self.tokens: list[int] = []
         self.restore_points: list[RestorePoint] = []
+        self.speculation = None  # what drafting learned in this conversation (speculative.SpeculationState)
 
     def _new_cache(self) -> list:
         return self.model.make_cache(kv_bits=self.kv_bits) if self.kv_bits else self.model.make_cache()

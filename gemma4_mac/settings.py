@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .paths import settings_path
 
 KV_PRECISIONS = (16, 8, 4)
+DRAFT_MODES = ("auto", "mtp", "lookup", "off")  # speculative decoding (gemma4_mac/speculative.py)
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # the soft-token budgets Gemma 4's image processor supports
 THEMES = ("system", "light", "dark")
 MAX_TOKENS_LIMIT = 131072
@@ -36,6 +37,9 @@ class AppSettings:
     context_size: int = 0
     kv_precision: int = 16
     image_token_budget: int = 280
+    # faster answers, same text: draft tokens (the model's MTP drafter, prompt lookup) and verify them at
+    # once; "auto" drafts only as deep as it measurably pays on this machine
+    draft: str = "auto"
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)
     # MLX model folders the person added from elsewhere, used where they lie (not copied)
@@ -64,7 +68,7 @@ class AppSettings:
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `generate.SamplingSettings` (kept as a dict so this module stays MLX-free)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, "draft": self.draft}
 
     @property
     def kv_bits(self) -> Optional[int]:
@@ -94,6 +98,8 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if value in KV_PRECISIONS and _integer(value) else f"must be one of {KV_PRECISIONS}"
     if name == "image_token_budget":
         return None if value in IMAGE_TOKEN_BUDGETS and _integer(value) else f"must be one of {IMAGE_TOKEN_BUDGETS}"
+    if name == "draft":
+        return None if value in DRAFT_MODES else f"must be one of {', '.join(DRAFT_MODES)}"
     if name == "theme":
         return None if value in THEMES else f"must be one of {', '.join(THEMES)}"
     if name in ("server_enabled", "server_allow_local_files", "server_mcp_tools"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +19,8 @@ from .safetensors_header import SafetensorsHeaderError, read_header
 from .sharding import Cut, ShardingError, cut_tensor, shard_model
 
 __all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
-           "load_model", "read_config", "read_weights", "weight_files"]
+           "load_drafter", "load_model", "read_config", "read_weights", "weight_files"]
+log = logging.getLogger(__name__)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -133,7 +135,8 @@ def _quant_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
+def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str, mx.array],
+                        path: Path) -> None:
     """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings.
 
     Each module's shape is checked against its stored scales first: weights from another model (or a
@@ -192,17 +195,40 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
             KeyError) as err:
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
-    sharded = group is not None and group.size() > 1
-    located = _located_tensors(path, model) if sharded else None
-    weights = {k: v[3] for k, v in located.items()} if sharded else model.sanitize(read_weights(path))
-    if config.quantization:  # on the whole model, checked against the whole tensors' shapes
-        _apply_quantization(model, config.quantization, weights, path)
-    if sharded:
-        try:
-            plan = shard_model(model, group)  # slices the still-lazy initial weights: nothing is computed
-        except ShardingError as err:
-            raise ModelLoadError(f"{path} cannot be split across {group.size()} ranks: {err}") from err
-        weights = read_sharded_weights(path, model, located, plan)
+    if group is not None and group.size() > 1:
+        _fill_shard(model, config.quantization, group, path, dtype)
+    else:
+        _fill(model, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(model.parameters())
+    return model
+
+
+def _fill_shard(model: nn.Module, quantization: Optional[dict], group, path: Path,
+                dtype: Optional[mx.Dtype]) -> None:
+    """This rank's slice of every split tensor, read from the files; the rest as `_fill` loads it."""
+    located = _located_tensors(path, model)
+    weights = {k: v[3] for k, v in located.items()}
+    if quantization:  # on the whole model, checked against the whole tensors' shapes
+        _apply_quantization(model, quantization, weights, path)
+    try:
+        plan = shard_model(model, group)  # slices the still-lazy initial weights: nothing is computed
+    except ShardingError as err:
+        raise ModelLoadError(f"{path} cannot be split across {group.size()} ranks: {err}") from err
+    _load_checked(model, read_sharded_weights(path, model, located, plan), path, dtype)
+
+
+def _fill(model: nn.Module, quantization: Optional[dict], raw_weights: dict[str, mx.array], path: Path,
+          dtype: Optional[mx.Dtype]) -> None:
+    """Sanitize, quantize as config.json says, check every name and shape, and load the weights."""
+    weights = model.sanitize(raw_weights)
+    if quantization:
+        _apply_quantization(model, quantization, weights, path)
+    _load_checked(model, weights, path, dtype)
+
+
+def _load_checked(model: nn.Module, weights: dict[str, mx.array], path: Path, dtype: Optional[mx.Dtype]) -> None:
+    """Check every name and shape against the model, then load the weights."""
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -220,12 +246,9 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
     _check_shapes(model, weights, path)
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
-    if not lazy:
-        mx.eval(model.parameters())
-    return model
 
 
-def _check_shapes(model: Model, weights: dict[str, mx.array], path: Path) -> None:
+def _check_shapes(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
     for name, param in tree_flatten(model.parameters()):
         if weights[name].shape != param.shape:
             raise ModelLoadError(
@@ -248,7 +271,8 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
     an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's shard
-    of the text decoder is loaded (mlx_model/sharding.py)."""
+    of the text decoder is loaded (mlx_model/sharding.py). The MTP drafter the folder records is loaded
+    beside the model (`mlx_model.assistant.attached_drafter(model)`)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
 
@@ -258,8 +282,50 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
     model = load_model(folder, lazy=lazy, dtype=dtype, group=group)
+    if group is None or group.size() == 1:  # a split model decodes without its drafter
+        _load_recorded_drafter(folder, raw_config, model, lazy, dtype)
     try:
         processor = load_processor(folder, model.config)
     except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json
         raise ModelLoadError(str(err)) from err
     return model, processor
+
+
+def load_drafter(path: str | Path, target_config: Optional[ModelConfig] = None, *, lazy: bool = False,
+                 dtype: Optional[mx.Dtype] = None):
+    """The MTP drafter (mlx_model.assistant.Drafter) in folder `path`, checked against the target's config
+    when given. Raises ModelLoadError naming the file and what is wrong."""
+    from .assistant import Drafter
+    from .assistant_config import AssistantConfig
+
+    path = Path(path).expanduser()
+    check_model_path(path)
+    try:
+        config = AssistantConfig.from_dict(read_config(path))
+        if target_config is not None:
+            config.check_target(target_config.text_config)
+        drafter = Drafter(config)
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError,
+            KeyError) as err:
+        raise ModelLoadError(f"{path / 'config.json'}: {err} The drafter does not fit; convert it again with "
+                             "its model.") from err
+    _fill(drafter, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(drafter.parameters())
+    return drafter
+
+
+def _load_recorded_drafter(folder: Path, raw_config: dict, model: Model, lazy: bool,
+                           dtype: Optional[mx.Dtype]) -> None:
+    """Load the drafter the folder records and keep it beside the model; a broken one is logged and skipped
+    (the model answers without it, a little slower)."""
+    from .assistant import optional_attach
+    from .assistant_config import recorded_drafter
+
+    drafter_path = recorded_drafter(folder, raw_config)
+    if drafter_path is None:
+        return
+    try:
+        optional_attach(model, load_drafter(drafter_path, model.config, lazy=lazy, dtype=dtype))
+    except ModelLoadError as error:
+        log.warning("the drafter of %s is not used: %s", folder, error)

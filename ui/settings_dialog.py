@@ -19,6 +19,8 @@ from .tools_dialog import ToolsDialog
 
 CONTEXT_CHOICES = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 IMAGE_BUDGET_HINTS = {70: "fastest", 140: "fast", 280: "balanced", 560: "detailed", 1120: "small text, documents"}
+DRAFT_CHOICES = (("auto", "Automatic (drafts only where it pays)"), ("mtp", "The model's drafter only"),
+                 ("lookup", "Quotes of the conversation only"), ("off", "Off"))
 
 
 def _section(title: str) -> QLabel:
@@ -106,6 +108,12 @@ class SettingsDialog(QDialog):
         for budget in IMAGE_TOKEN_BUDGETS:
             self.image_budget.addItem(f"{budget} tokens · {IMAGE_BUDGET_HINTS[budget]}", budget)
         self.image_budget.setCurrentIndex(max(0, self.image_budget.findData(settings.image_token_budget)))
+        self.draft = QComboBox()
+        for value, label in DRAFT_CHOICES:
+            self.draft.addItem(label, value)
+        self.draft.setCurrentIndex(max(0, self.draft.findData(settings.draft)))
+        self.draft.setToolTip("Drafts the next tokens and checks them in one step: the same answer, faster "
+                              "when the answer quotes the conversation or the model has its drafter")
         self.theme = QComboBox()
         for value, label in (("system", "Follow the system"), ("light", "Light"), ("dark", "Dark")):
             self.theme.addItem(label, value)
@@ -118,6 +126,7 @@ class SettingsDialog(QDialog):
         form.addRow("Context size", self.context)
         form.addRow("KV cache", self.kv)
         form.addRow("Image detail", self.image_budget)
+        form.addRow("Faster answers", self.draft)
         form.addRow("Appearance", self.theme)
         # the quick-ask rows share the form so their labels line up with the ones above
         form.addRow(_section("Quick Ask"))
@@ -209,7 +218,7 @@ class SettingsDialog(QDialog):
             temperature=round(self.temperature.value(), 2), top_p=round(self.top_p.value(), 2),
             max_tokens=self.max_tokens.value(), context_size=int(self.context.currentData()),
             kv_precision=int(self.kv.currentData()), image_token_budget=int(self.image_budget.currentData()),
-            theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
+            draft=self.draft.currentData(), theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
             server_port=self.server_port.value(),
             server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),

@@ -31,7 +31,7 @@ def chat_spec_of(body: ChatCompletionRequest, default_max_tokens: int) -> ChatSp
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, seed=body.seed,
         max_tokens=body.max_completion_tokens or body.max_tokens, default_max_tokens=default_max_tokens,
-        stop=body.stop_strings())
+        stop=body.stop_strings(), draft=body.draft)
     schema, param = None, "response_format"
     fmt = body.response_format
     if fmt is not None and fmt.type == "json_object":
@@ -178,7 +178,7 @@ class OpenAIRoutes(Endpoint):
         sampling, explicit = sampling_from(
             temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
             repetition_penalty=body.repetition_penalty, seed=body.seed, max_tokens=body.max_tokens,
-            default_max_tokens=self.options.default_max_tokens, stop=body.stop_strings())
+            default_max_tokens=self.options.default_max_tokens, stop=body.stop_strings(), draft=body.draft)
         job = GenerationJob(sampling=sampling, raw_prompt=prompt, max_tokens_explicit=explicit, n=body.n,
                             logprobs=body.logprobs, frequency_penalty=body.frequency_penalty or 0.0,
                             presence_penalty=body.presence_penalty or 0.0)
