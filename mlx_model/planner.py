@@ -117,7 +117,8 @@ def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_
                for i in range(config.first_shared_layer) if config.layer_types[i] == FULL)
 
 
-def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
+def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2,
+                          kv_bits: Optional[int] = None) -> int:
     """Peak temporary memory of prefilling `context` tokens, in chunks of `chunk`, into a fresh cache.
 
     Full-attention caches reserve the whole prompt up front, so they never copy themselves while
