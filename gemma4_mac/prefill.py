@@ -40,8 +40,10 @@ def chunk_bounds(start: int, end: int, chunk_size: int, media: Sequence = ()) ->
     return bounds
 
 
-def planned_chunk_size(model, context: int, available_bytes: Optional[int] = None) -> int:
-    """The largest chunk whose prefill scratch at `context` tokens fits a share of free memory (the planner)."""
+def planned_chunk_size(model, context: int, available_bytes: Optional[int] = None,
+                       kv_bits: Optional[int] = None) -> int:
+    """The app's chunk policy: the largest chunk (up to PREFILL_CHUNK, past which prefill is no faster)
+    whose scratch at `context` tokens fits a share of free memory, by the planner's count."""
     from mlx_model.planner import choose_prefill_chunk
 
     config = _text_config(model)
@@ -52,7 +54,8 @@ def planned_chunk_size(model, context: int, available_bytes: Optional[int] = Non
 
         available_bytes = psutil.virtual_memory().available
     budget = min(int(available_bytes * SCRATCH_SHARE), MAX_SCRATCH_BYTES)
-    return choose_prefill_chunk(config, context, budget)
+    float_bytes = activation_bytes(model) if hasattr(model, "language_model") else 2
+    return choose_prefill_chunk(config, context, budget, float_bytes=float_bytes, kv_bits=kv_bits)
 
 
 def _text_config(model):

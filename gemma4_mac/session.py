@@ -60,7 +60,7 @@ class ChatSession:
         if document_cache is not None and model_id:
             self.load_saved_prefix(document_cache, model_id, keys)
         reused = self.prepare(keys)
-        chunk_size = planned_chunk_size(self.model, len(tokens))
+        chunk_size = planned_chunk_size(self.model, len(tokens), kv_bits=self.kv_bits)
 
         def took(chunk: Sequence[int]) -> None:
             self.append(chunk)
