@@ -4,7 +4,7 @@ Keys have a few large channels, so each key channel is quantized along the token
 `group` tokens (KIVI, arXiv:2402.02750); values are quantized per token along the head dim after a
 normalized Hadamard rotation that spreads their outliers over every dim (QuaRot, arXiv:2404.00456);
 the newest `recent` tokens, and the unfinished group before them, stay exact. On the real Gemma 3 270M
-(`scripts/kv_quality.py`, 400 teacher-forced tokens) 4-bit KV keeps 95.0% top-1 agreement with the
+(`python -m gemma4_mac.kv_quality`, 400 teacher-forced tokens) 4-bit KV keeps 95.0% top-1 agreement with the
 16-bit cache (mean KL 0.004) and 8-bit 99.75% (KL 2e-5), where quantizing both per token kept 63% at 4 bits.
 
 A cache holds quantized groups for positions before `quantized` and exact keys and values from there

@@ -1,6 +1,6 @@
 """How much 8 and 4-bit KV caches change a real model's predictions, against its 16-bit cache.
 
-`python scripts/kv_quality.py [MODEL_DIR] [--tokens 400] [--prefix 100]` reads the opening of Pride and
+`python -m gemma4_mac.kv_quality [MODEL_DIR] [--tokens 400] [--prefix 100]` reads the opening of Pride and
 Prejudice: the first `--prefix` tokens are prefilled, then `--tokens` more are decoded one at a time,
 teacher-forced (each step is fed the true next token), so every setting sees the same text. At each
 decoded position it compares the next-token distribution with the 16-bit cache's: top-1 agreement and
@@ -18,11 +18,10 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mlx_model import load_model
+from mlx_model.tokenizer import load_tokenizer
 
-from mlx_model import load_model  # noqa: E402
-from mlx_model.tokenizer import load_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODEL = ROOT / ".cache" / "app-starter-models" / "gemma-3-270m-base-8bit"
 TEXT = ROOT / "tests" / "data" / "pride_and_prejudice_opening.txt"
