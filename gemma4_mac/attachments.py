@@ -114,6 +114,24 @@ def sanitize_filename(name: str, fallback: str = "attachment") -> str:
     return name
 
 
+MEDIA_KINDS = ("image", "audio", "video")
+
+
+def model_cannot_read(attachment: Attachment, model: Optional[dict]) -> Optional[str]:
+    """Why the model described by `model` (the engine's model info: "chat", "can_see", "can_hear") cannot take
+    `attachment`, in words; None when it can, or when no model is known yet."""
+    if model is None or attachment.kind not in MEDIA_KINDS:
+        return None  # documents are text: every model reads them
+    name = model.get("name") or "This model"
+    if not model.get("chat", True):
+        return f"{name} continues text only: it cannot take images, audio or video."
+    if attachment.kind in ("image", "video") and not model.get("can_see", True):
+        return f"{name} cannot see images or videos (it has no vision tower)."
+    if attachment.kind == "audio" and not model.get("can_hear", True):
+        return f"{name} cannot hear audio: only Gemma 4 E2B and E4B have an audio tower."
+    return None
+
+
 def estimate_attachment_tokens(attachment: Attachment, image_token_budget: int = 280) -> int:
     """Tokens an attachment will take in the prompt (an estimate good enough for the context meter)."""
     if attachment.kind == "image":

@@ -89,6 +89,35 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
     return parts + [{"type": "text", "text": question}]
 
 
+class ReadingLine:
+    """The reading progress of a long prompt on stderr: one line rewritten in place on a terminal, a line
+    per chunk otherwise; cleared when the answer starts."""
+
+    def __init__(self, err: TextIO):
+        from .progress import ReadingProgress
+
+        self.err = err
+        self.progress = ReadingProgress("prompt")
+        self.terminal = bool(getattr(err, "isatty", lambda: False)())
+        self.open = False
+
+    def update(self, read: int, total: int) -> None:
+        from .progress import text_bar
+
+        if not self.progress.update(read, total):
+            return
+        line = f"{self.progress.text()} {text_bar(self.progress.fraction)}"
+        self.err.write(f"\r{line}\033[K" if self.terminal else line + "\n")
+        self.err.flush()
+        self.open = self.terminal
+
+    def close(self) -> None:
+        if self.open:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self.open = False
+
+
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Load the model, stream the answer; thoughts go to `err` marked as such."""
     from mlx_model import ModelLoadError, load
@@ -116,7 +145,12 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                  prompt=args.question if args.raw else None,
                                  enable_thinking=args.think, sampling=sampling)
         in_thought = False
+        reading = ReadingLine(err)
         for event in events:
+            if event.kind == "progress":
+                reading.update(*event.progress)
+                continue
+            reading.close()
             if event.kind == "thought":
                 if not in_thought:
                     err.write("[thinking] ")

@@ -66,6 +66,39 @@ def is_long_paste(text: str) -> bool:
     return len(text) > LONG_PASTE_CHARS or text.count("\n") >= LONG_PASTE_LINES
 
 
+PASTE_TITLE_CHARS = 40
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_SETEXT_RULE = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+_MARKUP = re.compile(r"^[\s>*+\-#`~|]+|[\s*`~|:]+$")
+_LABEL_COLON = re.compile(r"\s*:\s+")
+_SEPARATORS = re.compile(r"[/\\|]+")
+_NOT_IN_NAMES = re.compile(r'[*?"<>\x00-\x1f\x7f]')
+
+
+def paste_title(text: str, limit: int = PASTE_TITLE_CHARS) -> str:
+    """A name for pasted text: its first heading when one opens it (within its first lines), else its first
+    line of words; without Markdown marks, cut at a word boundary with "…" when longer than `limit`."""
+    fences = ("```", "~~~")
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(fences)][:12]
+    title = ""
+    for index, line in enumerate(lines[:6]):
+        heading = _HEADING.match(line)
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if heading or (_SETEXT_RULE.match(following) and _WORD.search(line)):
+            title = heading.group(1) if heading else line
+            break
+    if not title:
+        title = next((line for line in lines if _WORD.search(line)), "")
+    title = " ".join(_MARKUP.sub("", title).split())
+    # it becomes a file name: "Plan: Lisbon/Porto" -> "Plan - Lisbon-Porto", "12:00" -> "12.00"
+    title = _LABEL_COLON.sub(" - ", title).replace(":", ".")
+    title = _NOT_IN_NAMES.sub("", _SEPARATORS.sub("-", title))
+    if len(title) > limit:
+        cut = title[: limit + 1].rsplit(" ", 1)[0] if " " in title[: limit + 1] else title[:limit]
+        title = cut.rstrip(" ,.;:-–—(") + "…"
+    return title or "Pasted text"
+
+
 def estimate_tokens(text: str) -> int:
     """A quick token estimate without the tokenizer: ~4 characters per token for ASCII, 1 for the rest."""
     ascii_chars = sum(1 for ch in text if ord(ch) < 128)

@@ -102,7 +102,9 @@ class MlxBackend:
         starter = starter or entry.is_starter
         info = {"path": str(folder), "name": entry.label, "id": folder.name, "is_starter": starter,
                 "chat": processor is not None and not starter, "size_bytes": entry.size_bytes,
-                "context_limit": self._context_limit(model, entry.size_bytes)}
+                "context_limit": self._context_limit(model, entry.size_bytes),
+                "can_see": bool(getattr(processor, "can_see", False)),  # a vision tower: images and video
+                "can_hear": bool(getattr(processor, "can_hear", False))}  # an audio tower (E2B and E4B)
         try:
             from .document_cache import DocumentCacheStore, model_fingerprint
             from .paths import document_cache_dir
@@ -203,9 +205,21 @@ class MlxBackend:
         return converted
 
     def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
-        if loaded is None or loaded.processor is None:
-            return estimate_tokens(text)
-        return len(loaded.processor.tokenizer.encode(text, add_special_tokens=False))
+        """Tokens of `text` with the model's tokenizer (an estimate without one)."""
+        count = self.token_counter(loaded)
+        return count(text) if count is not None else estimate_tokens(text)
+
+    def token_counter(self, loaded: Optional[ModelSlot]) -> Optional[Callable[[str], int]]:
+        """A token count of a text by the model's tokenizer, usable beside the model thread; None if none."""
+        tokenizer = getattr(getattr(loaded, "processor", None), "tokenizer", None)
+        if tokenizer is None:
+            return None
+        fast = getattr(getattr(tokenizer, "hf_tokenizer", None), "backend_tokenizer", None)
+        if fast is None:
+            return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+        # the Rust tokenizer itself: encoding only reads it, so the counting thread never changes what the
+        # model thread uses (transformers' wrapper may reset truncation and padding on each call)
+        return lambda text: len(fast.encode(text, add_special_tokens=False))
 
 
 def _forward(progress: Callable[[dict], None]) -> Callable[[Any], None]:

@@ -22,6 +22,7 @@ class FakeEvent:
     text: str = ""
     tool_call: Optional[dict] = None
     stats: Optional[dict] = None
+    progress: Optional[tuple[int, int]] = None
 
 
 def default_fake_reply(request: GenerationRequest) -> list[tuple[str, Any]]:
@@ -45,17 +46,20 @@ def _pieces(text: str, size: int = 6) -> list[str]:
 class FakeBackend:
     """A scripted backend for tests and screenshots: no MLX, same threading and signals.
 
-    `script(request)` returns (kind, payload) steps: ("answer"|"thought", text) or ("tool_call", dict).
+    `script(request)` returns (kind, payload) steps: ("answer"|"thought", text), ("tool_call", dict) or
+    ("progress", (read, total)).
     `token_delay` seconds pass between steps; the cancel event is honoured between steps.
     """
 
     def __init__(self, script: Optional[Callable[[GenerationRequest], list]] = None, *, token_delay: float = 0.0,
                  load_delay: float = 0.0, load_error: Optional[str] = None, generate_error: Optional[str] = None,
-                 context_limit: int = DEFAULT_CONTEXT, model_name: str = "Fake Gemma"):
+                 context_limit: int = DEFAULT_CONTEXT, model_name: str = "Fake Gemma", can_see: bool = True,
+                 can_hear: bool = True):
         self.script = script or default_fake_reply
         self.token_delay, self.load_delay = token_delay, load_delay
         self.load_error, self.generate_error = load_error, generate_error
         self.context_limit, self.model_name = context_limit, model_name
+        self.can_see, self.can_hear = can_see, can_hear  # the towers the scripted model claims to have
         self.requests: list[GenerationRequest] = []
         self.threads: set[str] = set()
         self.conversions: list[tuple[str, Path]] = []
@@ -69,7 +73,8 @@ class FakeBackend:
         starter = path is None
         name = "Gemma 3 270M (base, completion only; not a chat model)" if starter else self.model_name
         info = {"path": str(path or "starter"), "name": name, "is_starter": starter, "chat": not starter,
-                "size_bytes": 0, "context_limit": self.context_limit}
+                "size_bytes": 0, "context_limit": self.context_limit, "can_see": self.can_see,
+                "can_hear": self.can_hear}
         return ModelSlot(object(), None, info)
 
     def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
@@ -86,6 +91,9 @@ class FakeBackend:
                 break
             if self.token_delay:
                 time.sleep(self.token_delay)
+            if kind == "progress":
+                yield FakeEvent("progress", progress=tuple(payload))
+                continue
             first = first or time.perf_counter()
             count += 1
             if kind == "tool_call":

@@ -55,13 +55,17 @@ class GenerationStats:
 
 @dataclass
 class GenerationEvent:
-    """One step of the stream: answer or thought text, a parsed tool call, or the end with stats."""
+    """One step of the stream: reading progress, answer or thought text, a parsed tool call, or the end.
 
-    kind: str  # "answer" | "thought" | "tool_call" | "notice" | "done"
+    A "progress" event carries (prompt tokens in the cache, prompt tokens) before the prompt is read
+    and after each chunk of it."""
+
+    kind: str  # "progress" | "answer" | "thought" | "tool_call" | "notice" | "done"
     text: str = ""
     tool_call: Optional[dict] = None
     token_ids: list[int] = field(default_factory=list)
     stats: Optional[GenerationStats] = None
+    progress: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -153,7 +157,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
                session=None, cancel: Optional[threading.Event] = None,
                logits_processors: Optional[list[Callable]] = None,
                document_cache=None, model_id: Optional[str] = None) -> Iterator[GenerationEvent]:
-    """Prefill what the cache lacks, generate, and stream parsed events ending with "done".
+    """Prefill what the cache lacks (with "progress" events), generate, and stream parsed events ending
+    with "done".
 
     With a `ChatSession`, the cached prefix is reused and restore points are taken at the
     generation-prompt boundary, after the prompt and at the end of the answer. With a
@@ -167,8 +172,15 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
         yield GenerationEvent("notice", note)
     mx.reset_peak_memory()
     started = time.perf_counter()
-    logits, reused = session.read_prompt(prepared, cancel=cancel, document_cache=document_cache, model_id=model_id,
-                                         reserve_after=min(sampling.max_tokens, 4096))
+    reading = session.reading(prepared, cancel=cancel, document_cache=document_cache, model_id=model_id,
+                              reserve_after=min(sampling.max_tokens, 4096))
+    while True:
+        try:
+            read, total = next(reading)
+        except StopIteration as done:
+            logits, reused = done.value
+            break
+        yield GenerationEvent("progress", progress=(read, total))
     stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=reused)
     if logits is None:
         stats.finish_reason = "cancelled"

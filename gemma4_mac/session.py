@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import mlx.core as mx
 
 from .document_cache import CacheFileError
-from .prefill import RESERVE_AFTER_PROMPT, planned_chunk_size, prefill
+from .prefill import RESERVE_AFTER_PROMPT, iter_prefill, planned_chunk_size, progress_chunk_size
 from .prompt import PreparedPrompt
 
 MAX_RESTORE_POINTS = 8
@@ -53,24 +53,48 @@ class ChatSession:
         The longest reusable prefix is kept (from this session, else from the `DocumentCacheStore`
         under `model_id`); the rest is prefilled. Restore points are taken where the generation
         prompt starts (that prefix is also saved to the document cache) and after the prompt.
-        `on_progress(read, total)` hears the prompt tokens in the cache after each chunk. The logits
-        are None when `cancel` was set.
+        `on_progress(read, total)` hears the prompt tokens in the cache before the first chunk and after
+        each one. The logits are None when `cancel` was set.
         """
+        steps = self.reading(prepared, cancel=cancel, document_cache=document_cache, model_id=model_id,
+                             reserve_after=reserve_after)
+        while True:
+            try:
+                read, total = next(steps)
+            except StopIteration as done:
+                return done.value
+            if on_progress is not None:
+                on_progress(read, total)
+
+    def reading(self, prepared: PreparedPrompt, *, cancel: Optional[threading.Event] = None,
+                document_cache=None, model_id: Optional[str] = None,
+                reserve_after: int = RESERVE_AFTER_PROMPT) -> Generator[tuple[int, int], None, tuple]:
+        """`read_prompt` step by step: yields (prompt tokens in the cache, prompt tokens) before the first
+        chunk and after each one, and returns what `read_prompt` returns."""
         tokens, keys, media = prepared.tokens, prepared.keys, prepared.media
         if document_cache is not None and model_id:
             self.load_saved_prefix(document_cache, model_id, keys)
         reused = self.prepare(keys)
-        chunk_size = planned_chunk_size(self.model, len(tokens), kv_bits=self.kv_bits)
+        total = len(tokens)
+        # several chunks for a long prompt, so that the person sees the reading advance
+        planned = planned_chunk_size(self.model, total, kv_bits=self.kv_bits)
+        chunk_size = progress_chunk_size(planned, total - reused)
+        yield reused, total
 
-        def took(chunk: Sequence[int]) -> None:
-            self.append(chunk)
-            if on_progress is not None:
-                on_progress(len(self.tokens), len(tokens))
+        def report(steps: Generator) -> Generator[tuple[int, int], None, Optional[mx.array]]:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+                yield len(self.tokens), total
 
         boundary = prepared.generation_prompt_start
-        if boundary is not None and reused < boundary < len(tokens):
-            prefill(self.model, tokens[reused:boundary], self.cache, cancel=cancel, want_logits=False,
-                    on_chunk=took, media=media, position=reused, keys=keys[reused:boundary], chunk_size=chunk_size)
+        if boundary is not None and reused < boundary < total:
+            yield from report(iter_prefill(self.model, tokens[reused:boundary], self.cache, cancel=cancel,
+                                           want_logits=False, on_chunk=self.append, media=media,
+                                           position=reused, keys=keys[reused:boundary],
+                                           chunk_size=chunk_size))
             if len(self.tokens) == boundary:
                 self.mark()
                 if document_cache is not None and model_id:
@@ -78,8 +102,10 @@ class ChatSession:
         if cancel is not None and cancel.is_set():
             return None, reused
         done = len(self.tokens)
-        logits = prefill(self.model, tokens[done:], self.cache, cancel=cancel, on_chunk=took, media=media,
-                         position=done, keys=keys[done:], chunk_size=chunk_size, reserve_after=reserve_after)
+        logits = yield from report(iter_prefill(self.model, tokens[done:], self.cache, cancel=cancel,
+                                                on_chunk=self.append, media=media, position=done,
+                                                keys=keys[done:], chunk_size=chunk_size,
+                                                reserve_after=reserve_after))
         if logits is not None:
             self.mark()
         return logits, reused

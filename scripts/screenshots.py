@@ -1,12 +1,18 @@
-"""Save screenshots of the app's main states with the scripted engine (no model needed).
+"""Save screenshots of the app's main states.
 
     python scripts/screenshots.py [OUTPUT_FOLDER]      (default: .cache/screenshots)
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots   (the committed set)
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots --add-model
+    python scripts/screenshots.py --real docs/screenshots     (the real engine and real models)
 
-Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). Writes: empty,
-conversation (image with boxes, code), thinking (expanded), recording, model manager, settings,
-and a dark-mode conversation.
+Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). The default set uses the
+scripted engine (no model needed), so its replies and figures are made up: each picture carries a
+"Mock-up" badge. It writes: empty, conversation (image with boxes, code), thinking (expanded), recording,
+model manager, settings, and a dark-mode conversation.
+
+`--real` runs the real engine: a tiny random Gemma 4 with the real tokenizer reads a long paste (the
+reading-progress bar), and the offline starter model (Gemma 3 270M) answers in the minimum-size window.
+Every figure in these pictures is measured on the machine that made them.
 """
 
 from __future__ import annotations
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
         settle(0.2)
         path = out / f"{name}.png"
         widget.grab().save(str(path))
+        label_mockup(path)  # the scripted engine's replies and figures are not a model's
         print(path)
 
     wait(lambda: controller.model_info is not None)
@@ -403,5 +410,116 @@ def add_model_shots(argv) -> int:
     return 0
 
 
+MOCKUP_LABEL = "Mock-up · scripted engine, figures made up"
+
+
+def label_mockup(path: Path) -> None:
+    """Draw a "Mock-up" badge in the top-right corner (left of the window's header buttons) of a screenshot
+    made with the scripted engine."""
+    from PySide6.QtCore import QRectF, Qt
+    from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
+
+    image = QImage(str(path))
+    if image.isNull():
+        return
+    painter = QPainter(image)
+    painter.setRenderHint(QPainter.Antialiasing)
+    font = QFont()
+    font.setPixelSize(13)
+    font.setBold(True)
+    painter.setFont(font)
+    width = QFontMetrics(font).horizontalAdvance(MOCKUP_LABEL) + 20
+    badge = QRectF(image.width() - width - 56, 12, width, 24)
+    painter.setPen(Qt.NoPen)
+    painter.setBrush(QColor(196, 60, 20, 230))
+    painter.drawRoundedRect(badge, 6, 6)
+    painter.setPen(QColor("#FFFFFF"))
+    painter.drawText(badge, Qt.AlignCenter, MOCKUP_LABEL)
+    painter.end()
+    image.save(str(path))
+
+
+def long_notes() -> str:
+    """A long paste (about 70 KB): what the reading-progress bar is shown with."""
+    sections = [f"## {i}. Caching turn {i}\n\nThe cache keeps every token it has read, so each new turn "
+                "costs only its new words. Sliding layers keep a window of recent tokens; full layers keep "
+                f"all of them, which is why turn {i} still fits." for i in range(1, 400)]
+    return "# Notes on caches\n\n" + "\n\n".join(sections)
+
+
+def real_main(out: Path) -> int:
+    """Screenshots from the real engine: the reading bar of a long paste (a tiny random Gemma 4 with the real
+    Gemma 4 tokenizer: it reads quickly, so its answer is noise and is not shown) and the minimum-size window
+    with an answer of the offline starter model (Gemma 3 270M, a real model that continues text)."""
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gemma4-real-shots-"))
+    os.environ["GEMMA4_MAC_HOME"] = str(home)
+    starters = ROOT / ".cache" / "app-starter-models"  # the converted starter, shared with the tests
+    starters.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(starters, target_is_directory=True)
+
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    from gemma4_mac.settings import AppSettings, save_settings
+    from tests.tiny_chat_model import build_tiny_chat_model
+    from ui.app import build_app
+
+    tiny = build_tiny_chat_model(home / "tiny-gemma-4")
+    save_settings(AppSettings(model_path=str(tiny), temperature=0.0, max_tokens=24, context_size=32768))
+    app, window, controller = build_app(["--theme", "light"])
+    window.resize(*WINDOW_SIZE)
+    window.show()
+    controller.start()
+
+    def wait(predicate, timeout: float = 900.0) -> bool:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.005)
+        return predicate()
+
+    def shoot(name: str) -> None:
+        wait(lambda: False, 0.3)
+        path = out / f"{name}.png"
+        window.grab().save(str(path))
+        print(path)
+
+    wait(lambda: controller.model_state in ("ready", "error"), 600)
+    if controller.model_state != "ready":
+        print("the tiny model did not load", file=sys.stderr)
+        return 1
+    controller.attach_long_text(long_notes())  # as a paste of more than 3,000 characters becomes
+    window.composer.set_text("Summarise these notes in three points.")
+    controller.send()
+    answer = window.transcript.messages[-1]
+    bar = answer.reading.bar
+    if not wait(lambda: answer.reading.isVisible() and 0.3 <= bar.value() / bar.maximum() <= 0.8):
+        print("the reading bar never showed", file=sys.stderr)
+        return 1
+    shoot("11-reading-progress")
+    controller.stop()
+    wait(lambda: controller.stream is None)
+
+    controller.apply_settings(AppSettings(temperature=0.0, max_tokens=24))  # no model chosen: the starter
+    if not wait(lambda: (controller.model_info or {}).get("is_starter", False), 900):
+        print("the starter model did not load", file=sys.stderr)
+        return 1
+    controller.new_chat()
+    window.resize(720, 480)
+    window.banner.dismiss()
+    window.composer.set_text("The capital of France is")
+    controller.send()
+    wait(lambda: controller.stream is None, 900)
+    window.transcript.scroll_to_bottom()
+    shoot("12-minimum-size")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
 if __name__ == "__main__":
+    if "--real" in sys.argv[1:]:
+        rest = [a for a in sys.argv[1:] if a != "--real"]
+        sys.exit(real_main(Path(rest[0]) if rest else ROOT / ".cache" / "screenshots"))
     sys.exit(main())

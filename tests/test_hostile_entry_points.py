@@ -190,7 +190,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
     text = raw.decode("utf-8", errors="replace")
-    if text.startswith("data:"):  # a stream: its events are JSON too
+    if text.startswith(("data:", ":")):  # a stream (a keep-alive comment may come first): events are JSON too
         return status, {"stream": text}
     return status, json.loads(text)
 

@@ -1,7 +1,7 @@
 """Gemma 4 12B in the app: a tiny gemma4_unified checkpoint converted by our converter (4-bit), loaded by the
 real engine in the real window, answers a question about a picture and one about a recording.
 
-`GEMMA4_MAC_SHOTS=docs/screenshots` saves the window as `11-12b-image-and-audio.png` there (the committed
+`GEMMA4_MAC_SHOTS=docs/screenshots` saves the window as `13-12b-image-and-audio.png` there (the committed
 screenshot); otherwise it goes to the test's temporary folder.
 """
 
@@ -24,7 +24,7 @@ from tests.ui_support import make_harness
 from tests.unified_reference import build_unified
 
 pytestmark = pytest.mark.slow
-SHOT_NAME = "11-12b-image-and-audio.png"
+SHOT_NAME = "13-12b-image-and-audio.png"
 LONG = 180_000
 
 

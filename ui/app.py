@@ -81,7 +81,8 @@ def build_app(argv: Sequence[str], *, backend=None, recorder=None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Open the window and run until it is closed; returns the exit status."""
+    """Open the window and run until it is closed; the process then ends with the exit status (or this
+    returns one when the window cannot start)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         from PySide6.QtWidgets import QApplication  # noqa: F401
@@ -101,11 +102,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         window.composer.edit.setFocus()  # ready for typing, as a Mac chat app opens
     controller.start()
     try:
-        return app.exec()  # `bar` stays referenced until here; aboutToQuit closes the hotkey and panel
+        status = app.exec()  # `bar` stays referenced until here; aboutToQuit closes the hotkey and panel
     finally:
         if crash_log is not None:
             faulthandler.disable()
             crash_log.close()
+    end_process(status, controller.history)
+
+
+def end_process(status: int, history) -> None:
+    """End the app's process now that the window has shut down (the answer being written is saved, the model
+    thread was told to stop): quitting takes well under a second.
+
+    The interpreter's own teardown would take seconds (a large model and Qt are freed piece by piece), and
+    if the model thread is still inside MLX (a long prompt is read in chunks; cancelling waits for the one
+    under way) the process would abort when that thread wakes during teardown. So the last steps run here
+    (history closed, logs flushed, exit handlers) and the process ends without the teardown."""
+    import atexit
+    import logging
+
+    history.close()
+    logging.shutdown()
+    atexit._run_exitfuncs()  # what a normal exit would run: temporary folders, library hooks
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _open_crash_log():

@@ -22,7 +22,9 @@ from PySide6.QtCore import QObject, Signal
 
 from gemma4_mac.engine import (CANCELLED_DOWNLOAD, Backend, EngineError, GenerationRequest, MlxBackend,
                                error_message, stats_dict)
+from gemma4_mac.documents import estimate_tokens
 from gemma4_mac.runtime import import_runtime
+from gemma4_mac.token_count import CountRequest, TokenCounter
 from gemma4_mac.worker import ModelSlot, ModelWorker, WorkerError, WorkerJob
 
 from . import qt_signal_fix
@@ -43,6 +45,7 @@ class Engine(QObject):
     modelLoaded = Signal(dict)
     modelLoadFailed = Signal(str)
     generationStarted = Signal(int)
+    readingProgress = Signal(int, int)  # (prompt tokens read, prompt tokens) while a prompt is read
     answerDelta = Signal(str)
     thoughtDelta = Signal(str)
     toolCallReceived = Signal(dict)
@@ -54,6 +57,7 @@ class Engine(QObject):
     conversionFailed = Signal(str)
     busyChanged = Signal(bool)
     runtimeReady = Signal()  # the model thread has imported MLX and the rest: other threads may start now
+    tokensCounted = Signal(int, object)  # (the id count_prompt returned, a gemma4_mac.token_count.TokenCount)
 
     THREAD_NAME = "gemma-engine"
     CONVERT_THREAD_NAME = "gemma-convert"
@@ -75,6 +79,7 @@ class Engine(QObject):
         self._pending_lock = threading.Lock()
         self.runtime_ready = False
         self.worker.submit("window", self._announce_runtime, label="runtime")  # runs once the imports are done
+        self._token_counter = TokenCounter(self._counter, self.tokensCounted.emit)
 
     # public API (window thread)
 
@@ -128,14 +133,16 @@ class Engine(QObject):
     def cancel_conversion(self) -> None:
         self._conversion_cancel.set()
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` with the loaded tokenizer (an estimate before a model is loaded)."""
-        return self.backend.count_tokens(self.worker.slot, text)
+    def count_prompt(self, request: CountRequest) -> int:
+        """Count the tokens of a prompt on the counting thread (never this one); returns the id that
+        `tokensCounted` carries with the result. A newer request replaces one not yet started."""
+        return self._token_counter.request(request)
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Cancel generation and conversion, stop the model thread (when the engine made it); True once ended."""
         deadline = time.monotonic() + timeout
         self._stopping = True
+        self._token_counter.close(timeout=0.2)
         self._generation_cancel.set()
         self._conversion_cancel.set()
         if self._convert_thread is not None:
@@ -211,7 +218,9 @@ class Engine(QObject):
         stats: dict = {}
         try:
             for event in self.backend.generate(slot, request, cancel):
-                if event.kind == "answer":
+                if event.kind == "progress":
+                    self.readingProgress.emit(*event.progress)
+                elif event.kind == "answer":
                     self.answerDelta.emit(event.text)
                 elif event.kind == "thought":
                     self.thoughtDelta.emit(event.text)
@@ -240,6 +249,20 @@ class Engine(QObject):
     def _progress_and_serve(self, report: dict) -> None:
         self.conversionProgress.emit(report)
         self.worker.serve_waiting()  # on the model thread: generations waiting now run before the next tensor
+
+    # the counting thread
+
+    def _counter(self) -> tuple[Callable[[str], int], bool, object]:
+        """How the loaded model counts a text: (count, exact?, a key for the counter's cache)."""
+        slot = self.worker.slot
+        if slot is None:
+            return estimate_tokens, False, None
+        make = getattr(self.backend, "token_counter", None)
+        key = (id(slot), slot.info.get("path"))
+        if make is None:  # a backend with no tokenizer of its own (the scripted one): its count is the count
+            return (lambda text: self.backend.count_tokens(slot, text)), True, key
+        count = make(slot)
+        return (count, True, key) if count is not None else (estimate_tokens, False, None)
 
     # the conversion thread
 

@@ -45,8 +45,8 @@ class ConversationDelegate(QStyledItemDelegate):
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
         kind = index.data(KIND_ROLE)
         if kind == "header":
-            return QSize(option.rect.width(), 30)
-        return QSize(option.rect.width(), 52 if index.data(SNIPPET_ROLE) else 34)
+            return QSize(0, 30)  # rows take the list's width: never wider, so it never scrolls sideways
+        return QSize(0, 52 if index.data(SNIPPET_ROLE) else 34)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         palette = current_palette()
@@ -146,6 +146,7 @@ class Sidebar(QFrame):
         self.list.setMouseTracking(True)
         self.list.setEditTriggers(QAbstractItemView.EditKeyPressed)
         self.list.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setContextMenuPolicy(Qt.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._context_menu)
         self.list.currentItemChanged.connect(self._on_current_changed)

@@ -407,5 +407,5 @@ def _check_media(model, conversation: Conversation) -> None:
         raise BadRequest("the loaded model has no vision tower, so it cannot look at images; load a Gemma 4 "
                          "model with vision or send text only", param="messages", code="images_not_supported")
     if conversation.audio and not model_accepts(model, "audio"):
-        raise BadRequest("the loaded model has no audio tower; audio needs Gemma 4 E2B or E4B",
+        raise BadRequest("the loaded model cannot hear audio; audio needs Gemma 4 E2B, E4B or 12B",
                          param="messages", code="audio_not_supported")
