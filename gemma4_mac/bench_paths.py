@@ -47,8 +47,13 @@ def measured(answer: Callable[[], tuple[float, float, Optional[int]]], n_prompt:
     return Run(n_prompt / ttft, n_decode / max(decode_s, 1e-9), int(peak), chunk)
 
 
-def ours(model, tokens: list[int], n_decode: int, kv_bits: Optional[int] = None,
-         available_bytes: Optional[int] = None) -> Run:
+def ours(
+    model,
+    tokens: list[int],
+    n_decode: int,
+    kv_bits: Optional[int] = None,
+    available_bytes: Optional[int] = None,
+) -> Run:
     """The app's path: a chat session reads the prompt in planned chunks, then greedy decoding."""
 
     def answer():
@@ -59,7 +64,9 @@ def ours(model, tokens: list[int], n_decode: int, kv_bits: Optional[int] = None,
             logits, _ = session.read_prompt(PreparedPrompt(tokens=list(tokens)))
         else:  # the same policy, told how much memory is free
             logits = prefill(model, tokens, session.cache, chunk_size=chunk)
-        steps = generate_tokens(model, logits, session.cache, SamplingSettings(temperature=0.0, max_tokens=n_decode + 1))
+        steps = generate_tokens(
+            model, logits, session.cache, SamplingSettings(temperature=0.0, max_tokens=n_decode + 1)
+        )
         next(steps)
         ttft = time.perf_counter() - start
         start = time.perf_counter()
@@ -92,11 +99,13 @@ def planner_estimate(model, context: int, chunk: int, kv_bits: Optional[int] = N
     reserve, plus one chunk's scratch)."""
     config = model.config.text_config
     size = activation_bytes(model)
-    return (kv_bytes(config, context + RESERVE_AFTER_PROMPT, kv_bits, float_bytes=size)
-            + prefill_scratch_bytes(config, chunk, context, float_bytes=size, kv_bits=kv_bits))
+    return kv_bytes(
+        config, context + RESERVE_AFTER_PROMPT, kv_bits, float_bytes=size
+    ) + prefill_scratch_bytes(config, chunk, context, float_bytes=size, kv_bits=kv_bits)
 
 
 # Third turn of a chat about a long document (thinking mode: earlier thoughts are dropped).
+
 
 def _turn_tokens(thought, answer):
     return [THOUGHT_OPEN] + thought + [THOUGHT_CLOSE] + answer + [END_OF_TURN]
@@ -134,7 +143,7 @@ def _first_token_mlx_lm(model, tokens, cache) -> None:
 def _read_mlx_lm(model, tokens, cache, step: int = 2048) -> None:
     """Tokens into the cache as `generate_step` reads a prompt (2048-token steps), without generating."""
     for lo in range(0, len(tokens), step):
-        model(mx.array([tokens[lo:lo + step]]), cache=cache)
+        model(mx.array([tokens[lo : lo + step]]), cache=cache)
         mx.eval([c.state for c in cache])
         mx.clear_cache()
 
@@ -153,11 +162,14 @@ def third_turn_mlx_lm_trim(model, doc, questions, thought, answer) -> float:
                 break
             common += 1
         if common < len(cached):
-            if can_trim_prompt_cache(cache) and trim_prompt_cache(cache, len(cached) - common) == len(cached) - common:
+            if (
+                can_trim_prompt_cache(cache)
+                and trim_prompt_cache(cache, len(cached) - common) == len(cached) - common
+            ):
                 cached = cached[:common]
             else:
                 cache, cached = make_prompt_cache(model), []
-        _first_token_mlx_lm(model, full[len(cached):], cache)
+        _first_token_mlx_lm(model, full[len(cached) :], cache)
         ttft = time.perf_counter() - start
         generated = _turn_tokens(thought, answer)
         for token in generated[1:]:  # the first one is in the cache already
@@ -177,9 +189,9 @@ def third_turn_mlx_lm_copy(model, doc, questions, thought, answer) -> float:
     for turn, question in enumerate(questions):
         full = history + (doc if turn == 0 else []) + question
         start = time.perf_counter()
-        reuse = saved is not None and full[:len(saved_tokens)] == saved_tokens
+        reuse = saved is not None and full[: len(saved_tokens)] == saved_tokens
         cache = copy.deepcopy(saved) if reuse else make_prompt_cache(model)
-        _read_mlx_lm(model, full[len(saved_tokens) if reuse else 0:-1], cache)
+        _read_mlx_lm(model, full[len(saved_tokens) if reuse else 0 : -1], cache)
         saved, saved_tokens = copy.deepcopy(cache), full[:-1]
         _first_token_mlx_lm(model, full[-1:], cache)
         ttft = time.perf_counter() - start

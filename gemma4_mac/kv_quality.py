@@ -41,8 +41,11 @@ def teacher_forced_logits(model, ids: list[int], prefix: int, kv_bits, group: in
 def compare(reference: np.ndarray, other: np.ndarray) -> dict:
     """Top-1 agreement and mean KL(reference || other) over positions."""
     kl = (np.exp(reference) * (reference - other)).sum(-1)
-    return {"top1_agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()),
-            "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}
+    return {
+        "top1_agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()),
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+    }
 
 
 def measure(model_dir: Path, n_tokens: int = 400, prefix: int = 100, bits=(8, 4)) -> dict:
@@ -66,7 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prefix", type=int, default=100)
     args = parser.parse_args(argv)
     if not (args.model / "config.json").exists():
-        raise SystemExit(f"{args.model} holds no model: run tests/test_startup.py once to build the shared one")
+        raise SystemExit(
+            f"{args.model} holds no model: run tests/test_startup.py once to build the shared one"
+        )
     print(json.dumps(measure(args.model, args.tokens, args.prefix), indent=2))
     return 0
 

@@ -78,8 +78,11 @@ class Span:
         bits, group = self.quant.bits, self.quant.group
         per_word = 32 // bits
         data, scales, biases = self.keys
-        parts = (data[..., a // per_word:b // per_word], scales[..., a // group:b // group],
-                 biases[..., a // group:b // group])
+        parts = (
+            data[..., a // per_word : b // per_word],
+            scales[..., a // group : b // group],
+            biases[..., a // group : b // group],
+        )
         if packed:  # a few queries: the quantized matmul reads the packed keys directly
             parts = tuple(mx.expand_dims(x, 2) for x in parts)
             return mx.quantized_matmul(q, *parts, transpose=False, group_size=group, bits=bits)
@@ -149,8 +152,8 @@ class KVView:
             if keys is None:
                 keys = mx.zeros((*k.shape[:2], end - first, k.shape[3]), k.dtype)
                 values = mx.zeros((*v.shape[:2], end - first, v.shape[3]), v.dtype)
-            keys[:, :, lo - first:hi - first] = k[:, :, lo - span.start:hi - span.start]
-            values[:, :, lo - first:hi - first] = v[:, :, lo - span.start:hi - span.start]
+            keys[:, :, lo - first : hi - first] = k[:, :, lo - span.start : hi - span.start]
+            values[:, :, lo - first : hi - first] = v[:, :, lo - span.start : hi - span.start]
         return keys, (rotate(values) if self.rotated else values)
 
 
@@ -170,8 +173,17 @@ def can_rotate(head_dim: int) -> bool:
 Mask = Union[None, str, mx.array]
 
 
-def attend(queries: mx.array, view: KVView, *, scale: float, query_start: int, window: Optional[int],
-           mask: Mask, softcap: Optional[float] = None, custom_mask: bool = False) -> mx.array:
+def attend(
+    queries: mx.array,
+    view: KVView,
+    *,
+    scale: float,
+    query_start: int,
+    window: Optional[int],
+    mask: Mask,
+    softcap: Optional[float] = None,
+    custom_mask: bool = False,
+) -> mx.array:
     """Attention of queries [B, H, L, D] at positions query_start.. over `view`: [B, H, L, D].
 
     `mask` describes `view.dense()`'s keys (or `materialize` from the cache's first kept position) and
@@ -186,7 +198,9 @@ def attend(queries: mx.array, view: KVView, *, scale: float, query_start: int, w
             first = query_start + n_queries - _mask_keys(mask, n_queries)
             keys, values = view.materialize(first, query_start + n_queries)
         return dense_attention(queries, keys, values, scale, mask, softcap)
-    return tiled_attention(queries, view, scale=scale, query_start=query_start, window=window, softcap=softcap)
+    return tiled_attention(
+        queries, view, scale=scale, query_start=query_start, window=window, softcap=softcap
+    )
 
 
 def _mask_keys(mask: Mask, n_queries: int) -> int:
@@ -223,8 +237,15 @@ def query_tile(batch_heads: int, n_queries: int, key_block: Optional[int] = None
     return min(n_queries, 1 << (rows.bit_length() - 1))
 
 
-def tiled_attention(queries: mx.array, view: KVView, *, scale: float, query_start: int,
-                    window: Optional[int], softcap: Optional[float] = None) -> mx.array:
+def tiled_attention(
+    queries: mx.array,
+    view: KVView,
+    *,
+    scale: float,
+    query_start: int,
+    window: Optional[int],
+    softcap: Optional[float] = None,
+) -> mx.array:
     """Exact attention over `view`, tile by tile (see the module docstring)."""
     B, n_heads, L, D = queries.shape
     n_kv = _kv_heads(view.spans[0])
@@ -249,8 +270,9 @@ def _kv_heads(span: Span) -> int:
     return (span.keys[0] if isinstance(span.keys, tuple) else span.keys).shape[1]
 
 
-def _tile_rows(q: mx.array, view: KVView, q_lo: int, q_hi: int, window: Optional[int],
-               softcap: Optional[float]) -> mx.array:
+def _tile_rows(
+    q: mx.array, view: KVView, q_lo: int, q_hi: int, window: Optional[int], softcap: Optional[float]
+) -> mx.array:
     """Output rows for queries at positions q_lo..q_hi over every visible key block of the view."""
     packed = q.shape[-2] <= DECODE_QUERIES
     boundary = view.boundary
@@ -274,15 +296,27 @@ def _tile_rows(q: mx.array, view: KVView, q_lo: int, q_hi: int, window: Optional
             if mask is not False:
                 # the next block waits for this one's sum and output: its scores are freed first
                 rows = q if state is None else mx.depends(q, [state[1], state[2]])
-                state = _online_step(state, span.scores(rows, a, b, packed), mask,
-                                     lambda p, a=a, b=b: span.weighted(p, a, b, packed), softcap)
+                state = _online_step(
+                    state,
+                    span.scores(rows, a, b, packed),
+                    mask,
+                    lambda p, a=a, b=b: span.weighted(p, a, b, packed),
+                    softcap,
+                )
             a = b
     m, total, out = state
     return out / total
 
 
-def _tile_mask(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: Optional[int], role: Optional[str],
-               boundary: Optional[QuantBoundary]):
+def _tile_mask(
+    q_lo: int,
+    q_hi: int,
+    k_lo: int,
+    k_hi: int,
+    window: Optional[int],
+    role: Optional[str],
+    boundary: Optional[QuantBoundary],
+):
     """False when no query of the tile sees a key of the block, None when all see all, else a mask."""
     if k_lo > q_hi:
         return False
@@ -346,4 +380,8 @@ def _online_step(state, scores: mx.array, mask, weighted, softcap: Optional[floa
     m_new = mx.maximum(m_old, block_max)
     alpha = _rescale(m_old, m_new)
     p = _probabilities(scores, m_new)
-    return m_new, _accumulate(total, alpha, p.sum(axis=-1, keepdims=True)), _accumulate(out, alpha, weighted(p))
+    return (
+        m_new,
+        _accumulate(total, alpha, p.sum(axis=-1, keepdims=True)),
+        _accumulate(out, alpha, weighted(p)),
+    )

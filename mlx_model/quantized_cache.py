@@ -81,11 +81,11 @@ class _QuantizedLayerCache:
         all_v = _concat(self.exact_values if start > q_old else None, values)
         flushed = None
         if q_new > q_old:
-            flushed = self._quantize(all_k[:, :, :q_new - q_old], all_v[:, :, :q_new - q_old])
+            flushed = self._quantize(all_k[:, :, : q_new - q_old], all_v[:, :, : q_new - q_old])
         kept = start + n_new - q_new
         # own copies: a slice would keep the whole chunk's keys alive
-        self.exact_keys = mx.contiguous(all_k[:, :, all_k.shape[2] - kept:]) if kept else None
-        self.exact_values = mx.contiguous(all_v[:, :, all_v.shape[2] - kept:]) if kept else None
+        self.exact_keys = mx.contiguous(all_k[:, :, all_k.shape[2] - kept :]) if kept else None
+        self.exact_values = mx.contiguous(all_v[:, :, all_v.shape[2] - kept :]) if kept else None
         self.offset, self.quantized = start + n_new, q_new
         return spans, flushed, q_old
 
@@ -111,7 +111,15 @@ class _QuantizedLayerCache:
         return [self.exact_keys, self.exact_values]
 
     def _meta(self) -> list[int]:
-        return [self.bits, self.group, self.recent, self.step, self.offset, self.quantized, int(bool(self.rotated))]
+        return [
+            self.bits,
+            self.group,
+            self.recent,
+            self.step,
+            self.offset,
+            self.quantized,
+            int(bool(self.rotated)),
+        ]
 
     def _set_meta(self, value) -> list[int]:
         numbers = [int(v) for v in value]
@@ -139,15 +147,24 @@ class QuantizedKVCache(_QuantizedLayerCache):
         if flushed is not None:
             self._write(flushed, q_old)
         if self.quantized:
-            stored = Span(self._slice_keys(0, self.quantized), tuple(x[:, :, :self.quantized] for x in self.values),
-                          0, self.quantized, self.spec, QUANTIZED)
+            stored = Span(
+                self._slice_keys(0, self.quantized),
+                tuple(x[:, :, : self.quantized] for x in self.values),
+                0,
+                self.quantized,
+                self.spec,
+                QUANTIZED,
+            )
             spans = [stored] + spans
         return self._view(spans)
 
     def _slice_keys(self, lo: int, hi: int) -> tuple:
         data, scales, biases = self.keys
-        return (data[..., self._words(lo):self._words(hi)], scales[..., lo // self.group:hi // self.group],
-                biases[..., lo // self.group:hi // self.group])
+        return (
+            data[..., self._words(lo) : self._words(hi)],
+            scales[..., lo // self.group : hi // self.group],
+            biases[..., lo // self.group : hi // self.group],
+        )
 
     def _write(self, flushed: tuple, at: int) -> None:
         (k_data, k_scales, k_biases), v_parts = flushed
@@ -155,11 +172,11 @@ class QuantizedKVCache(_QuantizedLayerCache):
         if at + n > self._capacity():
             self._grow(flushed, at + n, keep=at)
         g0, g1 = at // self.group, (at + n) // self.group
-        self.keys[0][..., self._words(at):self._words(at + n)] = k_data
+        self.keys[0][..., self._words(at) : self._words(at + n)] = k_data
         self.keys[1][..., g0:g1] = k_scales
         self.keys[2][..., g0:g1] = k_biases
         for dst, src in zip(self.values, v_parts):
-            dst[:, :, at:at + n] = src
+            dst[:, :, at : at + n] = src
 
     def _grow(self, like: tuple, needed: int, keep: int) -> None:
         """A store for `needed` tokens (in steps) holding the first `keep` of the current one."""
@@ -168,9 +185,11 @@ class QuantizedKVCache(_QuantizedLayerCache):
         capacity = -(-needed // self.step) * self.step
         (k_data, k_scales, _), v_parts = like
         B, H, D = k_data.shape[:3]
-        keys = (mx.zeros((B, H, D, self._words(capacity)), k_data.dtype),
-                mx.zeros((B, H, D, capacity // self.group), k_scales.dtype),
-                mx.zeros((B, H, D, capacity // self.group), k_scales.dtype))
+        keys = (
+            mx.zeros((B, H, D, self._words(capacity)), k_data.dtype),
+            mx.zeros((B, H, D, capacity // self.group), k_scales.dtype),
+            mx.zeros((B, H, D, capacity // self.group), k_scales.dtype),
+        )
         values = tuple(mx.zeros((B, H, capacity, v.shape[3]), v.dtype) for v in v_parts)
         if self.keys is not None and keep:
             old = self._slice_keys(0, keep)
@@ -208,9 +227,13 @@ class QuantizedKVCache(_QuantizedLayerCache):
         target = self.offset - n
         keep = self.boundary.at(target)
         if keep < self.quantized:
-            span = Span(self._slice_keys(keep, self.quantized),
-                        tuple(x[:, :, keep:self.quantized] for x in self.values), keep, self.quantized - keep,
-                        self.spec)
+            span = Span(
+                self._slice_keys(keep, self.quantized),
+                tuple(x[:, :, keep : self.quantized] for x in self.values),
+                keep,
+                self.quantized - keep,
+                self.spec,
+            )
             back_k, back_v = span.dense()
             self.exact_keys = _concat(back_k, self.exact_keys)
             self.exact_values = _concat(back_v, self.exact_values)
@@ -235,8 +258,11 @@ class QuantizedKVCache(_QuantizedLayerCache):
     def state(self):
         if self.offset == 0:
             return []
-        stored = (self._slice_keys(0, self.quantized), tuple(x[:, :, :self.quantized] for x in self.values)) \
-            if self.quantized else (None, None)
+        stored = (
+            (self._slice_keys(0, self.quantized), tuple(x[:, :, : self.quantized] for x in self.values))
+            if self.quantized
+            else (None, None)
+        )
         return [*stored, *self._state_tail()]
 
     @state.setter
@@ -263,11 +289,14 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
     `recent` tokens back: the ring holds the window less `recent`, in whole groups.
     """
 
-    def __init__(self, window: int, bits: int, group_size: int = 64, recent: int = RECENT_TOKENS,
-                 step: int = 256):
+    def __init__(
+        self, window: int, bits: int, group_size: int = 64, recent: int = RECENT_TOKENS, step: int = 256
+    ):
         if window <= recent:
-            raise ValueError(f"a window of {window} tokens is all exact with {recent} recent tokens: "
-                             "use a 16-bit SlidingKVCache")
+            raise ValueError(
+                f"a window of {window} tokens is all exact with {recent} recent tokens: "
+                "use a 16-bit SlidingKVCache"
+            )
         super().__init__(bits, group_size, recent, step)
         self.window = window
         self.capacity = -(-(window - recent) // group_size) * group_size  # tokens the ring holds
@@ -285,8 +314,11 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
         runs, pos = [], first
         for lo, hi in pieces:
             g0, g1 = lo // self.group, hi // self.group
-            keys = (self.keys[0][..., self._words(lo):self._words(hi)], self.keys[1][..., g0:g1],
-                    self.keys[2][..., g0:g1])
+            keys = (
+                self.keys[0][..., self._words(lo) : self._words(hi)],
+                self.keys[1][..., g0:g1],
+                self.keys[2][..., g0:g1],
+            )
             values = tuple(x[:, :, lo:hi] for x in self.values)
             runs.append(Span(keys, values, pos, hi - lo, self.spec, QUANTIZED))
             pos += hi - lo
@@ -307,9 +339,11 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
         (k_data, k_scales, k_biases), v_parts = flushed
         if self.keys is None:
             B, H, D = k_data.shape[:3]
-            self.keys = (mx.zeros((B, H, D, self._words(self.capacity)), k_data.dtype),
-                         mx.zeros((B, H, D, self.capacity // self.group), k_scales.dtype),
-                         mx.zeros((B, H, D, self.capacity // self.group), k_scales.dtype))
+            self.keys = (
+                mx.zeros((B, H, D, self._words(self.capacity)), k_data.dtype),
+                mx.zeros((B, H, D, self.capacity // self.group), k_scales.dtype),
+                mx.zeros((B, H, D, self.capacity // self.group), k_scales.dtype),
+            )
             self.values = tuple(mx.zeros((B, H, self.capacity, v.shape[3]), v.dtype) for v in v_parts)
         skip = max(0, n - self.capacity)  # groups the ring has no room for are out of every window
         pos = at + skip
@@ -318,12 +352,13 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
             length = min(at + n - pos, self.capacity - slot)
             lo, hi = pos - at, pos - at + length
             g_lo, g_hi, s_lo = lo // self.group, hi // self.group, slot // self.group
-            self.keys[0][..., self._words(slot):self._words(slot + length)] = \
-                k_data[..., self._words(lo):self._words(hi)]
-            self.keys[1][..., s_lo:s_lo + g_hi - g_lo] = k_scales[..., g_lo:g_hi]
-            self.keys[2][..., s_lo:s_lo + g_hi - g_lo] = k_biases[..., g_lo:g_hi]
+            self.keys[0][..., self._words(slot) : self._words(slot + length)] = k_data[
+                ..., self._words(lo) : self._words(hi)
+            ]
+            self.keys[1][..., s_lo : s_lo + g_hi - g_lo] = k_scales[..., g_lo:g_hi]
+            self.keys[2][..., s_lo : s_lo + g_hi - g_lo] = k_biases[..., g_lo:g_hi]
             for dst, src in zip(self.values, v_parts):
-                dst[:, :, slot:slot + length] = src[:, :, lo:hi]
+                dst[:, :, slot : slot + length] = src[:, :, lo:hi]
             pos += length
 
     def make_mask(self, n_queries: int, window_size: Optional[int] = None, return_array: bool = False):
@@ -350,8 +385,8 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
         keep = self.boundary.at(target)
         if keep < self.quantized:
             back = [s for s in self._runs() if s.end > keep]
-            back_k = _concat(*[s.dense()[0][:, :, max(0, keep - s.start):] for s in back])
-            back_v = _concat(*[s.dense()[1][:, :, max(0, keep - s.start):] for s in back])
+            back_k = _concat(*[s.dense()[0][:, :, max(0, keep - s.start) :] for s in back])
+            back_v = _concat(*[s.dense()[1][:, :, max(0, keep - s.start) :] for s in back])
             self.exact_keys = _concat(back_k, self.exact_keys)
             self.exact_values = _concat(back_v, self.exact_values)
             self.quantized = keep
@@ -364,8 +399,14 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
     def checkpoint(self):
         """A restore point: handles on the ring (copied lazily on the next write) and on the tail."""
         handle = lambda parts: None if parts is None else tuple(x[...] for x in parts)  # noqa: E731
-        return (handle(self.keys), handle(self.values), self.offset, self.quantized,
-                self.exact_keys, self.exact_values)
+        return (
+            handle(self.keys),
+            handle(self.values),
+            self.offset,
+            self.quantized,
+            self.exact_keys,
+            self.exact_values,
+        )
 
     def restore(self, checkpoint) -> None:
         """Rewind (or jump) to a restore point, also after the ring has wrapped."""

@@ -34,8 +34,11 @@ def _random(shape, seed):
 
 
 def _qkv(n, seed, heads=HEADS):
-    return _random((B, heads, n, D), seed), _random((B, KV_HEADS, n, D), seed + 1), \
-        _random((B, KV_HEADS, n, D), seed + 2)
+    return (
+        _random((B, heads, n, D), seed),
+        _random((B, KV_HEADS, n, D), seed + 1),
+        _random((B, KV_HEADS, n, D), seed + 2),
+    )
 
 
 def _plain(queries, keys, values, start, window=None, softcap=None):
@@ -52,8 +55,9 @@ def _plain(queries, keys, values, start, window=None, softcap=None):
 @pytest.mark.parametrize("window", [None, 24])
 def test_tiled_matches_plain_without_cache(small_tiles, window, softcap):
     q, k, v = _qkv(150, 0)
-    tiled = tiled_attention(q, KVView.of(k, v), scale=1 / np.sqrt(D), query_start=0, window=window,
-                            softcap=softcap)
+    tiled = tiled_attention(
+        q, KVView.of(k, v), scale=1 / np.sqrt(D), query_start=0, window=window, softcap=softcap
+    )
     np.testing.assert_allclose(np.array(tiled), np.array(_plain(q, k, v, 0, window, softcap)), atol=TOL)
 
 
@@ -74,8 +78,14 @@ def test_cache_chunks_and_decode_match_plain(small_tiles, sliding):
     for lo, hi in list(_chunks(280, [70, 33, 1, 64])) + [(i, i + 1) for i in range(280, 300)]:
         view = cache.update_and_view(k[:, :, lo:hi], v[:, :, lo:hi])
         mask = cache.make_mask(hi - lo, window if sliding else None)
-        out = attend(q[:, :, lo:hi], view, scale=1 / np.sqrt(D), query_start=lo,
-                     window=window if sliding else None, mask=mask)
+        out = attend(
+            q[:, :, lo:hi],
+            view,
+            scale=1 / np.sqrt(D),
+            query_start=lo,
+            window=window if sliding else None,
+            mask=mask,
+        )
         expected = _plain(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], lo, window if sliding else None)
         np.testing.assert_allclose(np.array(out), np.array(expected), atol=TOL, err_msg=f"chunk {lo}:{hi}")
 
@@ -99,24 +109,42 @@ def _quantized_reference(q, k, v, start, bits, group, recent, window=None):
         quantized = np.arange(n) < boundary.at(pos + 1)
         keys = np.where(quantized[:, None], kq, np.array(k))
         values = np.where(quantized[:, None], vq, np.array(v))
-        rows.append(_plain(q[:, :, i:i + 1], mx.array(keys[:, :, :pos + 1]), mx.array(values[:, :, :pos + 1]),
-                           pos, window))
+        rows.append(
+            _plain(
+                q[:, :, i : i + 1],
+                mx.array(keys[:, :, : pos + 1]),
+                mx.array(values[:, :, : pos + 1]),
+                pos,
+                window,
+            )
+        )
     return np.concatenate([np.array(r) for r in rows], axis=2)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("sliding", [False, True])
 def test_quantized_cache_matches_reference(small_tiles, bits, sliding):
-    """Prefill in chunks, then decode: each query reads exactly the keys decode would, none dequantized whole."""
+    """Prefill in chunks, then decode: each query reads exactly the keys decode would read."""
     group, recent, window, total, prompt = 32, 16, 100, 290, 260
     q, k, v = _qkv(total, 7)
-    cache = QuantizedSlidingKVCache(window, bits, group, recent) if sliding else QuantizedKVCache(bits, group, recent)
+    cache = (
+        QuantizedSlidingKVCache(window, bits, group, recent)
+        if sliding
+        else QuantizedKVCache(bits, group, recent)
+    )
     for lo, hi in list(_chunks(prompt, [90, 45, 1, 64])) + [(i, i + 1) for i in range(prompt, total)]:
         view = cache.update_and_view(k[:, :, lo:hi], v[:, :, lo:hi])
-        out = attend(q[:, :, lo:hi], view, scale=1 / np.sqrt(D), query_start=lo,
-                     window=window if sliding else None, mask=cache.make_mask(hi - lo))
-        expected = _quantized_reference(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], lo, bits, group, recent,
-                                        window if sliding else None)
+        out = attend(
+            q[:, :, lo:hi],
+            view,
+            scale=1 / np.sqrt(D),
+            query_start=lo,
+            window=window if sliding else None,
+            mask=cache.make_mask(hi - lo),
+        )
+        expected = _quantized_reference(
+            q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], lo, bits, group, recent, window if sliding else None
+        )
         np.testing.assert_allclose(np.array(out), expected, atol=TOL, err_msg=f"chunk {lo}:{hi}")
     assert cache.quantized == (total - recent) // group * group
 
@@ -135,7 +163,9 @@ def test_model_logits_same_whatever_the_tiles(tiny_model, monkeypatch, kv_bits):
 
     def run():
         cache = tiny_model.make_cache(kv_bits=kv_bits, kv_group_size=32)
-        outs = [tiny_model(mx.array([ids[lo:hi]]), cache=cache) for lo, hi in _chunks(len(ids) - 4, [100, 37])]
+        outs = [
+            tiny_model(mx.array([ids[lo:hi]]), cache=cache) for lo, hi in _chunks(len(ids) - 4, [100, 37])
+        ]
         outs += [tiny_model(mx.array([[t]]), cache=cache) for t in ids[-4:]]
         return np.concatenate([np.array(o[0]) for o in outs])
 
