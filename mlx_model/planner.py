@@ -128,7 +128,7 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
     for the logits. Terms: the larger of one layer's widest activations and the attention temporaries
     of the layers whose output a later cache needs (full layers: every cached key; sliding layers:
     the window plus the chunk), which the block path bounds by its tile; the sliding rings rewritten
-    in the same graph; the LM head for one position. Checked against MLX's measured peak
+    in the same graph; the vocabulary-sized rows of the answer's first steps. Checked against MLX's measured peak
     by `python -m gemma4_mac.bench`.
     """
     h = config.hidden_size
@@ -150,8 +150,9 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
     # a chunk's graph rewrites every sliding ring before any old one is released
     ring_copy = sum(2 * min(context, config.sliding_window) * config.layer_kv_heads[i] * config.layer_head_dims[i]
                     * float_bytes for i in owners if config.layer_types[i] == SLIDING)
-    logits = config.vocab_size * 4 * 2
-    return max(activations, scores, logits) + ring_copy
+    # the answer's first steps: float32 logits and log-probabilities of a token and of the next, computed ahead
+    answer_logits = 4 * config.vocab_size * 4
+    return max(activations, scores) + ring_copy + answer_logits
 
 
 def attention_scratch_bytes(heads: int, queries: int, keys: int, head_dim: int, float_bytes: int = 2,
