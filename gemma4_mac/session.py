@@ -78,7 +78,8 @@ class ChatSession:
         reused = self.prepare(keys)
         total = len(tokens)
         # several chunks for a long prompt, so that the person sees the reading advance
-        chunk_size = progress_chunk_size(planned_chunk_size(self.model, total), total - reused)
+        planned = planned_chunk_size(self.model, total, kv_bits=self.kv_bits)
+        chunk_size = progress_chunk_size(planned, total - reused)
         yield reused, total
 
         def report(steps: Generator) -> Generator[tuple[int, int], None, Optional[mx.array]]:

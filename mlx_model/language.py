@@ -15,7 +15,9 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from .attention import KVView, attend
 from .cache import KVCache, SlidingKVCache, window_mask
+from .quantized_cache import RECENT_TOKENS, QuantizedKVCache, QuantizedSlidingKVCache
 from .config import FULL, SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
@@ -54,6 +56,7 @@ class Attention(nn.Module):
         self.has_kv = layer_idx < config.first_shared_layer
         self.k_eq_v = config.attention_k_eq_v and not self.is_sliding
         self.attn_softcap = config.attn_logit_softcapping
+        self.window = config.sliding_window if self.is_sliding else None
         # HF:1172 Gemma 4 scales by 1 (the q/k norms do the job); Gemma 3 by query_pre_attn_scalar^-0.5
         self.scale = config.query_pre_attn_scalar ** -0.5 if config.is_gemma3 else 1.0
         dim, bias = config.hidden_size, config.attention_bias
@@ -70,14 +73,18 @@ class Attention(nn.Module):
         self.rope = RotaryEmbedding(self.head_dim, config.rope_parameters[self.layer_type])
         self.group = None  # set by sharding: this rank holds some of the heads, the ranks sum o_proj
 
-    def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0):
-        """Returns the output and this layer's (keys, values) for KV-shared layers to reuse."""
+    def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0, custom_mask: bool = False):
+        """Returns the output and the `KVView` this layer attended to, for KV-shared layers to reuse.
+
+        `mask` is used where attention runs MLX's fused kernel (see `attention.attend`); a
+        `custom_mask` (images that see all of themselves) always takes that path.
+        """
         B, L, _ = x.shape
         queries = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim))
         queries = self.rope(queries.transpose(0, 2, 1, 3), offset=offset)
 
         if shared_kv is not None:
-            keys, values = shared_kv
+            view = shared_kv
         else:
             raw_keys = self.k_proj(x).reshape(B, L, self.n_kv_heads, self.head_dim)
             # HF:1231 k_eq_v: values come from the raw key projection, before k_norm and RoPE
@@ -86,55 +93,12 @@ class Attention(nn.Module):
             if self.use_v_norm:
                 values = mx.fast.rms_norm(values, None, self.k_norm.eps)  # HF:1182 v_norm has no weight
             values = values.transpose(0, 2, 1, 3)
-            if cache is not None:
-                keys, values = cache.update_and_fetch(keys, values)
+            view = cache.update_and_view(keys, values) if cache is not None else KVView.of(keys, values, offset)
 
-        if isinstance(keys, tuple):
-            out = quantized_attention(queries, keys, values, self.scale, mask)
-        elif self.attn_softcap:
-            out = _softcapped_attention(queries, keys, values, self.scale, mask, self.attn_softcap)
-        else:
-            out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
+        out = attend(queries, view, scale=self.scale, query_start=offset, window=self.window, mask=mask,
+                     softcap=self.attn_softcap, custom_mask=custom_mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        return all_sum(self.o_proj(out), self.group), (keys, values)
-
-
-def _explicit_mask(mask, n_queries: int, n_keys: int):
-    """Turn the kernel's "causal" shorthand (bottom-right aligned) into a boolean array."""
-    if isinstance(mask, str):
-        return mx.arange(n_keys)[None] <= (mx.arange(n_queries)[:, None] + n_keys - n_queries)
-    return mask
-
-
-def quantized_attention(queries: mx.array, keys: tuple, values: tuple, scale: float, mask) -> mx.array:
-    """Attention over an 8/4-bit KV cache with `mx.quantized_matmul` (no dequantized copy of the cache)."""
-    B, n_heads, L, D = queries.shape
-    n_kv = keys[0].shape[1]
-    group_size = D // keys[1].shape[-1]
-    bits = keys[0].shape[-1] * 32 // D
-    q = (queries * scale).reshape(B, n_kv, n_heads // n_kv, L, D)
-    k = tuple(mx.expand_dims(x, 2) for x in keys)
-    v = tuple(mx.expand_dims(x, 2) for x in values)
-    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
-    mask = _explicit_mask(mask, L, scores.shape[-1])
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(queries.dtype)
-    out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
-    return out.reshape(B, n_heads, L, D)
-
-
-def _softcapped_attention(q, k, v, scale, mask, cap):
-    """Plain attention with a logit softcap (Gemma 2/3 option; no Gemma 4 checkpoint uses it)."""
-    n_rep = q.shape[1] // k.shape[1]
-    if n_rep > 1:
-        k, v = mx.repeat(k, n_rep, axis=1), mx.repeat(v, n_rep, axis=1)
-    scores = (q * scale) @ k.swapaxes(-1, -2)
-    scores = mx.tanh(scores / cap) * cap
-    mask = _explicit_mask(mask, *scores.shape[-2:])
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-    return mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype) @ v
+        return all_sum(self.o_proj(out), self.group), view
 
 
 class Router(nn.Module):
@@ -220,8 +184,9 @@ class DecoderLayer(nn.Module):
             self.layer_scalar = mx.ones((1,))
         self.group = None  # set by sharding: sums the MoE block's two partial results and the PLE projection
 
-    def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0):
-        h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset)
+    def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0,
+                 custom_mask: bool = False):
+        h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset, custom_mask)
         x = x + self.post_attention_layernorm(h)
 
         h = self.mlp(self.pre_feedforward_layernorm(x))
@@ -285,8 +250,9 @@ class TextModel(nn.Module):
             return proj
         return (proj + token_inputs) * (2.0 ** -0.5)
 
-    def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> dict:
-        """One mask per layer type, from the first cache of that type (or a plain causal one).
+    def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> tuple[dict, set]:
+        """One mask per layer type, from the first cache of that type (or a plain causal one), and the
+        layer types whose mask is custom (given, or images seeing themselves): attention must use it.
 
         `overrides["vision_blocks"]` ([B, L] block ids, -1 outside images) makes each image attend to all
         of itself. Gemma 4: only sliding layers, inside the window: window AND (causal OR same block);
@@ -309,12 +275,14 @@ class TextModel(nn.Module):
                 masks[kind] = window_mask(n_queries, 0, n_queries, 0, window, return_array=True)
             else:
                 masks[kind] = "causal"
+        custom = set(overrides)
         if blocks is not None and blocks.shape[1] > 1 and bool((blocks >= 0).any()):  # one token sees itself
             kinds = (SLIDING, FULL) if self.config.blocks_on_every_layer else (SLIDING,)
             for kind in kinds:
                 if kind in masks and kind not in overrides:
                     masks[kind] = self._block_mask(kind, blocks, cache)
-        return masks
+                    custom.add(kind)
+        return masks, custom
 
     def _block_mask(self, kind: str, blocks: mx.array, cache: list) -> mx.array:
         """The layer type's causal (or window) mask OR same image block, over the keys its cache returns."""
@@ -353,19 +321,26 @@ class TextModel(nn.Module):
         n_layers = len(self.layers)
         cache = list(cache or []) + [None] * (n_layers - len(cache or []))
         offset = next((c.offset for c in cache if c is not None), 0)
-        masks = self.make_masks(h.shape[1], cache, mask_overrides)
+        masks, custom = self.make_masks(h.shape[1], cache, mask_overrides)
         kvs: list = [None] * n_layers
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             source = self.kv_sources[i]
             shared = kvs[source] if source != i else None
             ple = per_layer_inputs[:, :, i, :] if self.ple_dim else None
-            h, kvs[i] = layer(h, masks[layer.layer_type], c, ple, shared, offset)
+            kind = layer.layer_type
+            h, kvs[i] = layer(h, masks[kind], c, ple, shared, offset, kind in custom)
         return self.norm(h)
 
     def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
-        """One cache per layer that owns keys/values (KV-shared layers get none); 16, 8 or 4-bit."""
-        return [
-            SlidingKVCache(self.config.sliding_window, bits=kv_bits, group_size=kv_group_size)
-            if t == SLIDING else KVCache(bits=kv_bits, group_size=kv_group_size)
-            for t in self.config.layer_types[: self.config.first_shared_layer]
-        ]
+        """One cache per layer that owns keys/values (KV-shared layers get none); 16, 8 or 4-bit.
+
+        8 and 4-bit caches quantize keys per channel and rotated values per token in groups of
+        `kv_group_size`, keeping the newest tokens exact (`quantized_cache.py`); a window no longer
+        than that exact part is simply kept at 16 bits.
+        """
+        window, owners = self.config.sliding_window, self.config.layer_types[: self.config.first_shared_layer]
+        if not kv_bits:
+            return [SlidingKVCache(window) if t == SLIDING else KVCache() for t in owners]
+        sliding = (lambda: QuantizedSlidingKVCache(window, kv_bits, kv_group_size)) if window > RECENT_TOKENS \
+            else (lambda: SlidingKVCache(window))
+        return [sliding() if t == SLIDING else QuantizedKVCache(kv_bits, kv_group_size) for t in owners]

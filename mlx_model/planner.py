@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .attention import KEY_BLOCK, TILE_BYTES, query_tile
 from .config import FULL, SLIDING, TextConfig
 
 GIB = 1024 ** 3
@@ -117,16 +118,17 @@ def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_
                for i in range(config.first_shared_layer) if config.layer_types[i] == FULL)
 
 
-def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
+def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2,
+                          kv_bits: Optional[int] = None) -> int:
     """Peak temporary memory of prefilling `context` tokens, in chunks of `chunk`, into a fresh cache.
 
     Full-attention caches reserve the whole prompt up front, so they never copy themselves while
     growing. Prefill evaluates only what the caches keep: a chunk skips the attention of the last
     layer that owns a cache and every KV-shared layer, and the last prompt token then runs alone
-    for the logits. Terms: the larger of one layer's widest activations and the attention scores
+    for the logits. Terms: the larger of one layer's widest activations and the attention temporaries
     of the layers whose output a later cache needs (full layers: every cached key; sliding layers:
-    the window plus the chunk); the sliding layers' boolean mask made additive; the sliding rings
-    rewritten in the same graph; the LM head for one position. Checked against MLX's measured peak
+    the window plus the chunk), which the block path bounds by its tile; the sliding rings rewritten
+    in the same graph; the vocabulary-sized rows of the answer's first steps. Checked against MLX's measured peak
     by `python -m gemma4_mac.bench`.
     """
     h = config.hidden_size
@@ -139,25 +141,47 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
         activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
     heads, owners = config.num_attention_heads, range(config.first_shared_layer)
     needed_kinds = {config.layer_types[i] for i in range(config.first_shared_layer - 1)}
-    scores = mask = 0
+    scores = 0
     if FULL in needed_kinds:
-        scores = heads * chunk * context * (float_bytes + 1)
+        scores = attention_scratch_bytes(heads, chunk, context, max(config.layer_head_dims), float_bytes, kv_bits)
     if SLIDING in needed_kinds:
         keys = min(context, config.sliding_window + chunk)
-        scores = max(scores, heads * chunk * keys * (float_bytes + 1))
-        mask = 4 * float_bytes * chunk * keys
+        scores = max(scores, attention_scratch_bytes(heads, chunk, keys, config.head_dim, float_bytes, kv_bits))
     # a chunk's graph rewrites every sliding ring before any old one is released
     ring_copy = sum(2 * min(context, config.sliding_window) * config.layer_kv_heads[i] * config.layer_head_dims[i]
                     * float_bytes for i in owners if config.layer_types[i] == SLIDING)
-    logits = config.vocab_size * 4 * 2
-    return max(activations, scores, logits) + mask + ring_copy
+    # the answer's first steps: float32 logits and log-probabilities of a token and of the next, computed ahead
+    answer_logits = 4 * config.vocab_size * 4
+    return max(activations, scores) + ring_copy + answer_logits
 
 
-def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int,
-                         candidates=(2048, 1024, 512, 256, 128)) -> int:
-    """The largest prefill chunk whose scratch fits `budget_bytes`."""
+def attention_scratch_bytes(heads: int, queries: int, keys: int, head_dim: int, float_bytes: int = 2,
+                            kv_bits: Optional[int] = None) -> int:
+    """Temporaries of one layer's attention for `queries` new tokens over `keys` cached ones.
+
+    One tile (attention.py): the fused kernel's scores and mask. More: the block path holds a tile's
+    float32 scores, probabilities and mask, the float32 running output of every query, and for a
+    quantized cache one dequantized key and value block.
+    """
+    if kv_bits is None and queries * keys * heads * 4 <= TILE_BYTES:
+        return heads * queries * keys * (float_bytes + 1)
+    rows = query_tile(heads, queries)
+    block = min(KEY_BLOCK, keys)
+    tile = heads * rows * block * 4
+    dequantized = 2 * block * head_dim * float_bytes * heads if kv_bits else 0
+    return 3 * tile + 2 * heads * queries * head_dim * 4 + dequantized
+
+
+# Block attention makes a chunk's cost per token flat from about 512 tokens on (`python -m gemma4_mac.bench`
+# measured 512 no slower than 2048), while its scratch keeps growing with it: larger chunks buy nothing.
+PREFILL_CHUNKS = (512, 256, 128, 64)
+
+
+def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int, candidates=PREFILL_CHUNKS,
+                         float_bytes: int = 2, kv_bits: Optional[int] = None) -> int:
+    """The largest prefill chunk whose scratch fits `budget_bytes`: speed is traded only when memory is short."""
     for chunk in candidates:
-        if prefill_scratch_bytes(config, chunk, context) <= budget_bytes:
+        if prefill_scratch_bytes(config, chunk, context, float_bytes, kv_bits) <= budget_bytes:
             return chunk
     return candidates[-1]
 
