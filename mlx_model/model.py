@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import ModelConfig
+from .config import FULL, ModelConfig
 from .language import TextModel
 from .layers import softcap
 
@@ -195,14 +195,35 @@ class Model(nn.Module):
 
     @property
     def quant_predicate(self):
-        """Which modules to quantize: the router at 8 bits, everything quantizable otherwise."""
+        """mlx-lm's quantization hook: Gemma 4's mixed-precision recipe (mlx_model/quant_recipe.py).
 
-        def predicate(path: str, module: nn.Module):
-            if path.endswith("router.proj"):
-                return {"group_size": 64, "bits": 8}
-            return hasattr(module, "to_quantized")
+        True: the requested bits; a dict: this module's bits; False: keep it in float.
+        """
+        from .quant_recipe import group_size_for, module_bits
+
+        text = self.config.text_config
+
+        def predicate(path: str, module: nn.Module, bits: int = 4, group_size: int = 64,
+                      uniform: bool = False):
+            if not hasattr(module, "to_quantized"):
+                return False
+            chosen = module_bits(path, bits, text.num_hidden_layers, uniform=uniform,
+                                 values_from_keys=self.values_from_keys_layers)
+            if chosen is None:
+                return False
+            if chosen == bits:
+                return True
+            group = group_size_for(chosen, bits, group_size, module.weight.shape[-1])
+            return {"group_size": group, "bits": chosen}
 
         return predicate
+
+    @property
+    def values_from_keys_layers(self) -> frozenset[int]:
+        """Layers whose k_proj also makes the values (HF:1231 attention_k_eq_v on full-attention layers)."""
+        text = self.config.text_config
+        return frozenset(i for i in range(text.first_shared_layer)
+                         if text.attention_k_eq_v and text.layer_types[i] == FULL)
 
 
 def vision_block_ids(mm_token_type_ids: mx.array) -> mx.array:
