@@ -15,7 +15,8 @@ from .theme import Palette, current_palette
 from .widgets import IconButton
 
 STAGE_NAMES = {"download": "Downloading", "convert": "Converting to 4-bit", "tokenizer": "Copying the tokenizer",
-               "finalize": "Finishing", "done": "Done"}
+               "finalize": "Finishing", "quality": "Checking quality against the original",
+               "calibrate": "Calibrating", "done": "Done"}
 
 
 class ModelRow(QFrame):
@@ -41,6 +42,10 @@ class ModelRow(QFrame):
         self.facts.setObjectName("chipMeta")
         text.addWidget(self.name)
         text.addWidget(self.facts)
+        self.quality = QLabel(entry.quality_summary)
+        self.quality.setObjectName("chipMeta")
+        self.quality.setVisible(bool(entry.quality_summary))
+        text.addWidget(self.quality)
         layout.addLayout(text, 1)
         self.fit_dot = QLabel()
         self.fit_dot.setFixedSize(8, 8)
