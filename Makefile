@@ -23,7 +23,7 @@ system-deps:
 	bash scripts/install_system_deps.sh
 
 run: system-deps $(STAMP)
-	$(PY) -m gemma4_mac
+	$(PY) -m ui
 
 test: system-deps $(STAMP_TEST)
 	bash scripts/run_tests.sh

@@ -1,5 +1,5 @@
 """`python -m convert SRC DST [--bits 4|8] [--group-size 32|64] [--no-quantize] [--dtype ...] [--force]
-[--uniform] [--calibrate] [--skip-quality-check]`."""
+[--base-model] [--uniform] [--calibrate] [--skip-quality-check]`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bfloat16",
                         help="float type for unquantized weights, scales and biases (default bfloat16)")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument("--base-model", action="store_true",
+                        help="a base model that only continues text: it needs no chat template")
     parser.add_argument("--uniform", action="store_true",
                         help="every module at --bits (router at 8) instead of Gemma 4's mixed-precision recipe")
     parser.add_argument("--calibrate", action="store_true",
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         out = convert_checkpoint(args.src, args.dst, bits=args.bits, group_size=args.group_size,
                                  quantize=not args.no_quantize, dtype=args.dtype, force=args.force,
                                  progress=_StatusLine(), uniform=args.uniform, calibrate=args.calibrate,
-                                 skip_quality_check=args.skip_quality_check)
+                                 skip_quality_check=args.skip_quality_check,
+                                 metadata={"chat": False} if args.base_model else None)
     except ConversionError as error:
         sys.stderr.write(f"\nerror: {error}\n")
         return 1

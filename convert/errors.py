@@ -49,3 +49,7 @@ class WriteError(ConversionError):
 
 class ConversionCancelled(ConversionError):
     """The caller's cancel event was set; nothing was left behind."""
+
+
+class IncompleteSourceError(ConversionError):
+    """The converted model would lack files it needs (tokenizer, chat template, processor settings)."""

@@ -186,11 +186,18 @@ def gemma4_config(gguf: GGUFFile) -> dict[str, Any]:
 
 
 def config_from_gguf(gguf: GGUFFile) -> dict[str, Any]:
-    """config.json for the model a GGUF file holds."""
-    if gguf.architecture == "gemma3":
-        return gemma3_config(gguf)
-    if gguf.architecture == "gemma4":
-        return gemma4_config(gguf)
+    """config.json for the model a GGUF file holds (values checked later by mlx_model.config, naming the
+    key)."""
+    build = {"gemma3": gemma3_config, "gemma4": gemma4_config}.get(gguf.architecture)
+    if build is not None:
+        try:
+            return build(gguf)
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, OverflowError) as error:
+            raise UnsupportedSourceError(
+                f"{gguf.path}: its {gguf.architecture} metadata holds a value of the wrong type or range "
+                f"({error}); "
+                "the file is damaged or was not written by llama.cpp's converter. Download it again."
+            ) from error
     raise UnsupportedSourceError(
         f"{gguf.path}: architecture {gguf.architecture!r} is not supported; this converter reads Gemma 3 "
         f"and Gemma 4 GGUF files ({', '.join(SUPPORTED_ARCHITECTURES)}).")

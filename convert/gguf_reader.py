@@ -39,16 +39,6 @@ class GGUFTensorInfo:
     offset: int  # absolute offset in the file
     nbytes: int
 
-    @property
-    def type_name(self) -> str:
-        """The ggml type's name (Q4_K, F32, ...)."""
-        from gguf import GGMLQuantizationType
-
-        try:
-            return GGMLQuantizationType(self.ggml_type).name
-        except ValueError:
-            return f"type {self.ggml_type}"
-
 
 class _Cursor:
     def __init__(self, buffer: memoryview, path: Path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,23 +38,19 @@ def safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def safetensors_layout(path: Path) -> tuple[dict[str, Any], int]:
-    """The checked header and the file offset where tensor data starts (8 length bytes plus the header)."""
+    """The checked header and the file offset where tensor data starts (8 length bytes plus the header).
+
+    The header's length field, dtypes, shapes and offsets are checked before anything is sized from them
+    (mlx_model.safetensors_header), so a damaged file is named instead of exhausting memory.
+    """
+    from mlx_model.safetensors_header import SafetensorsHeaderError, read_header
+
     try:
-        with open(path, "rb") as handle:
-            raw_length = handle.read(8)
-            if len(raw_length) < 8:
-                raise CheckpointIndexError(f"{path} is empty or truncated; download it again.")
-            (length,) = struct.unpack("<Q", raw_length)
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise CheckpointIndexError(f"{path} is not a readable safetensors file ({error}); download it again.") from error
-    header.pop("__metadata__", None)
-    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-    size = path.stat().st_size
-    if 8 + length + end > size:
-        raise CheckpointIndexError(f"{path} is truncated: its header needs {8 + length + end} bytes, the file has "
-                                   f"{size}. Download it again.")
-    return header, 8 + length
+        return read_header(path)
+    except OSError as error:
+        raise CheckpointIndexError(f"{path} cannot be read ({error.strerror or error}).") from error
+    except SafetensorsHeaderError as error:
+        raise CheckpointIndexError(f"{path.parent}: {error} Download it again.") from error
 
 
 @dataclass
@@ -96,6 +91,9 @@ def open_checkpoint(root: Path) -> HFCheckpoint:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UnsupportedSourceError(f"{config_path} is not valid JSON ({error}).") from error
+    if not isinstance(config, dict):
+        raise UnsupportedSourceError(f"{config_path} holds a JSON {type(config).__name__}, not a model "
+                                     "description.")
     index_path = root / INDEX_NAME
     if index_path.is_file():
         return HFCheckpoint(root, config, *_shards_from_index(root, index_path))
@@ -115,7 +113,9 @@ def open_checkpoint(root: Path) -> HFCheckpoint:
 def _shards_from_index(root: Path, index_path: Path) -> tuple[list[Path], dict[str, Path]]:
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        if not all(isinstance(file, str) and "/" not in file for file in weight_map.values()):
+            raise TypeError("its values must be shard file names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointIndexError(f"{index_path} is not a valid index (no weight_map): {error}.") from error
     shard_names = sorted(set(weight_map.values()))
     missing_files = [name for name in shard_names if not (root / name).is_file()]

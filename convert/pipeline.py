@@ -13,6 +13,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .completeness import check_output, check_source
 from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, UnsupportedSourceError, WriteError
 from .gguf_reader import GGUFFile
 from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_layout
@@ -64,6 +65,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
     reporter = Reporter(progress, cancel)
     destination = Path(dst).expanduser().resolve()
     source = _resolve_source(src, reporter)
+    metadata = check_source(source, src, metadata)  # tokenizer, chat template, processor settings: or nothing
     if destination == source or destination in source.parents or source in destination.parents:
         raise ConversionError(f"The destination {destination} must not be the source {source} or inside it.")
     started = time.time()
@@ -83,6 +85,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
             config["gemma4_mac"]["display_name"] = label
         reporter.report("finalize", 0, 1, message="Writing config.json")
         (folder.path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        check_output(folder.path)
         if quantize:
             calibrate_and_check(source, folder.path, reporter, bits=bits, group_size=group_size,
                                 uniform=uniform, calibrate=calibrate, check=not skip_quality_check,
@@ -129,7 +132,8 @@ def _skeleton(config: dict[str, Any], config_file: str):
                                          "original float checkpoint instead.")
     try:
         model = Model(ModelConfig.from_dict(config))
-    except (ModelConfigError, TypeError, ValueError, KeyError) as error:
+    except (ModelConfigError, TypeError, ValueError, KeyError, OverflowError, IndexError,
+            AttributeError) as error:
         raise UnsupportedSourceError(f"{config_file}: {error}") from error
     expected = {name: tuple(array.shape) for name, array in tree_flatten(model.parameters())}
     return model, expected

@@ -13,7 +13,8 @@ from .errors import ConversionCancelled
 class ConversionProgress:
     """One progress report.
 
-    stage: "download", "convert", "tokenizer", "finalize" or "done".
+    stage: "download", "unpack" (the starter's packaged weights), "convert", "tokenizer", "finalize" or
+    "done".
     fraction: 0..1 within the stage. done/total: bytes (download: files) so far and in all.
     item: the file or tensor being worked on; message: a short sentence for a status line.
     """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import ConversionError
 from .pipeline import convert_checkpoint
-from .progress import ProgressCallback
+from .progress import ProgressCallback, Reporter
 
 STARTER_LABEL = "Gemma 3 270M (base, completion only; not a chat model)"
 STARTER_FOLDER = "gemma-3-270m-base-8bit"
@@ -67,6 +67,8 @@ def ensure_starter_model(models_dir: str | Path, *, gguf_path: str | Path | None
     models_dir.mkdir(parents=True, exist_ok=True)
     scratch = None
     if gguf_path is None:
+        # a few seconds of copying and checking 253 MB before the converter's own reports begin
+        Reporter(progress, cancel).report("unpack", 0, 1, message="Unpacking the starter model's weights")
         scratch = models_dir / f".{STARTER_FOLDER}.gguf-scratch"
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir()

@@ -1,7 +1,9 @@
 """Sharded safetensors output written into a temporary folder beside DST and renamed into place at the end.
 
 Nothing that looks like a model exists at DST until `commit`: the work folder is hidden
-(`.<name>.partial-<id>`), config.json is written last, and any failure removes the folder.
+(`.<name>.partial-<id>`), config.json is written last, and any failure removes the folder. A killed
+conversion's folder is removed by the next conversion into the same parent folder (convert/partials.py
+tells a stale one from one that another conversion is still writing).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from . import partials
 from .errors import DestinationExistsError, WriteError
 from .hf_source import INDEX_NAME
 
 DEFAULT_SHARD_BYTES = 2 << 30
-_PARTIAL_MARK = ".partial-"
 # MLX dtype -> (safetensors dtype, numpy type its bytes are written as; bfloat16 as its 16 bits)
 _SAFETENSORS_TYPES = {mx.uint32: ("U32", np.uint32), mx.float32: ("F32", np.float32),
                       mx.float16: ("F16", np.float16), mx.bfloat16: ("BF16", np.uint16)}
@@ -29,16 +31,18 @@ class OutputFolder:
 
     def __init__(self, destination: Path, force: bool):
         self.destination = destination
+        self._lock: int | None = None
         if destination.exists() and not force:
             raise DestinationExistsError(f"{destination} already exists; choose another destination or pass "
                                          "--force (force=True) to replace it.")
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            for stale in destination.parent.glob(f".{destination.name}{_PARTIAL_MARK}*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a conversion that was killed
-            self.path = destination.parent / f".{destination.name}{_PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
+            partials.clean_stale(destination.parent)  # left by conversions that were killed
+            self.path = destination.parent / partials.partial_name(destination)
             self.path.mkdir()
+            self._lock = partials.lock(self.path)  # held until commit or discard: not stale while we write
         except OSError as error:
+            shutil.rmtree(getattr(self, "path", destination / "-"), ignore_errors=True)
             raise WriteError(f"Cannot create a work folder beside {destination}: {error}.") from error
 
     def commit(self) -> Path:
@@ -53,6 +57,8 @@ class OutputFolder:
             if old is not None and not self.destination.exists():
                 old.rename(self.destination)
             raise WriteError(f"Cannot move the converted model to {self.destination}: {error}.") from error
+        partials.release(self._lock, self.destination / partials.LOCK_NAME)
+        self._lock = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         return self.destination
@@ -60,6 +66,9 @@ class OutputFolder:
     def discard(self) -> None:
         """Remove the work folder and everything in it."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            partials.release(self._lock)
+            self._lock = None
 
 
 class ShardWriter:

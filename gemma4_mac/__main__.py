@@ -1,27 +1,37 @@
-"""`python -m gemma4_mac` opens the app; `python -m gemma4_mac ask ...` and `serve ...` run from the terminal."""
+"""`python -m gemma4_mac ask|plan|serve ...`: the terminal side of the app (no window, no Qt).
+
+The window opens with `gemma4-mac` (or `python -m ui`), which also accepts these commands.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
 
-COMMANDS = {"ask", "plan", "serve"}
+COMMANDS = ("ask", "plan", "serve")
+WINDOW_HINT = ("The window opens with `gemma4-mac` (or `python -m ui`); `python -m gemma4_mac` runs the "
+               "terminal commands: " + ", ".join(COMMANDS) + ".")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Dispatch to the command line, the server or the window."""
+def is_command(argv: Sequence[str]) -> bool:
+    """Whether `argv` asks for a terminal command (or its help) rather than the window."""
+    return bool(argv) and (argv[0] in COMMANDS or argv[0] in ("-h", "--help"))
+
+
+def main(argv: Optional[Sequence[str]] = None, *, err: Optional[TextIO] = None) -> int:
+    """Run `ask`, `plan` or `serve`; returns the exit status."""
+    err = err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
-        from .server import main as serve_main
+        from .server.app import main as serve_main
 
-        return serve_main(argv[1:], err=sys.stderr)
-    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
+        return serve_main(argv[1:], err=err)
+    if is_command(argv):
         from .cli import main as cli_main
 
         return cli_main(argv)
-    from .app import main as app_main
-
-    return app_main(argv)
+    err.write(f"error: no command given. {WINDOW_HINT}\n")
+    return 2
 
 
 if __name__ == "__main__":

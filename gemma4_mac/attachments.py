@@ -10,10 +10,11 @@ import math
 import re
 import shutil
 import unicodedata
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from mlx_model.file_errors import unreadable_reason
 
 from . import documents
 
@@ -37,6 +38,10 @@ _MAX_NAME = 120
 
 class AttachmentError(ValueError):
     """A file cannot be attached; the message names it and says what to do."""
+
+
+class DocumentAttachmentError(AttachmentError, documents.DocumentError):
+    """A document (PDF or text) cannot be attached: both an AttachmentError and the reader's DocumentError."""
 
 
 @dataclass
@@ -109,6 +114,24 @@ def sanitize_filename(name: str, fallback: str = "attachment") -> str:
     return name
 
 
+MEDIA_KINDS = ("image", "audio", "video")
+
+
+def model_cannot_read(attachment: Attachment, model: Optional[dict]) -> Optional[str]:
+    """Why the model described by `model` (the engine's model info: "chat", "can_see", "can_hear") cannot take
+    `attachment`, in words; None when it can, or when no model is known yet."""
+    if model is None or attachment.kind not in MEDIA_KINDS:
+        return None  # documents are text: every model reads them
+    name = model.get("name") or "This model"
+    if not model.get("chat", True):
+        return f"{name} continues text only: it cannot take images, audio or video."
+    if attachment.kind in ("image", "video") and not model.get("can_see", True):
+        return f"{name} cannot see images or videos (it has no vision tower)."
+    if attachment.kind == "audio" and not model.get("can_hear", True):
+        return f"{name} cannot hear audio: only Gemma 4 E2B and E4B have an audio tower."
+    return None
+
+
 def estimate_attachment_tokens(attachment: Attachment, image_token_budget: int = 280) -> int:
     """Tokens an attachment will take in the prompt (an estimate good enough for the context meter)."""
     if attachment.kind == "image":
@@ -149,20 +172,33 @@ class AttachmentStore:
     def import_file(self, conversation_id: int, source: Path) -> Attachment:
         """Copy `source` into the conversation's folder and describe it."""
         source = Path(source).expanduser()
-        if not source.is_file():
-            raise AttachmentError(f"{source.name or source} is not a file (folders cannot be attached).")
-        size = source.stat().st_size
-        if size > MAX_ATTACHMENT_BYTES:
-            raise AttachmentError(f"{source.name} is {size / 1024 ** 3:.1f} GB; attachments are limited to 2 GB.")
-        kind = kind_for(source)
+        try:
+            if source.is_dir():
+                raise AttachmentError(f"{source.name or source} is a folder, not a file (folders cannot be "
+                                      "attached).")
+            size = source.stat().st_size
+            if size > MAX_ATTACHMENT_BYTES:
+                raise AttachmentError(f"{source.name} is {size / 1024 ** 3:.1f} GB; attachments are limited "
+                                      "to 2 GB.")
+            kind = kind_for(source)
+            with open(source, "rb") as handle:  # unreadable files are refused here, in words
+                head = handle.read(8192)
+        except FileNotFoundError as error:
+            raise AttachmentError(f"{source.name or source} is not a file that exists (moved, renamed or "
+                                  "deleted?); choose it again.") from error
+        except OSError as error:
+            raise AttachmentError(f"{source.name or source} {unreadable_reason(error)}") from error
         if kind is None:
-            head = source.open("rb").read(8192)
             if documents.looks_binary(head):
                 raise AttachmentError(f"{source.name}: this kind of file cannot be attached. Attach images, "
                                       "audio, video, PDFs, or text, Markdown and code files.")
             kind = "text"
         target = self._unique_target(self.conversation_dir(conversation_id), sanitize_filename(source.name))
-        shutil.copy2(source, target)
+        try:
+            shutil.copy2(source, target)
+        except OSError as error:
+            target.unlink(missing_ok=True)
+            raise AttachmentError(f"{source.name} {unreadable_reason(error)}") from error
         return self._describe(kind, target, source.name)
 
     def import_bytes(self, conversation_id: int, data: bytes, name: str, kind: Optional[str] = None) -> Attachment:
@@ -187,9 +223,12 @@ class AttachmentStore:
                 raise AttachmentError(f"{name} is empty (0 bytes): it was not fully written or downloaded. "
                                       "Attach it again.")
             attachment.meta = self._metadata(kind, path, name)
-        except (documents.DocumentError, AttachmentError):
+        except AttachmentError:
             path.unlink(missing_ok=True)
             raise
+        except documents.DocumentError as error:
+            path.unlink(missing_ok=True)  # the reader named the stored copy ("x (2).pdf"): use the person's
+            raise DocumentAttachmentError(str(error).replace(path.name, name)) from error
         return attachment
 
     def _metadata(self, kind: str, path: Path, name: str) -> dict[str, Any]:
@@ -205,17 +244,36 @@ class AttachmentStore:
         if kind == "audio":
             return _audio_meta(path, name)
         if kind == "video":
-            return _probe_media(path, "video", name)
+            return _video_meta(path, name)
         if kind == "pdf":
             text = documents.extract_pdf_text(path)
             thumbs = documents.render_pdf_thumbnails(path, path.parent / ".thumbs", max_pages=1)
             return {"pages": documents.pdf_page_count(path), "tokens": documents.estimate_tokens(text),
                     "thumbnail": str(thumbs[0].relative_to(path.parent)) if thumbs else None}
         if kind == "text":
-            document = documents.read_text_document(path)
-            return {"encoding": document.encoding, "chars": len(document.text),
-                    "lines": document.text.count("\n") + 1, "tokens": documents.estimate_tokens(document.text)}
+            return _text_meta(documents.read_text_document(path))
         return {}
+
+    def reread_text(self, attachment: Attachment, encoding: str) -> Attachment:
+        """Read a text attachment again in the encoding the person picked on its chip; its facts follow.
+        Raises AttachmentError when the file is not valid in that encoding (nothing changes then)."""
+        try:
+            data = Path(attachment.path).read_bytes()
+        except OSError as error:
+            raise AttachmentError(f"{attachment.name} {unreadable_reason(error)}") from error
+        if not any(codec == encoding for codec, _ in documents.encoding_choices(data)):
+            raise AttachmentError(f"{attachment.name} cannot be read as "
+                                  f"{documents.encoding_label(encoding)}: it holds bytes that are not valid "
+                                  "(or are control codes) in it. Choose another.")
+        attachment.meta.update(_text_meta(documents.decode_text(data, encoding)))
+        return attachment
+
+    def encoding_choices(self, attachment: Attachment) -> list[tuple[str, str]]:
+        """(codec, label) of the encodings a text attachment reads cleanly in, for its chip's menu."""
+        try:
+            return documents.encoding_choices(Path(attachment.path).read_bytes())
+        except OSError:
+            return []
 
     def remove(self, attachment: Attachment) -> None:
         """Delete one attachment's copy (when its chip is removed before sending)."""
@@ -229,32 +287,32 @@ class AttachmentStore:
         if folder.exists():
             shutil.rmtree(folder)
 
-    def new_recording_name(self) -> str:
-        return f"Recording {uuid.uuid4().hex[:6]}.wav"
+
+def _text_meta(document: documents.TextDocument) -> dict[str, Any]:
+    text = document.text
+    return {"encoding": document.encoding, "chars": len(text), "lines": text.count("\n") + 1,
+            "tokens": documents.estimate_tokens(text)}
 
 
 def _audio_meta(path: Path, name: str) -> dict[str, Any]:
-    import soundfile
+    """Decode the recording as sending it will (the model's own reader, same limits): a file it cannot use
+    is refused now. Returns its length and original format."""
+    from mlx_model.audio_io import AudioLoadError, load_audio
 
     try:
-        info = soundfile.info(str(path))
-        return {"duration": round(info.frames / max(info.samplerate, 1), 2), "samplerate": info.samplerate,
-                "channels": info.channels}
-    except (RuntimeError, soundfile.LibsndfileError):
-        return _probe_media(path, "audio", name)  # formats libsndfile cannot read (m4a, aac): ask FFmpeg
+        samples, info = load_audio(str(path), name=name)
+    except AudioLoadError as error:
+        raise AttachmentError(str(error)) from error
+    return {"duration": round(samples.size / 16_000, 2), "samplerate": info.original_rate,
+            "channels": info.original_channels}
 
 
-def _probe_media(path: Path, kind: str, name: str) -> dict[str, Any]:
-    """Open an audio or video file's container header with FFmpeg (no decoding): its length, or a clear error."""
-    import av
+def _video_meta(path: Path, name: str) -> dict[str, Any]:
+    """The video checks sending runs (container, content, frames, the first frame decoded): its length."""
+    from mlx_model.video import VideoLoadError, check_video
 
     try:
-        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-            streams = container.streams.audio if kind == "audio" else container.streams.video
-            if not streams:
-                raise AttachmentError(f"{name} has no {kind} track. Choose another file.")
-            seconds = container.duration / av.time_base if container.duration else None
-    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as error:
-        raise AttachmentError(f"{name} cannot be read as {kind}: it is damaged, cut short or not {kind} "
-                              f"({error}). Re-export or re-download it.") from error
-    return {} if seconds is None else {"duration": round(seconds, 2)}
+        facts = check_video(path)
+    except VideoLoadError as error:
+        raise AttachmentError(str(error).replace(f"'{path}'", name).replace(str(path), name)) from error
+    return {"duration": round(float(facts["duration"]), 2)}

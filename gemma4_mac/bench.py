@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten
 from mlx_model import load_model
 from mlx_model.planner import kv_bytes, prefill_scratch_bytes
 
-from .generate import PREFILL_CHUNK, prefill
+from .prefill import PREFILL_CHUNK, prefill
 from .prefill import RESERVE_AFTER_PROMPT
 from .session import ChatSession
 

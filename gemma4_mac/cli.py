@@ -39,30 +39,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_plan(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the planner's table: weights, KV (16/8/4-bit) and prefill scratch per context."""
-    from mlx_model.planner import GIB, format_table, largest_context, plan, variant_table
+    """Print the planner's tables: weights, KV (16/8/4-bit) and prefill scratch per context, and the
+    largest context per Mac memory size."""
+    from mlx_model.planner import (GIB, format_mac_table, format_table, largest_context, mac_table, plan,
+                                   variant_table)
 
     contexts = tuple(args.context or (8192, 32768, 131072, 262144))
     if not args.model:
-        out.write(format_table(variant_table(contexts)) + "\n")
+        out.write(format_table(variant_table(contexts)) + "\n\n")
+        out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
         return 0
     from mlx_model.config import ModelConfig
-    from mlx_model.loader import ModelLoadError, read_config, weight_files
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
 
     path = Path(args.model).expanduser()
     try:
+        check_model_path(path)
         config = ModelConfig.from_dict(read_config(path)).text_config
         weights = sum(f.stat().st_size for f in weight_files(path))
     except (ModelLoadError, ValueError) as error:
         raise CliError(str(error)) from error
     import psutil
 
+    from .model_manager import format_size
+
     total = psutil.virtual_memory().total
     for context in contexts:
         for bits in (None, 8, 4):
             p = plan(config, context, kv_bits=bits, weights=weights)
-            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV: weights {p.weights / GIB:.2f} GiB, "
-                      f"KV {p.kv / GIB:.2f} GiB, scratch {p.scratch / GIB:.2f} GiB, total {p.total / GIB:.2f} GiB\n")
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV: weights {format_size(p.weights)}, "
+                      f"KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
+                      f"total {format_size(p.total)}\n")
     out.write(f"largest context on this machine ({total / GIB:.0f} GiB): "
               f"{largest_context(config, total, weights=weights)} tokens\n")
     return 0
@@ -82,6 +89,35 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
     return parts + [{"type": "text", "text": question}]
 
 
+class ReadingLine:
+    """The reading progress of a long prompt on stderr: one line rewritten in place on a terminal, a line
+    per chunk otherwise; cleared when the answer starts."""
+
+    def __init__(self, err: TextIO):
+        from .progress import ReadingProgress
+
+        self.err = err
+        self.progress = ReadingProgress("prompt")
+        self.terminal = bool(getattr(err, "isatty", lambda: False)())
+        self.open = False
+
+    def update(self, read: int, total: int) -> None:
+        from .progress import text_bar
+
+        if not self.progress.update(read, total):
+            return
+        line = f"{self.progress.text()} {text_bar(self.progress.fraction)}"
+        self.err.write(f"\r{line}\033[K" if self.terminal else line + "\n")
+        self.err.flush()
+        self.open = self.terminal
+
+    def close(self) -> None:
+        if self.open:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self.open = False
+
+
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Load the model, stream the answer; thoughts go to `err` marked as such."""
     from mlx_model import ModelLoadError, load
@@ -93,11 +129,9 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.raw and (args.image or args.audio or args.video):
         raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
     content = _user_content(args.question, args.image, args.audio, args.video)
-    model_dir = Path(args.model).expanduser()
-    if not model_dir.is_dir():
-        raise CliError(f"model folder {args.model} does not exist")
     try:
-        model, processor = load(model_dir)
+        # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
+        model, processor = load(Path(args.model).expanduser())
     except ModelLoadError as error:
         raise CliError(str(error)) from error
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -111,7 +145,12 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                                  prompt=args.question if args.raw else None,
                                  enable_thinking=args.think, sampling=sampling)
         in_thought = False
+        reading = ReadingLine(err)
         for event in events:
+            if event.kind == "progress":
+                reading.update(*event.progress)
+                continue
+            reading.close()
             if event.kind == "thought":
                 if not in_thought:
                     err.write("[thinking] ")

@@ -1,6 +1,7 @@
 """Document caches on disk: a long document prefilled once is saved and memory-mapped back later.
 
-Each entry is keyed by the model and the exact token prefix. A checksum over the file guards
+The store keeps files, checksums and eviction; the arrays come from `mlx_model.cache.cache_arrays`. Each
+entry is keyed by the model and the exact token prefix. A checksum over the file guards
 against damage: a file that does not verify, or was written for another model or format, is
 deleted and recomputed, never trusted. Least-recently-used entries are evicted past a size limit.
 """
@@ -17,6 +18,8 @@ from typing import Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
+
+from mlx_model.cache import CacheLayoutError, cache_arrays, restore_cache_arrays
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 8 * 1024 ** 3
@@ -47,40 +50,6 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _flatten_state(cache: list) -> tuple[dict[str, mx.array], list]:
-    arrays, layout = {}, []
-    for i, c in enumerate(cache):
-        state = c.state
-        parts = []
-        for name, value in zip(("keys", "values"), state):
-            if isinstance(value, tuple):
-                for j, part in enumerate(value):
-                    arrays[f"{i}.{name}.{j}"] = part
-                parts.append(len(value))
-            else:
-                arrays[f"{i}.{name}"] = value
-                parts.append(0)
-        layout.append({"class": type(c).__name__, "meta": list(c.meta_state), "parts": parts})
-    return arrays, layout
-
-
-def _unflatten_state(arrays: dict[str, mx.array], layout: list, cache: list) -> None:
-    if len(layout) != len(cache):
-        raise CacheFileError("the cache file has a different number of layers than this model")
-    for i, (entry, c) in enumerate(zip(layout, cache)):
-        if entry["class"] != type(c).__name__:
-            raise CacheFileError(f"layer {i} cache kind {entry['class']} does not match {type(c).__name__}")
-        if not entry["parts"]:
-            c.state = []
-            continue
-        state = []
-        for name, n_parts in zip(("keys", "values"), entry["parts"]):
-            state.append(tuple(arrays[f"{i}.{name}.{j}"] for j in range(n_parts)) if n_parts
-                         else arrays[f"{i}.{name}"])
-        c.meta_state = entry["meta"]
-        c.state = state
 
 
 def _valid_meta(meta) -> bool:
@@ -138,7 +107,7 @@ class DocumentCacheStore:
             return None
         digest = _tokens_digest(tokens)
         key = hashlib.sha256(f"{model_id}:{digest}".encode()).hexdigest()[:40]
-        arrays, layout = _flatten_state(cache)
+        arrays, layout = cache_arrays(cache)
         data_path, meta_path = self.root / f"{key}.safetensors", self.root / f"{key}.json"
         tmp = self.root / f".{key}.tmp.safetensors"
         mx.save_safetensors(str(tmp), arrays)
@@ -173,11 +142,11 @@ class DocumentCacheStore:
             if not entry.data_path.is_file() or _file_digest(entry.data_path) != entry.meta["file_sha256"]:
                 raise CacheFileError(f"cache file {entry.data_path.name} is damaged")
             arrays = mx.load(str(entry.data_path))
-            _unflatten_state(arrays, entry.meta["layout"], cache)
+            restore_cache_arrays(arrays, entry.meta["layout"], cache)
         except CacheFileError:
             self._remove(entry.key)
             raise
-        except (KeyError, ValueError, RuntimeError, OSError) as err:
+        except (CacheLayoutError, KeyError, ValueError, RuntimeError, OSError) as err:
             self._remove(entry.key)
             raise CacheFileError(f"cache file {entry.data_path.name} cannot be used ({err})") from err
         entry.meta["last_used"] = time.time()

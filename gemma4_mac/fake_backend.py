@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .documents import estimate_tokens
-from .engine import CANCELLED_DOWNLOAD, DEFAULT_CONTEXT, EngineError, GenerationRequest, LoadedModel
+from .engine import CANCELLED_DOWNLOAD, DEFAULT_CONTEXT, EngineError, GenerationRequest
+from .worker import ModelSlot
 
 
 @dataclass
@@ -20,6 +22,7 @@ class FakeEvent:
     text: str = ""
     tool_call: Optional[dict] = None
     stats: Optional[dict] = None
+    progress: Optional[tuple[int, int]] = None
 
 
 def default_fake_reply(request: GenerationRequest) -> list[tuple[str, Any]]:
@@ -43,22 +46,26 @@ def _pieces(text: str, size: int = 6) -> list[str]:
 class FakeBackend:
     """A scripted backend for tests and screenshots: no MLX, same threading and signals.
 
-    `script(request)` returns (kind, payload) steps: ("answer"|"thought", text) or ("tool_call", dict).
+    `script(request)` returns (kind, payload) steps: ("answer"|"thought", text), ("tool_call", dict) or
+    ("progress", (read, total)).
     `token_delay` seconds pass between steps; the cancel event is honoured between steps.
     """
 
     def __init__(self, script: Optional[Callable[[GenerationRequest], list]] = None, *, token_delay: float = 0.0,
                  load_delay: float = 0.0, load_error: Optional[str] = None, generate_error: Optional[str] = None,
-                 context_limit: int = DEFAULT_CONTEXT, model_name: str = "Fake Gemma"):
+                 context_limit: int = DEFAULT_CONTEXT, model_name: str = "Fake Gemma", can_see: bool = True,
+                 can_hear: bool = True):
         self.script = script or default_fake_reply
         self.token_delay, self.load_delay = token_delay, load_delay
         self.load_error, self.generate_error = load_error, generate_error
         self.context_limit, self.model_name = context_limit, model_name
+        self.can_see, self.can_hear = can_see, can_hear  # the towers the scripted model claims to have
         self.requests: list[GenerationRequest] = []
         self.threads: set[str] = set()
         self.conversions: list[tuple[str, Path]] = []
+        self.base_models: list[bool] = []  # each conversion's base_model flag
 
-    def load(self, path: Optional[Path]) -> LoadedModel:
+    def load(self, path: Optional[Path]) -> ModelSlot:
         self.threads.add(threading.current_thread().name)
         time.sleep(self.load_delay)
         if self.load_error:
@@ -66,10 +73,11 @@ class FakeBackend:
         starter = path is None
         name = "Gemma 3 270M (base, completion only; not a chat model)" if starter else self.model_name
         info = {"path": str(path or "starter"), "name": name, "is_starter": starter, "chat": not starter,
-                "size_bytes": 0, "context_limit": self.context_limit}
-        return LoadedModel(object(), None, info)
+                "size_bytes": 0, "context_limit": self.context_limit, "can_see": self.can_see,
+                "can_hear": self.can_hear}
+        return ModelSlot(object(), None, info)
 
-    def generate(self, loaded: LoadedModel, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
+    def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
         self.threads.add(threading.current_thread().name)
         self.requests.append(request)
         if self.generate_error:
@@ -83,6 +91,9 @@ class FakeBackend:
                 break
             if self.token_delay:
                 time.sleep(self.token_delay)
+            if kind == "progress":
+                yield FakeEvent("progress", progress=tuple(payload))
+                continue
             first = first or time.perf_counter()
             count += 1
             if kind == "tool_call":
@@ -103,14 +114,19 @@ class FakeBackend:
         self._steps(range(0, 6), "download", repo_id, progress, cancel)
         return f"cache/{repo_id}"
 
+    def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
+        return None  # load(None) is the scripted starter
+
     def convert(self, repo_id: str, destination: Path, label: str, progress: Callable[[dict], None],
-                cancel: threading.Event, source: Optional[str] = None) -> Path:
+                cancel: threading.Event, source: Optional[str] = None, base_model: bool = False) -> Path:
         self.threads.add(threading.current_thread().name)
         self._steps(range(6, 11), "convert", repo_id, progress, cancel)
         destination.mkdir(parents=True, exist_ok=True)
-        (destination / "config.json").write_text('{"gemma4_mac": {"display_name": "%s"}}' % label)
+        meta = {"display_name": label, "source": repo_id}
+        (destination / "config.json").write_text(json.dumps({"gemma4_mac": meta}))
         (destination / "model.safetensors").write_bytes(b"\0" * 16)
         self.conversions.append((repo_id, destination))
+        self.base_models.append(base_model)
         return destination
 
     def _steps(self, steps: range, stage: str, repo_id: str, progress: Callable[[dict], None],
@@ -121,5 +137,5 @@ class FakeBackend:
             progress({"stage": stage, "fraction": i / 10, "message": f"step {i} of 10", "item": repo_id})
             time.sleep(self.token_delay)
 
-    def count_tokens(self, loaded: Optional[LoadedModel], text: str) -> int:
+    def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
         return estimate_tokens(text)

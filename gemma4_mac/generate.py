@@ -15,12 +15,14 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+from mlx_model.chat_format import AnswerDelta, OutputParser, ThoughtDelta, ToolCall
 
-from .prefill import PREFILL_CHUNK, GenerationError, planned_chunk_size, prefill
+from .prefill import GenerationError
+from .prompt import PreparedPrompt, prepare_prompt
+from .session import ChatSession
 
-__all__ = ["PREFILL_CHUNK", "GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt",
-           "SamplingSettings", "TokenStep", "generate_tokens", "prefill", "prepare_prompt", "run_prompt",
-           "stream_generate"]
+__all__ = ["GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt", "SamplingSettings", "TokenStep",
+           "generate_tokens", "prepare_prompt", "run_prompt", "stream_generate"]
 
 
 @dataclass
@@ -53,13 +55,17 @@ class GenerationStats:
 
 @dataclass
 class GenerationEvent:
-    """One step of the stream: answer or thought text, a parsed tool call, or the end with stats."""
+    """One step of the stream: reading progress, answer or thought text, a parsed tool call, or the end.
 
-    kind: str  # "answer" | "thought" | "tool_call" | "notice" | "done"
+    A "progress" event carries (prompt tokens in the cache, prompt tokens) before the prompt is read
+    and after each chunk of it."""
+
+    kind: str  # "progress" | "answer" | "thought" | "tool_call" | "notice" | "done"
     text: str = ""
     tool_call: Optional[dict] = None
     token_ids: list[int] = field(default_factory=list)
     stats: Optional[GenerationStats] = None
+    progress: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -138,8 +144,6 @@ class StopStringWatcher:
 
 
 def _events_from_parser(parsed) -> Iterator[GenerationEvent]:
-    from .output_parser import AnswerDelta, ThoughtDelta, ToolCall
-
     for item in parsed:
         if isinstance(item, AnswerDelta) and item.text:
             yield GenerationEvent("answer", item.text)
@@ -149,112 +153,39 @@ def _events_from_parser(parsed) -> Iterator[GenerationEvent]:
             yield GenerationEvent("tool_call", tool_call=item.as_dict())
 
 
-@dataclass
-class PreparedPrompt:
-    """Token ids of a rendered prompt, where its generation prompt starts (for restore points), and its
-    image, video and audio blocks (`mlx_model.processor.MediaBlock`)."""
-
-    tokens: list[int]
-    generation_prompt_start: Optional[int] = None
-    parse_output: bool = True
-    media: list = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    opens_thought: bool = False
-
-    @property
-    def keys(self) -> list[int]:
-        """What caches match on: the tokens, with each media block's soft tokens named by its content."""
-        from mlx_model.processor import media_keys
-
-        return media_keys(self.tokens, self.media)
-
-
-def _tokenizer_of(processor):
-    return processor.tokenizer if hasattr(processor, "tokenizer") else processor
-
-
-def prepare_prompt(processor, messages: Optional[list[dict]] = None, *, prompt: Optional[str] = None,
-                   tools: Optional[list[dict]] = None, enable_thinking: bool = False) -> PreparedPrompt:
-    """Render and tokenize a conversation with its attachments (or take raw text, for base models)."""
-    from .output_parser import prompt_opens_thought
-
-    if processor is None:
-        raise GenerationError("This model folder has no tokenizer files, so it cannot read text.")
-    tokenizer = _tokenizer_of(processor)
-    if prompt is not None:
-        tokens = tokenizer.encode(prompt, add_special_tokens=True)
-        bos = getattr(tokenizer, "bos_token_id", None)
-        if bos is not None and (not tokens or tokens[0] != bos):
-            tokens = [bos] + tokens  # a base model was trained on documents that start with <bos>
-        return PreparedPrompt(tokens, None, parse_output=False)
-    if not messages:
-        raise GenerationError("Nothing to answer: the conversation has no messages.")
-    text = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
-                                         add_generation_prompt=True)
-    media, notes = [], []
-    if hasattr(processor, "process_text"):
-        from mlx_model.processor import media_parts
-
-        processed = processor.process_text(text, media_parts(messages))
-        tokens, media, notes = processed.tokens, processed.media, processed.notes
-    else:
-        tokens = tokenizer.encode(text, add_special_tokens=False)
-    head = tokenizer.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking,
-                                         add_generation_prompt=False)
-    boundary = None
-    if text.startswith(head) and len(head) < len(text):
-        suffix = tokenizer.encode(text[len(head):], add_special_tokens=False)
-        if suffix and tokens[-len(suffix):] == suffix:
-            boundary = len(tokens) - len(suffix)
-    return PreparedPrompt(tokens, boundary, media=media, notes=notes, opens_thought=prompt_opens_thought(text))
-
-
 def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSettings, *,
                session=None, cancel: Optional[threading.Event] = None,
                logits_processors: Optional[list[Callable]] = None,
                document_cache=None, model_id: Optional[str] = None) -> Iterator[GenerationEvent]:
-    """Prefill what the cache lacks, generate, and stream parsed events ending with "done".
+    """Prefill what the cache lacks (with "progress" events), generate, and stream parsed events ending
+    with "done".
 
     With a `ChatSession`, the cached prefix is reused and restore points are taken at the
     generation-prompt boundary, after the prompt and at the end of the answer. With a
     `DocumentCacheStore` (and the model's fingerprint), a long prompt prefix is read back from
     disk when the session is empty, and saved there after it was computed.
     """
-    from .output_parser import OutputParser
-    from .session import ChatSession
-
-    tokenizer = _tokenizer_of(processor)
+    tokenizer = processor.tokenizer
     session = session if session is not None else ChatSession(model)
-    tokens, keys, media = prepared.tokens, prepared.keys, prepared.media
+    tokens = prepared.tokens
     for note in prepared.notes:  # e.g. a long recording split into 30 s clips: the person is told
         yield GenerationEvent("notice", note)
     mx.reset_peak_memory()
     started = time.perf_counter()
-    if document_cache is not None and model_id:
-        session.load_saved_prefix(document_cache, model_id, keys)
-    reused = session.prepare(keys)
+    reading = session.reading(prepared, cancel=cancel, document_cache=document_cache, model_id=model_id,
+                              reserve_after=min(sampling.max_tokens, 4096))
+    while True:
+        try:
+            read, total = next(reading)
+        except StopIteration as done:
+            logits, reused = done.value
+            break
+        yield GenerationEvent("progress", progress=(read, total))
     stats = GenerationStats(prompt_tokens=len(tokens), cached_tokens=reused)
-    boundary = prepared.generation_prompt_start
-    chunk_size = planned_chunk_size(model, len(tokens))
-    if boundary is not None and reused < boundary < len(tokens):
-        prefill(model, tokens[reused:boundary], session.cache, cancel=cancel, want_logits=False,
-                on_chunk=session.append, media=media, position=reused, keys=keys[reused:boundary],
-                chunk_size=chunk_size)
-        if len(session.tokens) == boundary:
-            session.mark()
-            if document_cache is not None and model_id:
-                document_cache.save(model_id, session.tokens, session.cache)
-    logits = None
-    if not (cancel is not None and cancel.is_set()):
-        done = len(session.tokens)
-        logits = prefill(model, tokens[done:], session.cache, cancel=cancel, on_chunk=session.append,
-                         media=media, position=done, keys=keys[done:], chunk_size=chunk_size,
-                         reserve_after=min(sampling.max_tokens, 4096))
     if logits is None:
         stats.finish_reason = "cancelled"
         yield GenerationEvent("done", stats=stats)
         return
-    session.mark()
     prompt_done = time.perf_counter()
 
     eos_ids = set(tokenizer.eos_token_ids)

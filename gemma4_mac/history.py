@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .attachments import Attachment
+from . import history_export
+from .attachments import Attachment, model_cannot_read
 from .documents import DocumentError, document_text, wrap_document
+from .history_export import format_bytes, format_stats  # noqa: F401 (part of this module's interface)
+from .history_search import (ATTACHMENT_INDEX, HIT_END, HIT_START, SearchHit, attachment_text,  # noqa: F401
+                             fts_query, index_attachments, search)
 
-SCHEMA_VERSION = 1
-HIT_START, HIT_END = "\x02", "\x03"  # marks around matched words in search snippets
+SCHEMA_VERSION = 2  # 2: attachments' names and documents' text are searchable
 DEFAULT_TITLE = "New chat"
 
 _SCHEMA = """
@@ -83,23 +85,6 @@ class Message:
     created_at: float = 0.0
 
 
-@dataclass
-class SearchHit:
-    """A conversation that matches a search, with the best-matching snippet (matches marked)."""
-
-    conversation_id: int
-    title: str
-    snippet: str
-    message_id: Optional[int]
-    updated_at: float
-
-
-def fts_query(text: str) -> Optional[str]:
-    """An FTS5 query matching all words of `text` as prefixes; None when it has no words."""
-    words = re.findall(r"\w+", text, flags=re.UNICODE)
-    return " ".join(f'"{w}"*' for w in words) if words else None
-
-
 def title_from_text(text: str, limit: int = 48) -> str:
     """A conversation title from its first message."""
     line = " ".join(text.split())
@@ -126,7 +111,10 @@ class HistoryStore:
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(_SCHEMA)
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            self.db.executescript(_SCHEMA + ATTACHMENT_INDEX)
+            if version < 2:
+                self._index_stored_attachments()
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.commit()
         except sqlite3.DatabaseError as error:
@@ -135,6 +123,13 @@ class HistoryStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def _index_stored_attachments(self) -> None:
+        """A history from before attachments were searchable: index what its messages have attached."""
+        rows = self.db.execute("SELECT id, attachments FROM messages WHERE attachments != '[]'").fetchall()
+        for message_id, stored in rows:
+            index_attachments(self.db, message_id,
+                              [Attachment.from_dict(a, self.attachments_root) for a in json.loads(stored)])
 
     @property
     def journal_mode(self) -> str:
@@ -154,10 +149,13 @@ class HistoryStore:
                               (conversation_id,)).fetchone()
         return Conversation(*row) if row else None
 
-    def conversations(self) -> list[Conversation]:
-        """All conversations, most recently updated first."""
-        rows = self.db.execute("SELECT id, title, created_at, updated_at, model FROM conversations "
-                               "ORDER BY updated_at DESC, id DESC").fetchall()
+    def conversations(self, include_empty: bool = True) -> list[Conversation]:
+        """All conversations, most recently updated first; without `include_empty`, only those with a message
+        (a chat that so far only has a file attached to its composer is not a chat in the list yet)."""
+        having = "" if include_empty else \
+            "WHERE EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id) "
+        rows = self.db.execute("SELECT id, title, created_at, updated_at, model FROM conversations c "
+                               f"{having}ORDER BY updated_at DESC, id DESC").fetchall()
         return [Conversation(*row) for row in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
@@ -199,6 +197,7 @@ class HistoryStore:
                 (conversation_id, position, role, content, thought, json.dumps(tool_calls or [], ensure_ascii=False),
                  self._attachments_json(attachments), json.dumps(stats) if stats is not None else None,
                  int(partial), now))
+            index_attachments(self.db, cursor.lastrowid, attachments)
             if role == "user" and position == 0:
                 title = content or (attachments[0].name if attachments else "")
                 current = self.conversation(conversation_id)
@@ -254,72 +253,23 @@ class HistoryStore:
     # search and export
 
     def search(self, text: str, limit: int = 50) -> list[SearchHit]:
-        """Conversations that contain every word of `text` (as word prefixes, in any of their messages or the
-        title), best match first, each with a snippet whose matched words are marked."""
-        words = re.findall(r"\w+", text, flags=re.UNICODE)
-        if not words:
-            return []
-        titles = {c.id: c for c in self.conversations()}
-        matching: Optional[set[int]] = None
-        for word in words:
-            rows = self.db.execute("SELECT DISTINCT m.conversation_id FROM messages_fts "
-                                   "JOIN messages m ON m.id = messages_fts.rowid WHERE messages_fts MATCH ?",
-                                   (fts_query(word),)).fetchall()
-            found = {row[0] for row in rows}
-            found |= {cid for cid, c in titles.items() if _title_has(c.title, word)}
-            matching = found if matching is None else matching & found
-        hits: dict[int, SearchHit] = {}
-        for query in (fts_query(text), " OR ".join(f'"{w}"*' for w in words)):
-            rows = self.db.execute(
-                "SELECT m.conversation_id, m.id, "
-                f"snippet(messages_fts, -1, '{HIT_START}', '{HIT_END}', '…', 14) "
-                "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
-                "WHERE messages_fts MATCH ? ORDER BY bm25(messages_fts)", (query,)).fetchall()
-            for cid, mid, snippet in rows:
-                if cid in matching and cid not in hits and cid in titles:
-                    hits[cid] = SearchHit(cid, titles[cid].title, snippet, mid, titles[cid].updated_at)
-        for cid in sorted(matching - hits.keys(), key=lambda c: -titles[c].updated_at if c in titles else 0):
-            if cid in titles:
-                hits[cid] = SearchHit(cid, titles[cid].title, "", None, titles[cid].updated_at)
-        return list(hits.values())[:limit]
+        """Conversations that contain every word of `text` (as word prefixes, in any of their messages, the
+        names and documents attached to them, or the title), best match first, each with a snippet whose
+        matched words are marked."""
+        titles = {c.id: (c.title, c.updated_at) for c in self.conversations(include_empty=False)}
+        return search(self.db, titles, text, limit)
 
-    def export_json(self, conversation_id: int) -> str:
-        """The conversation as JSON (messages with thoughts, tool calls, attachments and stats)."""
-        conversation = self._require(conversation_id)
-        data = {
-            "title": conversation.title, "model": conversation.model,
-            "created_at": _iso(conversation.created_at), "updated_at": _iso(conversation.updated_at),
-            "messages": [{"role": m.role, "content": m.content, "thought": m.thought, "tool_calls": m.tool_calls,
-                          "attachments": [{"kind": a.kind, "name": a.name, "path": str(a.path)} for a in m.attachments],
-                          "stats": m.stats, "partial": m.partial, "created_at": _iso(m.created_at)}
-                         for m in self.messages(conversation_id)],
-        }
-        return json.dumps(data, indent=2, ensure_ascii=False)
+    def export_json(self, conversation_id: int, attachments_folder: Optional[Path] = None) -> str:
+        """The conversation as JSON (messages with thoughts, tool calls, attachments and stats). With
+        `attachments_folder` (beside the exported file), the attachments are copied there and named by paths
+        relative to the file, so the export stands alone."""
+        return history_export.export_json(self._require(conversation_id), self.messages(conversation_id),
+                                          attachments_folder)
 
-    def export_markdown(self, conversation_id: int) -> str:
-        """The conversation as a Markdown document."""
-        conversation = self._require(conversation_id)
-        lines = [f"# {conversation.title}", ""]
-        meta = f"Exported {_iso(time.time())}"
-        if conversation.model:
-            meta += f" · model: {conversation.model}"
-        lines += [f"_{meta}_", ""]
-        for m in self.messages(conversation_id):
-            lines += ["## You" if m.role == "user" else "## Gemma", ""]
-            if m.attachments:
-                lines += [f"- Attached {a.kind}: `{a.name}`" for a in m.attachments] + [""]
-            if m.thought:
-                lines += ["<details><summary>Thinking</summary>", "", m.thought.strip(), "", "</details>", ""]
-            for call in m.tool_calls:
-                lines += [f"Tool call `{call.get('name')}`:", "", "```json",
-                          json.dumps(call.get("arguments", {}), indent=2, ensure_ascii=False), "```", ""]
-            if m.content:
-                lines += [m.content.strip(), ""]
-            if m.partial:
-                lines += ["_(stopped before the end)_", ""]
-            if m.stats:
-                lines += [f"_{format_stats(m.stats)}_", ""]
-        return "\n".join(lines).rstrip() + "\n"
+    def export_markdown(self, conversation_id: int, attachments_folder: Optional[Path] = None) -> str:
+        """The conversation as a Markdown document (attachments copied and linked as for `export_json`)."""
+        return history_export.export_markdown(self._require(conversation_id), self.messages(conversation_id),
+                                              attachments_folder)
 
     def _require(self, conversation_id: int) -> Conversation:
         conversation = self.conversation(conversation_id)
@@ -328,43 +278,12 @@ class HistoryStore:
         return conversation
 
 
-def _title_has(title: str, word: str) -> bool:
-    return any(w.startswith(word.lower()) for w in re.findall(r"\w+", title.lower()))
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def format_stats(stats: dict) -> str:
-    """The line under an answer: prompt tokens, time to first token, speed, peak memory."""
-    parts = [f"{stats.get('prompt_tokens', 0):,} prompt tokens"]
-    if stats.get("cached_tokens"):
-        parts[-1] += f" ({stats['cached_tokens']:,} cached)"
-    parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
-    parts.append(f"{stats.get('generation_tps', 0.0):.1f} tok/s")
-    if stats.get("peak_memory_bytes"):
-        parts.append(f"{format_bytes(stats['peak_memory_bytes'])} peak")
-    reason = stats.get("finish_reason")
-    if reason == "length":
-        parts.append("stopped at the token limit")
-    elif reason == "cancelled":
-        parts.append("stopped")
-    return " · ".join(parts)
-
-
-def model_messages(messages: list[Message], system_prompt: str = "") -> list[dict]:
+def model_messages(messages: list[Message], system_prompt: str = "",
+                   model: Optional[dict] = None) -> list[dict]:
     """The conversation as the model reads it: documents as text before the question, media as parts.
 
-    A document that can no longer be read contributes a note saying so instead of failing the turn.
+    A document that can no longer be read contributes a note saying so instead of failing the turn, and so
+    does an image, recording or video that `model` (the engine's model info) cannot take.
     """
     out: list[dict] = []
     if system_prompt.strip():
@@ -377,19 +296,72 @@ def model_messages(messages: list[Message], system_prompt: str = "") -> list[dic
         media, texts = [], []
         for a in m.attachments:
             if a.kind in ("image", "audio", "video"):
-                media.append({"type": a.kind, "path": str(a.path)})
+                if model_cannot_read(a, model):
+                    texts.append(f"[{a.name} ({a.kind}) was attached, but this model cannot take "
+                                 f"{a.kind} files, so it was left out.]")
+                else:
+                    media.append({"type": a.kind, "path": str(a.path)})
             else:
-                try:
-                    text = document_text(Path(a.path), a.kind)
-                    limit = a.meta.get("max_chars")
-                    if limit and len(text) > limit:  # the person chose to trim it to fit the context
-                        text = text[: int(limit)] + f"\n[… the rest of {a.name} was left out to fit the context …]"
-                    texts.append(wrap_document(a.name, text))
-                except DocumentError as error:
-                    texts.append(f"[The attached document {a.name} could not be read: {error}]")
+                texts.append(_document_for_model(a))
         text = "\n\n".join(texts + ([m.content] if m.content else []))
         if media:
             out.append({"role": "user", "content": media + [{"type": "text", "text": text}]})
         else:
             out.append({"role": "user", "content": text})
     return out
+
+
+def _document_for_model(a: Attachment) -> str:
+    try:
+        text = document_text(Path(a.path), a.kind, a.meta.get("encoding"))  # as its chip showed
+    except DocumentError as error:
+        return f"[The attached document {a.name} could not be read: {error}]"
+    limit = a.meta.get("max_chars")
+    if limit and len(text) > limit:  # the person chose to trim it to fit the context
+        text = text[: int(limit)] + f"\n[… the rest of {a.name} was left out to fit the context …]"
+    return wrap_document(a.name, text)
+
+
+def raw_prompt(message: Message) -> str:
+    """What a base model (which continues text, with no chat format) is given for `message`: the text of its
+    documents, then the message. Images, audio and video are left out (`left_out_notice` says so)."""
+    documents = [_document_for_model(a) for a in message.attachments if a.is_document]
+    return "\n\n".join(documents + ([message.content] if message.content else []))
+
+
+def left_out_notice(messages: list[Message], model: Optional[dict]) -> Optional[str]:
+    """What the model will not receive of `messages` (the conversation, the question last), in a sentence
+    for the person; None when it receives all of it."""
+    if model is None or not messages:
+        return None
+    name = model.get("name") or "This model"
+    last, earlier = messages[-1], messages[:-1]
+    if not model.get("chat", True):
+        parts = []
+        if earlier:
+            parts.append(f"the {len(earlier)} earlier message{'s' if len(earlier) != 1 else ''} of this chat")
+        media = [a.name for a in last.attachments if a.kind in ("image", "audio", "video")]
+        if media:
+            parts.append(_names(media))
+        if not parts:
+            return None
+        return (f"{name} is not a chat model: it continues the text of this message only. Left out: "
+                f"{' and '.join(parts)}. Choose a Gemma 4 model to chat.")
+    now = [(a, model_cannot_read(a, model)) for a in last.attachments]
+    now = [(a, why) for a, why in now if why]
+    before = [a for m in earlier if m.role == "user" for a in m.attachments if model_cannot_read(a, model)]
+    if not now and not before:
+        return None
+    reasons = sorted({why for _, why in now} | {model_cannot_read(a, model) for a in before})
+    pieces = []
+    if now:
+        pieces.append(_names([a.name for a, _ in now]))
+    if before:
+        pieces.append(f"{len(before)} attachment{'s' if len(before) != 1 else ''} from earlier in this chat")
+    return f"{' '.join(reasons)} Left out: {' and '.join(pieces)}."
+
+
+def _names(names: list[str]) -> str:
+    if len(names) <= 2:
+        return " and ".join(names)
+    return f"{names[0]}, {names[1]} and {len(names) - 2} more"

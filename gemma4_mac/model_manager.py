@@ -8,14 +8,19 @@ engine runs them on its thread; this module only describes and locates models.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
+
+from convert.partials import WorkFolder, clean_stale, work_folders
+from mlx_model.model_folder import has_chat_template as folder_has_chat_template
 
 from .paths import models_dir
 
 GIB = 1024 ** 3
+MIB = 1024 ** 2
 STARTER_LABEL = "Gemma 3 270M (base, completion only; not a chat model)"
 RUNTIME_ALLOWANCE = 1 * GIB  # KV cache, prefill scratch and the app itself at a moderate context
 SYSTEM_SHARE = 0.25  # of physical memory left to macOS and other apps
@@ -36,7 +41,8 @@ class HubModel:
 # GiB of the towers at 8 bits (the recipe never puts them lower): vision ~167 M + audio ~305 M parameters
 # on E2B/E4B (transformers' Gemma4VisionConfig/Gemma4AudioConfig defaults), vision ~550 M on 26B-A4B/31B
 # (model card).
-TOWER_GIB = {"E2B": 0.467, "E4B": 0.467, "26B-A4B": 0.544, "31B": 0.544}
+TOWER_GIB = {"E2B": 0.467, "E4B": 0.467, "26B-A4B": 0.544, "31B": 0.544,
+             "12B": 0.052}  # 12B: its embedders (vision 49.9 M + audio 2.5 M parameters, planner.py) at 8 bits
 # 4-bit sizes with Gemma 4's recipe: mlx_model.planner.weight_bytes (text, exact) + TOWER_GIB; kept as numbers
 # so this module stays free of MLX (tests/test_quant_recipe.py checks them against the planner).
 HUB_MODELS = (
@@ -44,6 +50,8 @@ HUB_MODELS = (
     HubModel("google/gemma-4-E4B-it", "Gemma 4 E4B instruct", 6.28, "24 GB or more"),
     HubModel("google/gemma-4-26B-A4B-it", "Gemma 4 26B-A4B instruct (MoE)", 15.84, "32 GB or more"),
     HubModel("google/gemma-4-31B-it", "Gemma 4 31B instruct", 19.19, "48 GB or more"),
+    # last, so recommended_model's positions stay; its image and audio embedders stand in for towers
+    HubModel("google/gemma-4-12B-it", "Gemma 4 12B instruct (images, video and audio)", 7.48, "16 GB or more"),
 )
 QUALITY_FILE = "quality.json"  # written by the converter's quality check (convert/quality.py)
 
@@ -56,9 +64,19 @@ class MemoryFit:
 
     @property
     def summary(self) -> str:
-        need, have = self.required_bytes / GIB, self.total_bytes / GIB
         verdict = "fits" if self.fits else "too large"
-        return f"needs ≈{need:.1f} GB of {have:.0f} GB · {verdict}"
+        return f"needs ≈{format_size(self.required_bytes)} of {self.total_bytes / GIB:.0f} GB · {verdict}"
+
+
+def format_size(size_bytes: float) -> str:
+    """A size as a person reads it: "310 MB" below 1 GB (never "0.0 GB"), "3.4 GB" above."""
+    if size_bytes >= GIB - MIB // 2:  # 1023.6 MB reads as 1.0 GB, not "1024 MB"
+        return f"{size_bytes / GIB:.1f} GB"
+    if size_bytes >= MIB:
+        return f"{size_bytes / MIB:.0f} MB"
+    if size_bytes >= 1024:
+        return f"{size_bytes / 1024:.0f} KB"
+    return f"{int(size_bytes)} bytes"
 
 
 @dataclass
@@ -127,14 +145,24 @@ def is_starter_folder(path: Path) -> bool:
 
 def has_chat_template(path: Path) -> bool:
     """Whether the folder's tokenizer knows a chat format (base models only continue text)."""
-    path = Path(path)
-    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
-        return True
-    try:
-        config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return bool(config.get("chat_template"))
+    return folder_has_chat_template(Path(path))
+
+
+def unfinished_conversions(root: Optional[Path] = None) -> list[WorkFolder]:
+    """Hidden work folders of conversions in the models folder: one being written now (`running`), or one
+    left by a conversion that was killed, which takes disk space until the next conversion removes it."""
+    return work_folders(models_dir() if root is None else Path(root))
+
+
+def unfinished_bytes(root: Optional[Path] = None) -> int:
+    """Disk space held by conversions that were killed (not by one running now)."""
+    return sum(folder.size_bytes for folder in unfinished_conversions(root) if not folder.running)
+
+
+def clean_unfinished_conversions(root: Optional[Path] = None) -> int:
+    """Remove what killed conversions left in the models folder (a running one is kept); returns bytes
+    freed."""
+    return sum(folder.size_bytes for folder in clean_stale(models_dir() if root is None else Path(root)))
 
 
 def read_quality(path: Path) -> Optional[dict]:
@@ -176,6 +204,30 @@ def destination_for(repo_id: str, bits: int = 4, root: Optional[Path] = None) ->
     return root / f"{repo_id.split('/')[-1].lower()}-{bits}bit"
 
 
+def conversion_destination(name: str, bits: int = 4, root: Optional[Path] = None) -> Path:
+    """A free folder in the models folder for converting the model called `name` (a repo id, a file name)."""
+    root = models_dir() if root is None else Path(root)
+    stem = name.split("/")[-1]
+    stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
+    slug = re.sub(r"[^a-z0-9._]+", "-", stem.lower()).strip("-.") or "model"
+    candidate, number = root / f"{slug}-{bits}bit", 2
+    while candidate.exists():
+        candidate, number = root / f"{slug}-{bits}bit-{number}", number + 1
+    return candidate
+
+
+def converted_from(source: Path | str, root: Optional[Path] = None) -> Optional[Path]:
+    """A model in the models folder already converted from `source` (so adding it again converts nothing)."""
+    root = models_dir() if root is None else Path(root)
+    wanted = str(Path(source).expanduser())
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in folders:
+        meta = read_model_config(folder).get("gemma4_mac")
+        if isinstance(meta, dict) and meta.get("source") == wanted and is_model_folder(folder):
+            return folder
+    return None
+
+
 def recommended_model(total: Optional[int] = None) -> HubModel:
     """The model to suggest for this machine: E2B up to 16 GB, E4B up to 32 GB, 26B-A4B beyond."""
     total = total_memory() if total is None else total
@@ -195,8 +247,9 @@ def delete_model(path: Path, root: Optional[Path] = None) -> None:
     shutil.rmtree(path)
 
 
-def ensure_starter(root: Optional[Path] = None) -> Path:
-    """The offline starter model's folder, written on first use (MLX work: call on the engine thread)."""
+def ensure_starter(root: Optional[Path] = None, progress: Optional[Callable[[Any], None]] = None) -> Path:
+    """The offline starter model's folder, written on first use (MLX work: call on the engine thread);
+    `progress` hears the converter's reports (convert.ConversionProgress) while it is built."""
     try:
         from convert.errors import ConversionError
         from convert.starter import ensure_starter_model
@@ -205,6 +258,6 @@ def ensure_starter(root: Optional[Path] = None) -> Path:
                                 f"({error}). Open the model manager to download a Gemma 4 model.") from error
     root = models_dir() if root is None else Path(root)
     try:
-        return Path(ensure_starter_model(root))
+        return Path(ensure_starter_model(root, progress=progress))
     except ConversionError as error:  # the engine reports ModelManagerError to the window
         raise ModelManagerError(f"The offline starter model could not be prepared: {error}") from error

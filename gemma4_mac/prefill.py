@@ -8,8 +8,9 @@ cache already has.
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -18,6 +19,8 @@ PREFILL_CHUNK = 512
 SCRATCH_SHARE = 0.1  # of the memory free now, for one chunk's temporaries
 MAX_SCRATCH_BYTES = 2 << 30
 RESERVE_AFTER_PROMPT = 256  # room for the answer's first tokens without growing the cache
+PROGRESS_STEPS = 8  # a long prompt is read in at least this many chunks, so its progress can be shown
+MIN_PROGRESS_CHUNK = 512  # ...but never in chunks so small that reading slows down
 
 
 class GenerationError(RuntimeError):
@@ -52,6 +55,15 @@ def planned_chunk_size(model, context: int, available_bytes: Optional[int] = Non
         available_bytes = psutil.virtual_memory().available
     budget = min(int(available_bytes * SCRATCH_SHARE), MAX_SCRATCH_BYTES)
     return choose_prefill_chunk(config, context, budget)
+
+
+def progress_chunk_size(planned: int, to_read: int) -> int:
+    """`planned` (the memory planner's chunk), made small enough that `to_read` tokens take several chunks.
+
+    A 20 KB paste read as one chunk would show no progress; chunks stay at least MIN_PROGRESS_CHUNK tokens,
+    where prefill is as fast per token as with the largest chunks."""
+    wanted = max(MIN_PROGRESS_CHUNK, math.ceil(max(to_read, 1) / PROGRESS_STEPS))
+    return max(1, min(planned, wanted))
 
 
 class _MediaEmbedder:
@@ -115,6 +127,27 @@ def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size:
     caches first reserve room for the prompt plus `reserve_after` tokens. Returns None when cancelled
     or when no logits are wanted.
     """
+    return finish(iter_prefill(model, tokens, cache, chunk_size=chunk_size, cancel=cancel,
+                               want_logits=want_logits, on_chunk=on_chunk, media=media, position=position,
+                               keys=keys, reserve_after=reserve_after))
+
+
+def finish(steps: Generator):
+    """Run a step generator (such as `iter_prefill`) to its end; returns what it returned."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size: int = PREFILL_CHUNK,
+                 cancel: Optional[threading.Event] = None, want_logits: bool = True,
+                 on_chunk: Optional[Callable[[Sequence[int]], None]] = None, media: Sequence = (),
+                 position: int = 0, keys: Optional[Sequence[int]] = None,
+                 reserve_after: int = RESERVE_AFTER_PROMPT) -> Generator[int, None, Optional[mx.array]]:
+    """`prefill` one chunk at a time: yields the prompt position reached after each chunk (once `on_chunk`
+    has heard it) and returns what `prefill` returns."""
     ids = list(tokens.tolist() if isinstance(tokens, mx.array) else tokens)
     if not ids:
         raise GenerationError("The prompt is empty: type a message first.")
@@ -146,10 +179,12 @@ def prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_size:
             mx.eval(logits)
             if on_chunk:
                 on_chunk(keys[lo - position:hi - position])
+            yield hi
             return logits
         model.language_model(None if kwargs else batch, cache=cache, **kwargs)
         mx.eval([c.state for c in cache])
         mx.clear_cache()  # return the chunk's scratch to the system before the next one
         if on_chunk:
             on_chunk(keys[lo - position:hi - position])
+        yield hi
     return None

@@ -9,8 +9,15 @@ ring that MLX copies only if it is written again.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
+
+import mlx.core as mx
+
+from .document_cache import CacheFileError
+from .prefill import RESERVE_AFTER_PROMPT, iter_prefill, planned_chunk_size, progress_chunk_size
+from .prompt import PreparedPrompt
 
 MAX_RESTORE_POINTS = 8
 
@@ -24,14 +31,83 @@ class RestorePoint:
 
 
 class ChatSession:
-    """One conversation's cache plus the tokens it holds."""
+    """One conversation's cache plus the tokens it holds; `kv_bits` (8 or 4) stores keys and values quantized."""
 
-    def __init__(self, model, max_restore_points: int = MAX_RESTORE_POINTS):
+    def __init__(self, model, *, kv_bits: Optional[int] = None, max_restore_points: int = MAX_RESTORE_POINTS):
         self.model = model
-        self.cache = model.make_cache()
-        self.tokens: list[int] = []
+        self.kv_bits = kv_bits
         self.max_restore_points = max_restore_points
+        self.cache = self._new_cache()
+        self.tokens: list[int] = []
         self.restore_points: list[RestorePoint] = []
+
+    def _new_cache(self) -> list:
+        return self.model.make_cache(kv_bits=self.kv_bits) if self.kv_bits else self.model.make_cache()
+
+    def read_prompt(self, prepared: PreparedPrompt, *, cancel: Optional[threading.Event] = None,
+                    document_cache=None, model_id: Optional[str] = None,
+                    reserve_after: int = RESERVE_AFTER_PROMPT,
+                    on_progress: Optional[Callable[[int, int], None]] = None) -> tuple[Optional[mx.array], int]:
+        """Make the cache hold all of `prepared`; returns (the last position's logits, prompt tokens reused).
+
+        The longest reusable prefix is kept (from this session, else from the `DocumentCacheStore`
+        under `model_id`); the rest is prefilled. Restore points are taken where the generation
+        prompt starts (that prefix is also saved to the document cache) and after the prompt.
+        `on_progress(read, total)` hears the prompt tokens in the cache before the first chunk and after
+        each one. The logits are None when `cancel` was set.
+        """
+        steps = self.reading(prepared, cancel=cancel, document_cache=document_cache, model_id=model_id,
+                             reserve_after=reserve_after)
+        while True:
+            try:
+                read, total = next(steps)
+            except StopIteration as done:
+                return done.value
+            if on_progress is not None:
+                on_progress(read, total)
+
+    def reading(self, prepared: PreparedPrompt, *, cancel: Optional[threading.Event] = None,
+                document_cache=None, model_id: Optional[str] = None,
+                reserve_after: int = RESERVE_AFTER_PROMPT) -> Generator[tuple[int, int], None, tuple]:
+        """`read_prompt` step by step: yields (prompt tokens in the cache, prompt tokens) before the first
+        chunk and after each one, and returns what `read_prompt` returns."""
+        tokens, keys, media = prepared.tokens, prepared.keys, prepared.media
+        if document_cache is not None and model_id:
+            self.load_saved_prefix(document_cache, model_id, keys)
+        reused = self.prepare(keys)
+        total = len(tokens)
+        # several chunks for a long prompt, so that the person sees the reading advance
+        chunk_size = progress_chunk_size(planned_chunk_size(self.model, total), total - reused)
+        yield reused, total
+
+        def report(steps: Generator) -> Generator[tuple[int, int], None, Optional[mx.array]]:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+                yield len(self.tokens), total
+
+        boundary = prepared.generation_prompt_start
+        if boundary is not None and reused < boundary < total:
+            yield from report(iter_prefill(self.model, tokens[reused:boundary], self.cache, cancel=cancel,
+                                           want_logits=False, on_chunk=self.append, media=media,
+                                           position=reused, keys=keys[reused:boundary],
+                                           chunk_size=chunk_size))
+            if len(self.tokens) == boundary:
+                self.mark()
+                if document_cache is not None and model_id:
+                    document_cache.save(model_id, self.tokens, self.cache)
+        if cancel is not None and cancel.is_set():
+            return None, reused
+        done = len(self.tokens)
+        logits = yield from report(iter_prefill(self.model, tokens[done:], self.cache, cancel=cancel,
+                                                on_chunk=self.append, media=media, position=done,
+                                                keys=keys[done:], chunk_size=chunk_size,
+                                                reserve_after=reserve_after))
+        if logits is not None:
+            self.mark()
+        return logits, reused
 
     def mark(self) -> None:
         """Take a restore point at the current position (replacing one at the same position)."""
@@ -51,7 +127,7 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget everything (a different conversation, or a cache that cannot be reused)."""
-        self.cache = self.model.make_cache()
+        self.cache = self._new_cache()
         self.tokens = []
         self.restore_points = []
 
@@ -84,8 +160,6 @@ class ChatSession:
 
         A damaged or foreign file is dropped by the store and the session simply starts empty.
         """
-        from .document_cache import CacheFileError
-
         if self.tokens:
             return 0
         entry = store.lookup(model_id, prompt_tokens)
@@ -99,18 +173,3 @@ class ChatSession:
         self.tokens = [int(t) for t in prompt_tokens[:n]]
         self.mark()
         return n
-
-    @property
-    def n_cached(self) -> int:
-        return len(self.tokens)
-
-    def cache_bytes(self) -> int:
-        """Bytes the cache arrays hold now."""
-        return sum(c.nbytes for c in self.cache)
-
-
-def generation_prompt_boundary(full_prompt: str, without_generation_prompt: Optional[str]) -> Optional[int]:
-    """Character index where the generation prompt starts, if the two renderings agree up to it."""
-    if without_generation_prompt and full_prompt.startswith(without_generation_prompt):
-        return len(without_generation_prompt)
-    return None

@@ -38,12 +38,16 @@ class AppSettings:
     image_token_budget: int = 280
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)
+    # MLX model folders the person added from elsewhere, used where they lie (not copied)
+    added_models: list[str] = field(default_factory=list)
     log_conversations: bool = False  # conversation text stays out of logs unless the person turns this on
-    # the local OpenAI-compatible server (gemma4_mac.server_control); beyond 127.0.0.1 only with an API key
+    # the local OpenAI-compatible server (gemma4_mac.server.control); beyond 127.0.0.1 only with an API key
     server_enabled: bool = False
     server_host: str = "127.0.0.1"
     server_port: int = 8080
     server_api_key: str = ""
+    server_cors_origins: str = ""  # web origins (scheme://host[:port], space-separated) that may call it
+    server_allow_local_files: bool = False  # API requests may name image files on this Mac by path
     hotkey: str = ""  # the quick-ask hotkey, e.g. "ctrl+alt+space"; empty: the platform's default
     menu_bar_only: bool = False  # no Dock icon; the app lives in the menu bar
 
@@ -82,8 +86,11 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if value in IMAGE_TOKEN_BUDGETS and _integer(value) else f"must be one of {IMAGE_TOKEN_BUDGETS}"
     if name == "theme":
         return None if value in THEMES else f"must be one of {', '.join(THEMES)}"
-    if name == "server_enabled":
+    if name in ("server_enabled", "server_allow_local_files"):
         return None if isinstance(value, bool) else "must be true or false"
+    if name == "server_cors_origins":
+        return None if isinstance(value, str) and _origins_ok(value) else \
+            "must be web origins such as http://localhost:3000, separated by spaces"
     if name == "server_host":
         return None if isinstance(value, str) and value and " " not in value else "must be an address without spaces"
     if name == "server_api_key":
@@ -92,7 +99,20 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if _integer(value) and 1 <= value <= 65535 else "must be a whole number from 1 to 65535"
     if name == "recent_models":
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of text"
+    if name == "added_models":
+        return None if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value) and \
+            len(set(value)) == len(value) else "must be a list of folder paths, each once"
     return "is not a known setting"
+
+
+def _origins_ok(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    for origin in text.replace(",", " ").split():
+        parts = urlsplit(origin.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            return False
+    return True
 
 
 def _number(value: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Gemma 4 audio features: 16 kHz samples -> 128-bin log-mel frames and their validity mask.
+"""Gemma 4 audio features: 16 kHz samples -> 128-bin log-mel frames and their validity mask (Gemma 4 12B:
+raw 640-sample frames, `WaveformFrameExtractor`).
 
 Reproduces transformers' Gemma4AudioFeatureExtractor (feature_extraction_gemma4.py, 5.23.0) with the
 same numpy operations in the same order, so the features agree to float32 rounding. Also the
@@ -206,13 +207,70 @@ def num_audio_soft_tokens(num_samples_16k: int) -> int:
     return -(-valid_frames // 4)
 
 
+@dataclass
+class WaveformFrameExtractor:
+    """Gemma 4 12B's audio input: raw 16 kHz samples cut into frames of 640 (40 ms), one soft token each.
+
+    Reproduces transformers' Gemma4UnifiedAudioFeatureExtractor (feature_extraction_gemma4_unified.py:67-151):
+    each clip zero-padded to whole frames, the batch right-padded with zero frames to the longest clip,
+    the mask True for the clip's own frames. No mel spectrogram and no 30 s cut of its own.
+    """
+
+    audio_samples_per_token: int = 640
+    sampling_rate: int = SAMPLE_RATE
+    padding_value: float = 0.0
+
+    def __post_init__(self):
+        if self.audio_samples_per_token <= 0:
+            raise AudioFeatureError(
+                f"audio_samples_per_token must be positive, got {self.audio_samples_per_token}.")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> "WaveformFrameExtractor":
+        """Build from a `preprocessor_config.json` dict (or its `feature_extractor` block)."""
+        params = params.get("feature_extractor", params)
+        names = {f.name for f in fields(cls) if f.init}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def num_soft_tokens(self, num_samples: int) -> int:
+        """Frames (= soft tokens) of a clip: ceil(samples / 640) (processing_gemma4_unified.py:341)."""
+        return -(-int(num_samples) // self.audio_samples_per_token)
+
+    def __call__(self, clips: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(frames float32 [B, T, 640], mask bool [B, T]) for a batch of mono 16 kHz clips."""
+        if isinstance(clips, np.ndarray) and clips.ndim == 1:
+            clips = [clips]
+        width = self.audio_samples_per_token
+        waveforms = []
+        for index, clip in enumerate(clips):
+            clip = np.asarray(clip)
+            if clip.ndim != 1:
+                raise AudioFeatureError(f"audio clip {index} has shape {clip.shape}; expected mono samples "
+                                        "(1-D). Mix it down first.")
+            clip = clip.astype(np.float32, copy=False)
+            if not np.all(np.isfinite(clip)):
+                raise AudioFeatureError(f"audio clip {index} contains NaN or infinite samples.")
+            waveforms.append(clip)
+        longest = max((self.num_soft_tokens(len(w)) for w in waveforms), default=0)
+        frames = np.full((len(waveforms), longest * width), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(waveforms), longest), dtype=bool)
+        for row, waveform in enumerate(waveforms):
+            count = self.num_soft_tokens(len(waveform))
+            frames[row, : count * width] = 0.0  # the last frame of a clip is padded with zeros
+            frames[row, : len(waveform)] = waveform
+            mask[row, :count] = True
+        return frames.reshape(len(waveforms), longest, width), mask
+
+
 def split_into_clips(
-    samples: np.ndarray, rate: int = SAMPLE_RATE, max_seconds: float = MAX_CLIP_SECONDS
+    samples: np.ndarray, rate: int = SAMPLE_RATE, max_seconds: float = MAX_CLIP_SECONDS,
+    min_samples: int = 161,
 ) -> list[np.ndarray]:
     """Cut mono samples into consecutive clips of at most `max_seconds` (the tower's 30 s limit).
 
-    A final remainder too short to yield a soft token (10 ms or less at 16 kHz) is dropped;
-    audio that short as a whole gives an empty list.
+    A final remainder shorter than `min_samples` at 16 kHz, too short to yield a soft token (the mel
+    frames' 161 samples; one sample for Gemma 4 12B's raw frames), is dropped; audio that short as a
+    whole gives an empty list.
     """
     samples = np.asarray(samples)
     if samples.ndim != 1:
@@ -221,5 +279,5 @@ def split_into_clips(
     if clip_length <= 0:
         raise AudioFeatureError(f"max_seconds must be positive, got {max_seconds}.")
     clips = [samples[start : start + clip_length] for start in range(0, len(samples), clip_length)]
-    min_samples = int(math.ceil(161 * rate / SAMPLE_RATE))
+    min_samples = int(math.ceil(min_samples * rate / SAMPLE_RATE))
     return [clip for clip in clips if len(clip) >= min_samples]

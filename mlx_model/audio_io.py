@@ -18,6 +18,8 @@ import av
 import numpy as np
 import soxr
 
+from .file_errors import error_detail, is_access_error, unreadable_reason
+
 TARGET_RATE = 16_000
 DEFAULT_MAX_SECONDS = 600.0
 # Decoded audio shorter than the declared length by more than max(0.5 s, 5 %) is reported as damaged.
@@ -79,15 +81,14 @@ def _open(source: AudioSource, label: str):
         size, head, handle = len(data), data[:12], io.BytesIO(data)
     else:
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise AudioLoadError(f"{label}: no such file; check the path.")
-        size = os.path.getsize(path)
         try:
+            size = os.stat(path).st_size
             with open(path, "rb") as file:
                 head = file.read(12)
+        except FileNotFoundError as error:
+            raise AudioLoadError(f"{label}: no such file; check the path.") from error
         except OSError as error:
-            message = f"{label} cannot be read ({error.strerror}); check its permissions."
-            raise AudioLoadError(message) from error
+            raise AudioLoadError(f"{label} {unreadable_reason(error)}") from error
         handle = path
     if size == 0:
         raise AudioLoadError(
@@ -98,8 +99,11 @@ def _open(source: AudioSource, label: str):
     try:
         return av.open(handle, mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+        if is_access_error(error):
+            raise AudioLoadError(f"{label} {unreadable_reason(error)}") from error
         raise AudioLoadError(
-            f"{label} cannot be read as audio ({error}): it is damaged, cut short or not audio. "
+            f"{label} cannot be read as audio ({error_detail(error)}): it is damaged, cut short or not "
+            "audio. "
             "Use wav, flac, mp3, m4a/aac or ogg, or re-export it from an audio editor."
         ) from error
 
@@ -187,7 +191,7 @@ def _decode_to_target_rate(container, stream, label: str, max_seconds: float, tr
                 break
     except av.error.FFmpegError as error:
         raise AudioLoadError(
-            f"{label} is damaged: decoding failed after {decoded_seconds:.1f} s ({error}). "
+            f"{label} is damaged: decoding failed after {decoded_seconds:.1f} s ({error_detail(error)}). "
             "Re-download or re-export the file."
         ) from error
     if resampler is not None:

@@ -7,11 +7,13 @@
 
 Both follow mlx-lm's cache protocol (`offset`, `update_and_fetch`, `make_mask`, `state`,
 `meta_state`, `trim`, `is_trimmable`, `nbytes`) so mlx-lm's generic helpers work with them.
+`cache_arrays` / `restore_cache_arrays` turn a model's caches into named arrays and back, for files
+(the app's document cache keeps them on disk, as mlx-lm's `save_prompt_cache` does with its caches).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import mlx.core as mx
 
@@ -82,20 +84,35 @@ class _Quantizer:
         return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
 
 
-class KVCache:
-    """Cache of a full-attention layer: grows in steps of `step` tokens; optionally 8/4-bit."""
+class _LayerCache:
+    """What both cache kinds share: keys and values (plain or quantized triples) and the tokens seen."""
 
-    def __init__(self, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
+    def __init__(self, step: int, bits: Optional[int], group_size: int):
         self.step = step
         self.quantize = _Quantizer(bits, group_size)
         self.keys = None
         self.values = None
         self.offset = 0
-        self._reserved = 0
 
     @property
     def bits(self) -> Optional[int]:
         return self.quantize.bits
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually allocated (capacity, not just the filled part)."""
+        return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
+
+
+class KVCache(_LayerCache):
+    """Cache of a full-attention layer: grows in steps of `step` tokens; optionally 8/4-bit."""
+
+    def __init__(self, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
+        super().__init__(step, bits, group_size)
+        self._reserved = 0
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Append [B, H, L, D] keys/values; return everything cached so far."""
@@ -132,14 +149,6 @@ class KVCache:
 
     def size(self) -> int:
         return self.offset
-
-    def empty(self) -> bool:
-        return self.keys is None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes actually allocated (capacity, not just the filled part)."""
-        return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
 
     def is_trimmable(self) -> bool:
         return True
@@ -185,7 +194,7 @@ class KVCache:
         self.step, self.quantize = step, _Quantizer(bits or None, group)
 
 
-class SlidingKVCache:
+class SlidingKVCache(_LayerCache):
     """Cache of a sliding-window layer: a ring holding the last `window` tokens; optionally 8/4-bit.
 
     Position p lives in slot p % window once the ring is full. A single decoded token is written
@@ -194,16 +203,8 @@ class SlidingKVCache:
     """
 
     def __init__(self, window: int, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
+        super().__init__(step, bits, group_size)
         self.window = window
-        self.step = step
-        self.quantize = _Quantizer(bits, group_size)
-        self.keys = None
-        self.values = None
-        self.offset = 0
-
-    @property
-    def bits(self) -> Optional[int]:
-        return self.quantize.bits
 
     def _temporal(self, store):
         """The cached entries of `store` in temporal order."""
@@ -272,13 +273,6 @@ class SlidingKVCache:
     def size(self) -> int:
         return min(self.offset, self.window)
 
-    def empty(self) -> bool:
-        return self.keys is None
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
-
     def is_trimmable(self) -> bool:
         # Tokens that fell out of the ring are gone; only an unwrapped ring can be rewound.
         return self.offset < self.window
@@ -327,3 +321,46 @@ class SlidingKVCache:
         window, step, offset, bits, group = map(int, value)
         self.window, self.step, self.offset = window, step, offset
         self.quantize = _Quantizer(bits or None, group)
+
+
+class CacheLayoutError(ValueError):
+    """Saved cache arrays do not fit this model's caches (another model, layer count or cache kind)."""
+
+
+def cache_arrays(cache: list) -> tuple[dict[str, mx.array], list[dict[str, Any]]]:
+    """The arrays of every layer's cache by name, and a layout (JSON-able) to restore them with."""
+    arrays, layout = {}, []
+    for i, c in enumerate(cache):
+        parts = []
+        for name, value in zip(("keys", "values"), c.state):
+            if isinstance(value, tuple):  # quantized: (data, scales, biases)
+                for j, part in enumerate(value):
+                    arrays[f"{i}.{name}.{j}"] = part
+                parts.append(len(value))
+            else:
+                arrays[f"{i}.{name}"] = value
+                parts.append(0)
+        layout.append({"class": type(c).__name__, "meta": list(c.meta_state), "parts": parts})
+    return arrays, layout
+
+
+def restore_cache_arrays(arrays: dict[str, mx.array], layout: list, cache: list) -> None:
+    """Put arrays saved by `cache_arrays` back into `cache` (the same model's fresh caches).
+
+    Raises CacheLayoutError when the layout does not describe these caches, or an array is missing.
+    """
+    if len(layout) != len(cache):
+        raise CacheLayoutError("the saved cache has a different number of layers than this model")
+    for i, (entry, c) in enumerate(zip(layout, cache)):
+        if entry["class"] != type(c).__name__:
+            raise CacheLayoutError(f"layer {i} cache kind {entry['class']} does not match {type(c).__name__}")
+        if not entry["parts"]:
+            c.state = []
+            continue
+        try:
+            state = [tuple(arrays[f"{i}.{name}.{j}"] for j in range(n_parts)) if n_parts else arrays[f"{i}.{name}"]
+                     for name, n_parts in zip(("keys", "values"), entry["parts"])]
+        except KeyError as missing:
+            raise CacheLayoutError(f"the saved cache lacks array {missing}") from None
+        c.meta_state = entry["meta"]
+        c.state = state

@@ -11,6 +11,7 @@ IP = transformers/models/gemma4/image_processing_gemma4.py, PP = processing_gemm
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import re
@@ -22,6 +23,8 @@ from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .file_errors import error_detail, is_access_error, unreadable_reason
 
 SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
 # Pillow's own decompression-bomb threshold (~89.5 MP); larger images are refused before decoding.
@@ -63,9 +66,15 @@ def open_image(source: Union[str, Path, bytes, bytearray], *, name: Optional[str
     else:
         path = Path(source)
         label = name or str(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise ImageLoadError(f"Cannot open image '{label}': the file does not exist. Check the path."
+                                 ) from exc
+        except OSError as exc:
+            raise ImageLoadError(f"{label} {unreadable_reason(exc)}") from exc
         if not path.is_file():
-            raise ImageLoadError(f"Cannot open image '{label}': the file does not exist. Check the path.")
-        size = path.stat().st_size
+            raise ImageLoadError(f"{label} {unreadable_reason(IsADirectoryError(errno.EISDIR, 'folder'))}")
         data = path
     if size == 0:
         raise ImageLoadError(
@@ -96,8 +105,10 @@ def open_image(source: Union[str, Path, bytes, bytearray], *, name: Optional[str
             f"document instead."
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if is_access_error(exc):
+            raise ImageLoadError(f"{label} {unreadable_reason(exc)}") from exc
         raise ImageLoadError(
-            f"Cannot open image '{label}': the file is truncated or corrupt ({exc}). "
+            f"Cannot open image '{label}': the file is truncated or corrupt ({error_detail(exc)}). "
             f"Re-export or re-download it and attach it again."
         ) from exc
     try:
@@ -284,21 +295,38 @@ class ImageBatch(NamedTuple):
 
 @dataclass
 class ImageProcessor:
-    """transformers' `Gemma4ImageProcessor` (torchvision backend) without torch."""
+    """transformers' `Gemma4ImageProcessor` (torchvision backend) without torch.
+
+    `model_patches` gives Gemma 4 12B's `Gemma4UnifiedImageProcessor` instead: each 3x3 group of 16-pixel
+    patches merged into one 48-pixel patch (UIP:139 `patches_merge`; the same values as cutting the image
+    into 48-pixel patches directly), positions on the 48-pixel grid, padded to `max_soft_tokens` rows.
+    UIP = transformers/models/gemma4_unified/image_processing_gemma4_unified.py.
+    """
 
     max_soft_tokens: int = 280
     patch_size: int = 16
     pooling_kernel_size: int = 3
+    model_patches: bool = False
 
     def __post_init__(self):
         _check_budget(self.max_soft_tokens)
 
     @classmethod
-    def from_dict(cls, params: dict) -> "ImageProcessor":
+    def from_dict(cls, params: dict, model_patches: bool = False) -> "ImageProcessor":
         """From a `preprocessor_config.json` / `processor_config.json["image_processor"]` dict."""
         params = params.get("image_processor", params)
         keys = ("max_soft_tokens", "patch_size", "pooling_kernel_size")
-        return cls(**{k: params[k] for k in keys if params.get(k) is not None})
+        return cls(**{k: params[k] for k in keys if params.get(k) is not None}, model_patches=model_patches)
+
+    @property
+    def patch_width(self) -> int:
+        """Values per row of `pixel_values`: 16*16*3 = 768, or 48*48*3 = 6912 with `model_patches`."""
+        side = self.patch_size * (self.pooling_kernel_size if self.model_patches else 1)
+        return side * side * 3
+
+    def rows(self, max_soft_tokens: int) -> int:
+        """Rows of `pixel_values` per image: a patch each (9 per soft token), or a soft token each."""
+        return max_soft_tokens * (1 if self.model_patches else self.pooling_kernel_size**2)
 
     def target_size(self, height: int, width: int, max_soft_tokens: Optional[int] = None) -> tuple[int, int]:
         """(H, W) an image of this size is resized to."""
@@ -314,17 +342,32 @@ class ImageProcessor:
         target_h, target_w = self.target_size(height, width, max_soft_tokens)
         return (target_h // self.patch_size) * (target_w // self.patch_size) // self.pooling_kernel_size**2
 
+    def patch_rows(self, scaled: np.ndarray, max_soft_tokens: int,
+                   out: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """A resized, rescaled HxWx3 float32 image -> (pixel_values, position_ids, soft tokens), padded.
+
+        `out` may give the two arrays to fill (rows of a batch), which saves a copy of large batches.
+        """
+        merge = self.pooling_kernel_size if self.model_patches else 1
+        patches, positions = patchify(scaled, self.patch_size * merge)
+        rows = self.rows(max_soft_tokens)
+        if out is None:
+            out = (np.empty((rows, patches.shape[1]), np.float32), np.empty((rows, 2), np.int32))
+        pixel_values, position_ids = out
+        pixel_values[: len(patches)] = patches
+        pixel_values[len(patches):] = 0.0  # IP:111 padding patches are zeros at position (-1, -1)
+        position_ids[: len(positions)] = positions
+        position_ids[len(positions):] = -1
+        count = len(patches) if self.model_patches else len(patches) // self.pooling_kernel_size**2
+        return pixel_values, position_ids, count
+
     def preprocess_one(
         self, image: ImageSource, max_soft_tokens: Optional[int] = None,
         out: Optional[tuple[np.ndarray, np.ndarray]] = None,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """One image -> (patches [max_patches, 768] float32, positions [max_patches, 2] int32, n soft tokens).
-
-        `out` may give the two arrays to fill (rows of a batch), which saves a copy of large batches.
-        """
+        """One image -> (patches [rows, patch_width] float32, positions [rows, 2] int32, n soft tokens)."""
         budget = max_soft_tokens or self.max_soft_tokens
         _check_budget(budget)
-        max_patches = budget * self.pooling_kernel_size**2
         if isinstance(image, (str, Path, bytes, bytearray)):
             image = open_image(image)
         rgb = to_rgb_array(image)
@@ -332,16 +375,7 @@ class ImageProcessor:
         rgb = resize_bicubic_antialias(rgb, target_h, target_w)
         # torchvision backend: uint8 tensor * (1/255) in float32 (image_processing_backends.py `rescale`)
         scaled = rgb.astype(np.float32) * np.float32(1 / 255)
-        patches, positions = patchify(scaled, self.patch_size)
-        if out is None:
-            out = (np.empty((max_patches, patches.shape[1]), np.float32),
-                   np.empty((max_patches, 2), np.int32))
-        pixel_values, position_ids = out
-        pixel_values[: len(patches)] = patches
-        pixel_values[len(patches):] = 0.0  # IP:111 padding patches are zeros at position (-1, -1)
-        position_ids[: len(positions)] = positions
-        position_ids[len(positions):] = -1
-        return pixel_values, position_ids, patches.shape[0] // self.pooling_kernel_size**2
+        return self.patch_rows(scaled, budget, out)
 
     def preprocess(self, images: Union[ImageSource, Sequence[ImageSource]],
                    max_soft_tokens: Optional[int] = None) -> ImageBatch:
@@ -353,9 +387,8 @@ class ImageProcessor:
             raise ImageProcessorError("no images to preprocess")
         budget = max_soft_tokens or self.max_soft_tokens
         _check_budget(budget)
-        max_patches = budget * self.pooling_kernel_size**2
-        pixel_values = np.empty((len(images), max_patches, 3 * self.patch_size**2), dtype=np.float32)
-        position_ids = np.empty((len(images), max_patches, 2), dtype=np.int32)
+        pixel_values = np.empty((len(images), self.rows(budget), self.patch_width), dtype=np.float32)
+        position_ids = np.empty((len(images), self.rows(budget), 2), dtype=np.int32)
         counts = [self.preprocess_one(image, budget, out=(pixel_values[i], position_ids[i]))[2]
                   for i, image in enumerate(images)]
         return ImageBatch(pixel_values=pixel_values, position_ids=position_ids, num_soft_tokens=counts)

@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import KVCache, SlidingKVCache, window_mask
-from .config import SLIDING, TextConfig
+from .config import FULL, SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
 def _norm(config: TextConfig, dims: int) -> nn.Module:
@@ -265,9 +265,10 @@ class TextModel(nn.Module):
     def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> dict:
         """One mask per layer type, from the first cache of that type (or a plain causal one).
 
-        `overrides["vision_blocks"]` ([B, L] block ids, -1 outside images) makes sliding layers attend
-        bidirectionally inside each image: window AND (causal OR same block); full layers stay causal
-        (HF:2150-2230).
+        `overrides["vision_blocks"]` ([B, L] block ids, -1 outside images) makes each image attend to all
+        of itself. Gemma 4: only sliding layers, inside the window: window AND (causal OR same block);
+        full layers stay causal (HF:2150-2230). Gemma 4 12B: every layer, (window AND causal) OR same
+        block (`TextConfig.blocks_on_every_layer`).
         """
         overrides = dict(overrides or {})
         blocks = overrides.pop("vision_blocks", None)
@@ -285,22 +286,27 @@ class TextModel(nn.Module):
                 masks[kind] = window_mask(n_queries, 0, n_queries, 0, window, return_array=True)
             else:
                 masks[kind] = "causal"
-        if blocks is not None and SLIDING in masks and bool((blocks >= 0).any()):
-            masks[SLIDING] = self._bidirectional_sliding_mask(blocks, cache)
+        if blocks is not None and blocks.shape[1] > 1 and bool((blocks >= 0).any()):  # one token sees itself
+            kinds = (SLIDING, FULL) if self.config.blocks_on_every_layer else (SLIDING,)
+            for kind in kinds:
+                if kind in masks and kind not in overrides:
+                    masks[kind] = self._block_mask(kind, blocks, cache)
         return masks
 
-    def _bidirectional_sliding_mask(self, blocks: mx.array, cache: list) -> mx.array:
+    def _block_mask(self, kind: str, blocks: mx.array, cache: list) -> mx.array:
+        """The layer type's causal (or window) mask OR same image block, over the keys its cache returns."""
         n = blocks.shape[1]
-        sliding_cache = next((c for layer, c in zip(self.layers, cache)
-                              if c is not None and layer.layer_type == SLIDING), None)
-        window = self.config.sliding_window
-        offset = sliding_cache.offset if sliding_cache is not None else 0
-        kept = min(offset, window) if sliding_cache is not None else 0
+        layer_cache = next((c for layer, c in zip(self.layers, cache)
+                            if c is not None and layer.layer_type == kind), None)
+        offset = layer_cache.offset if layer_cache is not None else 0
+        window = self.config.sliding_window if kind == SLIDING else None
+        kept = offset if window is None else min(offset, window)
         base = window_mask(n, offset, kept + n, offset - kept, window, return_array=True)
         same = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] >= 0)
-        q_pos = mx.arange(offset, offset + n)[:, None]
-        k_pos = mx.arange(offset, offset + n)[None, :]
-        same = same & (k_pos > q_pos - window)
+        if window is not None and not self.config.blocks_on_every_layer:
+            q_pos = mx.arange(offset, offset + n)[:, None]
+            k_pos = mx.arange(offset, offset + n)[None, :]
+            same = same & (k_pos > q_pos - window)
         if kept:
             same = mx.concatenate([mx.zeros((*same.shape[:2], kept), dtype=mx.bool_), same], axis=2)
         return (base[None] | same)[:, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,25 +12,11 @@ from mlx.utils import tree_flatten
 
 from .config import ModelConfig, ModelConfigError
 from .model import Model
+from .model_folder import IncompleteModelError, ModelLoadError, check_complete, check_model_path, read_config
+from .safetensors_header import SafetensorsHeaderError, read_header
 
-
-class ModelLoadError(RuntimeError):
-    """A model folder cannot be loaded; the message says which file or tensor and what to do."""
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """The checkpoint's config.json as a dict."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"{path} has no config.json: choose a folder that holds a converted Gemma model.")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_file} is not valid JSON ({err}); re-download or re-convert the model.") from err
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_file} holds a JSON {type(config).__name__}, not a model description; "
-                             "re-download or re-convert the model.")
-    return config
+__all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
+           "load_model", "read_config", "read_weights", "weight_files"]
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -41,7 +27,13 @@ def weight_files(path: Path) -> list[Path]:
             index = json.loads(index_file.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelLoadError(f"{index_file} is not valid JSON ({err}).") from err
-        names = sorted(set(index.get("weight_map", {}).values()))
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        shards_named = isinstance(weight_map, dict) and all(
+            isinstance(n, str) and "/" not in n for n in weight_map.values())
+        if not shards_named:
+            raise ModelLoadError(f"{index_file} has no valid weight_map (tensor name -> shard file); "
+                                 "re-download or re-convert the model.")
+        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise ModelLoadError(
@@ -60,29 +52,65 @@ def read_weights(path: Path) -> dict[str, mx.array]:
     weights: dict[str, mx.array] = {}
     for file in weight_files(path):
         try:
+            read_header(file)  # checked before MLX sizes anything from it
             weights.update(mx.load(str(file)))
-        except (RuntimeError, ValueError, OSError) as err:
+        except (RuntimeError, ValueError, OSError, SafetensorsHeaderError) as err:
             raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or incomplete.") from err
     return weights
 
 
-def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.array]) -> None:
-    """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings."""
-    default = {k: quantization[k] for k in ("group_size", "bits", "mode") if k in quantization}
+def _quant_settings(settings: dict, where: str) -> dict:
+    """group_size/bits/mode of a quantization entry, checked to be numbers MLX's quantize can take."""
+    checked = {k: settings[k] for k in ("group_size", "bits", "mode") if k in settings}
+    numbers = [checked.get("group_size", 64), checked.get("bits", 4)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1024 for n in numbers) \
+            or not isinstance(checked.get("mode", "affine"), str):
+        raise ModelLoadError(f"{where} has quantization settings MLX cannot run ({checked}): group_size and "
+                             "bits "
+                             "must be whole numbers and mode a name. Re-convert the model.")
+    return checked
 
-    def predicate(path: str, module: nn.Module):
-        if f"{path}.scales" not in weights:
+
+def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
+    """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings.
+
+    Each module's shape is checked against its stored scales first: weights from another model (or a
+    config.json with other sizes) are named as such instead of failing inside MLX's quantize.
+    """
+    where = path / "config.json"
+    default = _quant_settings(quantization, str(where))
+    mismatches: list[str] = []
+
+    def predicate(name: str, module: nn.Module):
+        if f"{name}.scales" not in weights:
             return False
-        override = quantization.get(path)
-        return {**default, **override} if isinstance(override, dict) else True
+        override = quantization.get(name)
+        settings = default
+        if isinstance(override, dict):
+            settings = {**default, **_quant_settings(override, f"{where} ({name})")}
+        weight = getattr(module, "weight", None)
+        group = settings.get("group_size", 64)
+        scales = tuple(weights[f"{name}.scales"].shape)
+        if weight is None or not hasattr(module, "to_quantized") or weight.ndim < 2:
+            mismatches.append(f"{name} has quantization scales but is not a layer that can be quantized")
+        elif weight.shape[-1] % group or scales != (*weight.shape[:-1], weight.shape[-1] // group):
+            stored = (*scales[:-1], scales[-1] * group) if scales else scales
+            mismatches.append(f"{name} is {tuple(weight.shape)} per config.json, but its stored scales are "
+                              f"for {stored} at group size {group}")
+        else:
+            return settings if isinstance(override, dict) else True
+        return False
 
-    nn.quantize(
-        model,
-        group_size=default.get("group_size", 64),
-        bits=default.get("bits", 4),
-        mode=default.get("mode", "affine"),
-        class_predicate=predicate,
-    )
+    try:
+        nn.quantize(model, group_size=default.get("group_size", 64), bits=default.get("bits", 4),
+                    mode=default.get("mode", "affine"), class_predicate=predicate)
+    except ValueError as error:  # a mode, or a bits/group size pair, that this MLX cannot quantize with
+        raise ModelLoadError(f"{where} has quantization settings MLX cannot run ({error}). Re-convert the "
+                             "model.") from error
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise ModelLoadError(f"{path} does not match its config.json: {mismatches[0]}{more}; the weights and "
+                             "config do not belong together. Re-download or re-convert the model.")
 
 
 def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None) -> Model:
@@ -91,18 +119,17 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
     Missing or unexpected tensors are an error that names them. `dtype` casts float weights.
     """
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise ModelLoadError(f"Model folder {path} does not exist.")
-    raw_config = read_config(path)
+    check_model_path(path)
+    config = parse_config(path, read_config(path))
     try:
-        config = ModelConfig.from_dict(raw_config)
-        model = Model(config)  # a value of the wrong type or size (hand-edited config) fails here
-    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError) as err:
+        model = Model(config)  # values are checked by ModelConfig; this catches combinations it cannot see
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError,
+            KeyError) as err:
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
     weights = model.sanitize(read_weights(path))
     if config.quantization:
-        _apply_quantization(model, config.quantization, weights)
+        _apply_quantization(model, config.quantization, weights, path)
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -134,9 +161,30 @@ def _check_shapes(model: Model, weights: dict[str, mx.array], path: Path) -> Non
             )
 
 
-def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
-    """`model, processor = load(path)`; the processor is None when the folder has no tokenizer files."""
-    from .processor import load_processor
+def parse_config(path: Path, raw_config: dict) -> ModelConfig:
+    """config.json's dict as a ModelConfig; a wrong value is a ModelLoadError naming the key and the file."""
+    try:
+        return ModelConfig.from_dict(raw_config)
+    except ModelConfigError as err:
+        raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use: {err} Fix it, or "
+                             "re-download or re-convert the model.") from err
 
-    model = load_model(path, lazy=lazy, dtype=dtype)
-    return model, load_processor(Path(path).expanduser(), model.config)
+
+def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
+    """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
+    way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
+    an incomplete folder raises IncompleteModelError saying what is missing."""
+    from .processor import load_processor
+    from .tokenizer import TokenizerLoadError
+
+    folder = Path(path).expanduser()
+    check_model_path(folder)
+    raw_config = read_config(folder)
+    parse_config(folder, raw_config)
+    check_complete(folder, raw_config)
+    model = load_model(folder, lazy=lazy, dtype=dtype)
+    try:
+        processor = load_processor(folder, model.config)
+    except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json
+        raise ModelLoadError(str(err)) from err
+    return model, processor

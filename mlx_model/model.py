@@ -1,8 +1,10 @@
 """The whole Gemma model: text decoder plus (for Gemma 4) the vision and audio towers.
 
 Module names equal the weight names of transformers' `Gemma4ForConditionalGeneration`
-(`model.language_model.*`, `model.vision_tower.*`, ...), so loading a hub checkpoint needs no
-renaming; `sanitize` maps the other layouts (text-only `Gemma4ForCausalLM`, Gemma 3) onto it.
+(`model.language_model.*`, `model.vision_tower.*`, ...) and, for Gemma 4 12B, of the hub's
+`Gemma4UnifiedForConditionalGeneration` checkpoints (`model.vision_embedder.*`, mlx_model/unified.py),
+so loading a hub checkpoint needs no renaming; `sanitize` maps the other layouts (text-only
+`Gemma4ForCausalLM`, Gemma 3, transformers' in-memory names of the 12B) onto it.
 Follows mlx-lm's model protocol: `__call__(inputs, cache=None)`, `layers`, `make_cache()`,
 `sanitize`, `quant_predicate`.
 """
@@ -54,6 +56,20 @@ class Gemma4Model(nn.Module):
             self.audio_tower = AudioModel(audio)
             self.embed_audio = MultimodalEmbedder(audio.output_proj_dims, text.hidden_size, audio.rms_norm_eps)
 
+    def image_soft_tokens(self, pixel_values: mx.array, position_ids: mx.array) -> mx.array:
+        """Soft tokens of images (or video frames) in text space, padding dropped: [n_tokens, hidden]."""
+        features = self.vision_tower(pixel_values, position_ids)
+        if isinstance(features, (list, tuple)):
+            features = mx.concatenate(list(features), axis=0)
+        return self.embed_vision(features)
+
+    def audio_soft_tokens(self, features: mx.array, mask: mx.array) -> mx.array:
+        """Soft tokens of audio clips in text space, padding dropped (HF:2444): [n_tokens, hidden]."""
+        hidden, valid = self.audio_tower(features, mask)
+        hidden = self.embed_audio(hidden)
+        keep = np.flatnonzero(np.array(valid).reshape(-1))
+        return hidden.reshape(-1, hidden.shape[-1])[mx.array(keep)]
+
 
 class Model(nn.Module):
     """Text (and, where the checkpoint has them, image/audio) to next-token logits."""
@@ -63,7 +79,12 @@ class Model(nn.Module):
         self.config = config
         self.args = config.text_config  # mlx-lm reads model.args for some helpers
         self.model_type = config.model_type
-        self.model = Gemma4Model(config)
+        if config.is_unified:  # Gemma 4 12B: embedders instead of vision and audio towers
+            from .unified import Gemma4UnifiedModel
+
+            self.model = Gemma4UnifiedModel(config)
+        else:
+            self.model = Gemma4Model(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
 
@@ -106,19 +127,14 @@ class Model(nn.Module):
         """Soft tokens of images (or video frames) in text space, padding dropped: [n_tokens, hidden]."""
         if not self.model.has_vision:
             raise MultimodalInputError("This model has no vision tower: it cannot look at images or videos.")
-        features = self.model.vision_tower(pixel_values, position_ids)
-        if isinstance(features, (list, tuple)):
-            features = mx.concatenate(list(features), axis=0)
-        return self.model.embed_vision(features)
+        return self.model.image_soft_tokens(pixel_values, position_ids)
 
     def audio_features(self, features: mx.array, mask: mx.array) -> mx.array:
         """Soft tokens of audio clips in text space, padding dropped (HF:2444): [n_tokens, hidden]."""
         if not self.model.has_audio:
-            raise MultimodalInputError("This model has no audio tower: use an E2B or E4B model for audio.")
-        hidden, valid = self.model.audio_tower(features, mask)
-        hidden = self.model.embed_audio(hidden)
-        keep = np.flatnonzero(np.array(valid).reshape(-1))
-        return hidden.reshape(-1, hidden.shape[-1])[mx.array(keep)]
+            raise MultimodalInputError("This model has no audio tower: use an E2B, E4B or 12B model for "
+                                       "audio.")
+        return self.model.audio_soft_tokens(features, mask)
 
     def embed_multimodal(self, input_ids: mx.array, image_features: Optional[mx.array] = None,
                          video_features: Optional[mx.array] = None,
@@ -170,10 +186,14 @@ class Model(nn.Module):
         text = self.config.text_config
         first_shared = text.first_shared_layer
         out = {}
+        if self.config.is_unified:
+            from .unified import hub_name
         for name, value in weights.items():
             name = _canonical_name(name)
             if name is None or ".rotary_emb." in name:
                 continue
+            if self.config.is_unified:
+                name = hub_name(name)
             if self.config.tie_word_embeddings and name.startswith("lm_head."):
                 continue
             if self.config.model_type == "gemma3" and not name.startswith(("model.language_model.", "lm_head.")):
@@ -201,13 +221,13 @@ class Model(nn.Module):
         """
         from .quant_recipe import group_size_for, module_bits
 
-        text = self.config.text_config
+        text, unified = self.config.text_config, self.config.is_unified
 
         def predicate(path: str, module: nn.Module, bits: int = 4, group_size: int = 64,
                       uniform: bool = False):
             if not hasattr(module, "to_quantized"):
                 return False
-            chosen = module_bits(path, bits, text.num_hidden_layers, uniform=uniform,
+            chosen = module_bits(path, bits, text.num_hidden_layers, uniform=uniform, unified=unified,
                                  values_from_keys=self.values_from_keys_layers)
             if chosen is None:
                 return False

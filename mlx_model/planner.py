@@ -24,6 +24,13 @@ VARIANT_CONFIGS: dict[str, dict] = {
                 num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512,
                 sliding_window=512, sliding_window_pattern=6, num_kv_shared_layers=18,
                 hidden_size_per_layer_input=256, final_logit_softcapping=30.0),
+    # google/gemma-4-12B-it's config.json (gemma4_unified; text part). Checked: these values plus the
+    # embedders (vision 49,922,304, audio 2,457,600 parameters) give the hub's 11,959,730,224 exactly.
+    "12B": dict(model_type="gemma4_unified_text", hidden_size=3840, num_hidden_layers=48,
+                intermediate_size=15360, num_attention_heads=16, num_key_value_heads=8,
+                num_global_key_value_heads=1, attention_k_eq_v=True, head_dim=256, global_head_dim=512,
+                sliding_window=1024, sliding_window_pattern=6, hidden_size_per_layer_input=0,
+                final_logit_softcapping=30.0),
     "26B-A4B": dict(model_type="gemma4_text", hidden_size=2816, num_hidden_layers=30, intermediate_size=2112,
                     num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
                     attention_k_eq_v=True, head_dim=256, global_head_dim=512, sliding_window=1024,
@@ -251,6 +258,36 @@ def variant_table(contexts=(8192, 32768, 131072, 262144), kv_precisions=(None, 8
                 rows.append(dict(variant=name, context=context, kv_bits=bits or 16, weights_gib=p.weights / GIB,
                                  kv_gib=p.kv / GIB, scratch_gib=p.scratch / GIB, total_gib=p.total / GIB))
     return rows
+
+
+# Longest context each variant was trained for (model cards: E-series 128K, the others 256K).
+VARIANT_CONTEXTS = {"E2B": 131_072, "E4B": 131_072, "12B": 262_144, "26B-A4B": 262_144, "31B": 262_144}
+MAC_MEMORY_GIB = (8, 16, 24, 32, 48, 64, 128)  # unified memory of the Macs people run these on
+
+
+def mac_table(kv_bits: Optional[int] = None, sizes=MAC_MEMORY_GIB) -> list[dict]:
+    """Per variant: KV bytes per token and the largest context (4-bit weights) on each Mac memory size."""
+    rows = []
+    for name, raw in VARIANT_CONFIGS.items():
+        config = TextConfig.from_dict({**raw, "max_position_embeddings": VARIANT_CONTEXTS[name]})
+        contexts = {size: largest_context(config, size * GIB, kv_bits=kv_bits) for size in sizes}
+        rows.append(dict(variant=name, kv_bits=kv_bits or 16, weights_gib=weight_bytes(config) / GIB,
+                         kv_per_token=kv_bytes_per_token(config, kv_bits), contexts=contexts))
+    return rows
+
+
+def format_mac_table(rows: list[dict]) -> str:
+    """The largest context per Mac memory size as aligned text ("-": the weights alone do not fit)."""
+    sizes = list(rows[0]["contexts"]) if rows else []
+    header = f"{'variant':<9}{'KV':>5}{'KV/token':>10}{'weights':>9}" + "".join(f"{f'{s} GB':>8}"
+                                                                              for s in sizes)
+    title = f"largest context per Mac (4-bit weights, {DEFAULT_SAFETY_MARGIN:.0%} of memory left to macOS)"
+    lines = [title, header, "-" * len(header)]
+    for r in rows:
+        cells = "".join(f"{(str(c // 1024) + 'K') if c else '-':>8}" for c in r["contexts"].values())
+        lines.append(f"{r['variant']:<9}{r['kv_bits']:>4}b{r['kv_per_token'] / 1024:>7.1f}KiB"
+                     f"{r['weights_gib']:>8.2f}G{cells}")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -139,24 +139,29 @@ def media_parts(messages: Iterable[Mapping]) -> list[tuple[str, Any]]:
 class Processor:
     """Tokenizer + chat format + image, video and audio preprocessing for one model."""
 
-    def __init__(self, tokenizer, config: ModelConfig, *, processor_config: Optional[dict] = None,
+    def __init__(self, tokenizer, config: Optional[ModelConfig] = None, *, processor_config: Optional[dict] = None,
                  video_frames: int = 32, video_audio: bool = True):
-        from .audio_features import AudioFeatureExtractor
+        """`tokenizer` renders and encodes text; without a `config` the processor is text-only."""
+        from .audio_features import AudioFeatureExtractor, WaveformFrameExtractor
         from .image_processor import ImageProcessor
 
         self.tokenizer = tokenizer
         self.config = config
         params = processor_config or {}
-        self.can_see = config.vision_config is not None
-        self.can_hear = config.audio_config is not None
+        self.can_see = config is not None and config.vision_config is not None
+        self.can_hear = config is not None and config.audio_config is not None
+        # Gemma 4 12B: 48-pixel patches and raw 40 ms audio frames (Gemma4UnifiedProcessor)
+        self.unified = config is not None and config.is_unified
         image_params = params.get("image_processor", params)
-        vision = config.vision_config or {}
+        vision = (config.vision_config if config is not None else None) or {}
         image_params = {"patch_size": vision.get("patch_size"),
                         "pooling_kernel_size": vision.get("pooling_kernel_size"), **image_params}
-        self.image_processor = ImageProcessor.from_dict(image_params) if self.can_see else None
+        self.image_processor = (ImageProcessor.from_dict(image_params, model_patches=self.unified)
+                                if self.can_see else None)
         self.image_token_budget = self.image_processor.max_soft_tokens if self.can_see else 280
         feature_params = params.get("feature_extractor", {})
-        self.audio_extractor = AudioFeatureExtractor.from_dict(feature_params) if self.can_hear else None
+        extractor = WaveformFrameExtractor if self.unified else AudioFeatureExtractor
+        self.audio_extractor = extractor.from_dict(feature_params) if self.can_hear else None
         self.video_frames = video_frames
         self.video_audio = video_audio  # a clip's sound track goes in too when the model can hear
         self._cache: "collections.OrderedDict[tuple, _Prepared]" = collections.OrderedDict()
@@ -196,6 +201,8 @@ class Processor:
         except ImageProcessorError as error:
             raise MultimodalInputError(str(error)) from error
         tokens = self.tokenizer.encode(expanded, add_special_tokens=False)
+        if not prepared:
+            return ProcessedPrompt(tokens)
         media = self._locate_blocks(tokens, [(b, item.digest) for item in prepared for b in item.blocks])
         return ProcessedPrompt(tokens, media, [item.note for item in prepared if item.note])
 
@@ -203,10 +210,10 @@ class Processor:
         kinds = {kind for kind, _ in parts}
         if kinds & {"image", "video"} and not self.can_see:
             raise MultimodalInputError("This model cannot look at images or videos. Load a Gemma 4 model "
-                                       "(E2B, E4B, 26B-A4B or 31B) to ask about pictures.")
+                                       "(E2B, E4B, 12B, 26B-A4B or 31B) to ask about pictures.")
         if "audio" in kinds and not self.can_hear:
-            raise MultimodalInputError("This model cannot listen to audio. Load Gemma 4 E2B or E4B, the "
-                                       "models with an audio tower, to ask about recordings.")
+            raise MultimodalInputError("This model cannot listen to audio. Load Gemma 4 E2B or E4B (or 12B), "
+                                       "the models that hear, to ask about recordings.")
 
     def _locate_blocks(self, tokens: list[int], blocks: list[tuple[tuple, str]]) -> list[MediaBlock]:
         ids = np.asarray(tokens)
@@ -279,7 +286,8 @@ class Processor:
 
         frames_processor = ImageProcessor(max_soft_tokens=DEFAULT_VIDEO_SOFT_TOKENS,
                                           patch_size=self.image_processor.patch_size,
-                                          pooling_kernel_size=self.image_processor.pooling_kernel_size)
+                                          pooling_kernel_size=self.image_processor.pooling_kernel_size,
+                                          model_patches=self.unified)
         video = load_video(source, num_frames=self.video_frames, max_soft_tokens=DEFAULT_VIDEO_SOFT_TOKENS,
                            processor=frames_processor)
         blocks = [("video", (video.pixel_values[i:i + 1], video.position_ids[i:i + 1]),
@@ -314,11 +322,15 @@ class Processor:
         from .audio_features import MAX_CLIP_SECONDS, num_audio_soft_tokens, split_into_clips
         from .image_processor import audio_placeholder
 
-        clips = split_into_clips(samples)
+        # Gemma 4 12B: any sample makes a 40 ms frame; 30 s clips are 750 frames, its audio_seq_length
+        clips = split_into_clips(samples, min_samples=1 if self.unified else 161)
         blocks, text = [], ""
         for clip in clips:
             features, mask = self.audio_extractor([clip])
-            count = num_audio_soft_tokens(len(clip))
+            if self.unified:
+                count = self.audio_extractor.num_soft_tokens(len(clip))
+            else:
+                count = num_audio_soft_tokens(len(clip))
             blocks.append(("audio", (features, mask), count))
             text += audio_placeholder(count)
         note = None

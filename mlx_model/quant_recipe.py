@@ -57,9 +57,13 @@ RECIPE: tuple[Rule, ...] = (
 )
 
 UNIFORM: tuple[Rule, ...] = (Rule("MoE router", r"(^|\.)router\.proj$", HIGH_BITS),)
+# Gemma 4 12B has no towers: its embedders take raw pixels and audio frames to text space (0.4% of its
+# weights), so they are its towers: 8 bits, in the recipe and in uniform (they were 8-bit before the recipe).
+UNIFIED_EMBEDDERS = Rule("12B vision / audio embedders (its towers)",
+                         r"^model\.(vision_embedder|embed_vision|embed_audio)\.", HIGH_BITS)
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
-_COMPILED = {rule: re.compile(rule.pattern) for rule in RECIPE + UNIFORM}
+_COMPILED = {rule: re.compile(rule.pattern) for rule in RECIPE + UNIFORM + (UNIFIED_EMBEDDERS,)}
 
 
 def use_more_bits(layer: int, num_layers: int) -> bool:
@@ -87,10 +91,18 @@ def matching_rule(path: str, num_layers: int, rules: tuple[Rule, ...] = RECIPE,
     return None
 
 
-def module_bits(path: str, bits: int, num_layers: int, *, uniform: bool = False,
+def rules_for(uniform: bool = False, unified: bool = False) -> tuple[Rule, ...]:
+    """The rules in force: the recipe or UNIFORM, led by the 12B embedder rule for unified models."""
+    rules = UNIFORM if uniform else RECIPE
+    return (UNIFIED_EMBEDDERS,) + rules if unified else rules
+
+
+def module_bits(path: str, bits: int, num_layers: int, *, uniform: bool = False, unified: bool = False,
                 values_from_keys: frozenset[int] = frozenset()) -> Optional[int]:
-    """Bits for quantizable module `path` when `bits` are requested (None: keep it in float)."""
-    rule = matching_rule(path, num_layers, UNIFORM if uniform else RECIPE, values_from_keys)
+    """Bits for quantizable module `path` when `bits` are requested (None: keep it in float).
+
+    unified: a Gemma 4 12B (`ModelConfig.is_unified`), whose embedders stand in for the towers."""
+    rule = matching_rule(path, num_layers, rules_for(uniform, unified), values_from_keys)
     if rule is None:
         return bits
     if rule.bits is FLOAT:
@@ -105,10 +117,10 @@ def group_size_for(chosen_bits: int, bits: int, group_size: int, in_features: in
     return group_size
 
 
-def describe(uniform: bool = False) -> list[dict]:
+def describe(uniform: bool = False, unified: bool = False) -> list[dict]:
     """The table as data (kind, bits, which layers), for reports and the quality file."""
     rows = []
-    for rule in UNIFORM if uniform else RECIPE:
+    for rule in rules_for(uniform, unified):
         layers = "layers picked by use_more_bits" if rule.more_bits_layers_only else "all"
         bits = rule.bits if rule.bits is not None else "float"
         rows.append({"kind": rule.kind, "bits": bits, "layers": layers})

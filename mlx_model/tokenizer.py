@@ -13,13 +13,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .chat_format import STYLES, normalize_tools, render_builtin, render_template
-from .control_text import control_tokens, encode_with_literals, escape_messages
+from .chat_format import (END_MARKERS, STYLES, control_tokens, encode_with_literals, escape_messages,
+                          normalize_tools, render_builtin, render_template)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-# Tokens that end a reply, by name, so Gemma 3 (<end_of_turn>) and Gemma 4 (<turn|>, and <|tool_response>,
-# which hands the turn to the caller after a tool call) both stop without a generation_config.json.
-END_TOKENS = ("<eos>", "<turn|>", "<|tool_response>", "<end_of_turn>")
 
 
 class TokenizerLoadError(RuntimeError):
@@ -196,7 +193,7 @@ def load_tokenizer(model_dir: Path | str, *, builtin_style: Optional[str] = None
     eos.update(_ids(generation_config.get("eos_token_id")))
     eos.update(_ids(config.get("eos_token_id")))
     eos.update(_ids((config.get("text_config") or {}).get("eos_token_id")))
-    eos.update(vocab[token] for token in END_TOKENS if token in vocab)
+    eos.update(vocab[token] for token in END_MARKERS if token in vocab)
     style = builtin_style or builtin_style_for(config, vocab)
     return Tokenizer(hf, eos_token_ids=eos, chat_template=_chat_template(hf, folder), builtin_style=style,
                      source=folder)

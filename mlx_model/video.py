@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from .file_errors import error_detail, is_access_error, unreadable_reason
 from .image_processor import BOI_TOKEN, EOI_TOKEN, VIDEO_TOKEN, ImageProcessor
 
 DEFAULT_NUM_FRAMES = 32
@@ -28,6 +29,14 @@ SEQUENTIAL_DECODE_MAX_FRAMES = 1500
 # When seeking, a sample less than this far ahead is reached by decoding on (cheaper than a seek).
 SEEK_AHEAD_SECONDS = 2.0
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".gif", ".avi")
+# Still images by their first bytes (GIF is left out: an animated GIF is a video here).
+STILL_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
+                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"WEBP", "WebP"), (b"ftypheic", "HEIC"),
+                     (b"ftypmif1", "HEIC"))
+# FFmpeg demuxers that read one picture as a one-frame "video".
+STILL_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "jpegls_pipe",
+                       "j2k_pipe", "pgm_pipe", "ppm_pipe", "psd_pipe", "qoi_pipe", "svg_pipe", "dpx_pipe",
+                       "exr_pipe", "pam_pipe", "pbm_pipe", "pcx_pipe", "sgi_pipe", "sunrast_pipe", "xpm_pipe"}
 
 
 class VideoLoadError(ValueError):
@@ -50,7 +59,7 @@ class VideoFrames:
 class VideoInputs:
     """A video ready for the vision tower (transformers' `pixel_values_videos` / `video_position_ids`)."""
 
-    pixel_values: np.ndarray  # [frames, max_patches, 768] float32
+    pixel_values: np.ndarray  # [frames, rows, 768] float32 (rows of 6912 for Gemma 4 12B)
     position_ids: np.ndarray  # [frames, max_patches, 2] int32, (-1, -1) padding
     num_soft_tokens_per_frame: int
     frame_indices: list[int]
@@ -89,32 +98,63 @@ def _av():
     return av
 
 
-def _open_container(file: Path):
-    """Open any media container, or raise VideoLoadError naming the file."""
+def _not_a_video(head: bytes) -> Optional[str]:
+    """What a file whose first bytes are `head` is instead of a video (FFmpeg opens these as one-frame
+    "videos" or finds a JPEG inside a PDF), or None."""
+    if head.startswith(b"%PDF-"):
+        return "it is a PDF document, not a video. Attach it as a document instead."
+    for magic, kind in STILL_IMAGE_MAGIC:
+        if head.startswith(magic) or (kind == "WebP" and head[:4] == b"RIFF" and head[8:12] == magic) \
+                or (kind == "HEIC" and head[4:12] == magic):
+            return f"it is a still image ({kind}), not a video. Attach it as an image instead."
+    return None
+
+
+def _open_container(file: Path, *, want_video: bool = False):
+    """Open any media container, or raise VideoLoadError naming the file (`want_video`: refuse documents
+    and still images by their content first)."""
     av = _av()
-    if not file.is_file():
-        raise VideoLoadError(f"Cannot open video '{file}': the file does not exist. Check the path.")
-    if file.stat().st_size == 0:
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError as exc:
+        raise VideoLoadError(f"Cannot open video '{file}': the file does not exist. Check the path.") from exc
+    except OSError as exc:
+        raise VideoLoadError(f"{file} {unreadable_reason(exc)}") from exc
+    if size == 0:
         raise VideoLoadError(
             f"Cannot open video '{file}': the file is empty (0 bytes). Attach the video again."
         )
+    instead = _not_a_video(head) if want_video else None
+    if instead:
+        raise VideoLoadError(f"Cannot open video '{file}': {instead}")
     try:
         return av.open(str(file), mode="r", metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        if is_access_error(exc):
+            raise VideoLoadError(f"{file} {unreadable_reason(exc)}") from exc
         raise VideoLoadError(
             f"Cannot open video '{file}': it is not a video this app can read, or it is truncated or corrupt "
-            f"({exc}). Supported: MP4, MOV, M4V, WebM, MKV, GIF. Re-export or re-download it and try again."
+            f"({error_detail(exc)}). Supported: MP4, MOV, M4V, WebM, MKV, GIF. Re-export or re-download it "
+            "and "
+            "try again."
         ) from exc
 
 
 def _open_video(file: Path):
-    """Open a container that has a video track."""
-    container = _open_container(file)
+    """Open a container that has a video track (not a still image FFmpeg reads as one frame)."""
+    container = _open_container(file, want_video=True)
     if not container.streams.video:
         container.close()
         raise VideoLoadError(
             f"Cannot open video '{file}': it has no video track. Attach it as audio instead."
         )
+    if container.format.name in STILL_IMAGE_FORMATS:
+        name = container.format.name
+        container.close()
+        raise VideoLoadError(f"Cannot open video '{file}': it is a still image ({name}), not a video. "
+                             "Attach it as an image instead.")
     return container
 
 
@@ -150,7 +190,7 @@ def _count_packets(container, file: Path) -> int:
         container.seek(0)
     except av.FFmpegError as exc:
         raise VideoLoadError(
-            f"Cannot read video '{file}': the file is truncated or corrupt ({exc}). "
+            f"Cannot read video '{file}': the file is truncated or corrupt ({error_detail(exc)}). "
             f"Re-export or re-download it."
         ) from exc
     if count == 0:
@@ -173,7 +213,7 @@ def _decode_sequential(container, indices: np.ndarray, file: Path) -> Iterator[t
                 yield i, frame
     except av.FFmpegError as exc:
         raise VideoLoadError(
-            f"Cannot decode video '{file}': the file is truncated or corrupt ({exc}). "
+            f"Cannot decode video '{file}': the file is truncated or corrupt ({error_detail(exc)}). "
             f"Re-export or re-download it."
         ) from exc
     if found < len(wanted):
@@ -222,7 +262,7 @@ def _decode_by_seeking(container, indices: np.ndarray, fps: float, file: Path,
             yield int(index), current[1]
     except av.FFmpegError as exc:
         raise VideoLoadError(
-            f"Cannot decode video '{file}': the file is truncated or corrupt ({exc}). "
+            f"Cannot decode video '{file}': the file is truncated or corrupt ({error_detail(exc)}). "
             f"Re-export or re-download it."
         ) from exc
 
@@ -264,6 +304,18 @@ def iter_sampled_frames(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FR
     return facts, frames()
 
 
+def check_video(path: Union[str, Path]) -> dict:
+    """What attaching a video runs: the same opening, content and frame-count checks as `load_video`, and the
+    first sampled frame decoded; returns fps, total_frames, duration and frame_indices. Raises
+    VideoLoadError, so a file the model could not read is refused when attached, not when sent."""
+    facts, frames = iter_sampled_frames(path, 1)
+    try:
+        next(frames, None)
+    finally:
+        frames.close()
+    return facts
+
+
 def read_video(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FRAMES) -> VideoFrames:
     """Sampled RGB frames of a video at full size (for thumbnails and tests; `load_video` for the model)."""
     facts, frames = iter_sampled_frames(path, num_frames)
@@ -277,19 +329,14 @@ def read_video(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FRAMES) -> 
 
 def preprocess_frame(frame: np.ndarray, processor: ImageProcessor, max_soft_tokens: int
                      ) -> tuple[np.ndarray, np.ndarray, int]:
-    """One RGB frame -> (patches, positions, soft tokens) as `Gemma4VideoProcessor` does it: the image resize,
-    then x / 255 (its fused rescale+normalize divides, video_processing_gemma4.py:261)."""
-    from .image_processor import patchify, resize_bicubic_antialias
+    """One RGB frame -> (patches, positions, soft tokens) as `Gemma4VideoProcessor` (and Gemma 4 12B's
+    `Gemma4UnifiedVideoProcessor`, with `processor.model_patches`) does it: the image resize, then x / 255
+    (its fused rescale+normalize divides, video_processing_gemma4.py:261)."""
+    from .image_processor import resize_bicubic_antialias
 
     target_h, target_w = processor.target_size(frame.shape[0], frame.shape[1], max_soft_tokens)
     resized = resize_bicubic_antialias(np.ascontiguousarray(frame), target_h, target_w)
-    patches, positions = patchify(resized.astype(np.float32) / np.float32(255.0), processor.patch_size)
-    max_patches = max_soft_tokens * processor.pooling_kernel_size**2
-    pixel_values = np.zeros((max_patches, patches.shape[1]), dtype=np.float32)
-    pixel_values[: len(patches)] = patches
-    position_ids = np.full((max_patches, 2), -1, dtype=np.int32)
-    position_ids[: len(positions)] = positions
-    return pixel_values, position_ids, len(patches) // processor.pooling_kernel_size**2
+    return processor.patch_rows(resized.astype(np.float32) / np.float32(255.0), max_soft_tokens)
 
 
 def load_video(path: Union[str, Path], num_frames: int = DEFAULT_NUM_FRAMES,
@@ -344,7 +391,8 @@ def extract_audio(path: Union[str, Path], max_seconds: Optional[float] = 30.0
         return (samples if limit is None else samples[:limit]), int(rate)
     except av.FFmpegError as exc:
         raise VideoLoadError(
-            f"Cannot read the sound of '{file}': the file is truncated or corrupt ({exc}). Re-export it."
+            f"Cannot read the sound of '{file}': the file is truncated or corrupt ({error_detail(exc)}). "
+            "Re-export it."
         ) from exc
     finally:
         container.close()

@@ -34,7 +34,15 @@ DOCUMENT_TYPES = [
     _document_type("Audio", ["public.audio"]),
     _document_type("Video", ["public.movie"]),
     _document_type("Text and code", ["public.plain-text", "public.source-code", "net.daringfireball.markdown"]),
+    # models dropped on the Dock icon: a model folder (MLX or Hugging Face checkpoint) or a GGUF file
+    _document_type("Model folder", ["public.folder"]),
+    _document_type("GGUF model", ["com.ggml.gguf"]),
 ]
+GGUF_TYPE = "com.ggml.gguf"
+# macOS knows no type for .gguf: declare it (imported: llama.cpp's format, not ours) so Finder offers the app
+IMPORTED_TYPES = [{"UTTypeIdentifier": GGUF_TYPE, "UTTypeDescription": "GGUF model",
+                   "UTTypeConformsTo": ["public.data"],
+                   "UTTypeTagSpecification": {"public.filename-extension": ["gguf"]}}]
 
 
 class PlistError(ValueError):
@@ -74,6 +82,7 @@ def build_info_plist(version: Optional[str] = None, *, menu_bar_only: bool = Fal
         "NSRequiresAquaSystemAppearance": False,
         "NSHumanReadableCopyright": "Runs Google's Gemma models locally. Apache-2.0.",
         "CFBundleDocumentTypes": [dict(d) for d in DOCUMENT_TYPES],
+        "UTImportedTypeDeclarations": [dict(t) for t in IMPORTED_TYPES],
     }
 
 

@@ -1,6 +1,6 @@
 """Entry point of the frozen app (PyInstaller runs this file).
 
-`Gemma 4 [args]` opens the app as `python -m gemma4_mac` does. `Gemma 4 --self-test` starts the
+`Gemma 4 [args]` opens the app as `gemma4-mac` (`python -m ui`) does. `Gemma 4 --self-test` starts the
 whole app (window, engine thread, menu bar, quick-ask panel) without showing a window, asks one
 question through the panel, prints the answer as JSON and exits 0; a failure exits non-zero. The
 frozen-bundle test and `make bundle-test` run it offscreen.
@@ -36,8 +36,8 @@ def self_test(argv: Sequence[str]) -> int:
 
     from PySide6.QtCore import QTimer
 
-    from gemma4_mac.app import build_app
-    from gemma4_mac.hotkey import ManualHotkeyBackend
+    from gemma4_mac.hotkey_backends import ManualHotkeyBackend
+    from ui.app import build_app
     from ui.tray import install_menu_bar
 
     app_args = ["--home", str(home)] + (["--model", args.model] if args.model else [])
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--self-test":
         return self_test(argv[1:])
-    from gemma4_mac.__main__ import main as app_main
+    from ui.__main__ import main as app_main
 
     return app_main(argv)
 

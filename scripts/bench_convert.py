@@ -80,6 +80,12 @@ def write_checkpoint(folder: Path, config: dict, shard_bytes: int) -> dict:
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     (folder / "config.json").write_text(json.dumps(config))
+    sys.path.insert(0, str(REPO))
+    from tests.assets import gemma4_vocab_dir
+
+    for file in gemma4_vocab_dir().iterdir():  # the converter finishes only models with a tokenizer
+        if file.is_file() and not file.name.startswith("."):
+            shutil.copy(file, folder / file.name)
     return {"shards": len(shards), "total_bytes": total,
             "largest_shard_bytes": max(p.stat().st_size for p in folder.glob("*.safetensors"))}
 

@@ -1,6 +1,9 @@
 """Time to first token of the OpenAI-compatible server: a resent long conversation against a fresh prefill.
 
     python scripts/bench_server.py [--model PATH] [--tokens 8192]
+    python scripts/bench_server.py --limits [--model PATH]
+
+With --limits it measures what the largest requests cost instead (see `limits` below).
 
 Starts the server in this process on a free port and talks to it with the `openai` client, as an
 agent would: it sends a conversation of about `--tokens` tokens, appends the reply and a new question,
@@ -34,6 +37,7 @@ def synthetic_model(folder: Path) -> Path:
     from gemma4_mac.bench import write_checkpoint
     from tests.assets import gemma4_vocab_dir
 
+    folder.mkdir(parents=True, exist_ok=True)
     write_checkpoint(folder)
     for file in gemma4_vocab_dir().iterdir():
         if file.is_file() and not file.name.startswith("."):
@@ -81,9 +85,125 @@ def time_to_first_token(client, model_id: str, messages: list[dict],
     return first or (time.perf_counter() - started), "".join(parts), usage
 
 
+def serve_process(path: Path, home: Path):
+    """`python -m gemma4_mac serve` on a free port with local files allowed; (process, base URL)."""
+    import os
+    import re
+    import subprocess
+    import threading
+
+    env = {**os.environ, "GEMMA4_MAC_HOME": str(home), "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "gemma4_mac", "serve", "--model", str(path), "--port", "0",
+               "--allow-local-files"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=REPO)
+    for line in process.stderr:
+        found = re.search(r"at (http://\S+/v1)", line)
+        if found:
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, found.group(1)
+    raise RuntimeError("the server did not start")
+
+
+def post(url: str, path: str, body: bytes) -> tuple[int, str]:
+    import http.client
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    try:
+        connection.request("POST", parts.path + path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = json.loads(response.read() or b"null")
+        return response.status, ((data or {}).get("error") or {}).get("code") or "ok"
+    finally:
+        connection.close()
+
+
+def measure(process, url: str, body: bytes) -> dict:
+    """The serve process's peak memory above idle while it answers `body`, the time it took, and the
+    longest another client waited for /health meanwhile."""
+    import threading
+    import urllib.request
+
+    import psutil
+
+    server = psutil.Process(process.pid)
+    idle = server.memory_info().rss
+    peak, stall, done = [idle], [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], server.memory_info().rss)
+            time.sleep(0.002)
+
+    def ping() -> None:
+        health = url[: -len("/v1")] + "/health"
+        while not done.is_set():
+            started = time.perf_counter()
+            urllib.request.urlopen(health, timeout=60).read()
+            stall[0] = max(stall[0], time.perf_counter() - started)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=sample), threading.Thread(target=ping)]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    status, code = post(url, "/chat/completions", body)
+    elapsed = time.perf_counter() - started
+    done.set()
+    for thread in threads:
+        thread.join()
+    return {"status": status, "answer": code, "seconds": round(elapsed, 2),
+            "peak_mb_above_idle": round((peak[0] - idle) / 2 ** 20, 1),
+            "longest_health_wait_s": round(stall[0], 3)}
+
+
+def limits(path: Path, scratch: Path) -> dict:
+    """What the largest requests cost the server: a 60 MB message, a 64 MB body whose text holds one emoji
+    (Python then keeps the text at four bytes a character), text just short of the size bound (counted
+    in slices, then refused), a 1 GB local file, an image of the most pixels decoded (49 MP) and one
+    over that limit (89 MP, refused from its header)."""
+    from PIL import Image
+
+    process, url = serve_process(path, scratch / "home")
+    model = path.name
+
+    def chat(content) -> bytes:
+        messages = [{"role": "user", "content": content}]
+        body = {"model": model, "max_tokens": 2, "messages": messages}
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    try:  # warm up with a tool: it waits for the grammar engine's vocabulary, built as the model loaded
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        post(url, "/chat/completions", json.dumps({"model": model, "max_tokens": 2, "tools": [tool],
+                                                   "messages": [{"role": "user", "content": "hi"}]}).encode())
+        results = {}
+        results["message_60mb_ascii"] = measure(process, url, chat("word " * (12 * 2 ** 20)))
+        emoji_text = "\N{GRINNING FACE}" + "word " * 13_400_000
+        results["body_64mb_with_an_emoji"] = measure(process, url, chat(emoji_text))
+        results["text_5mb_counted"] = measure(process, url, chat("word " * (2 ** 20)))
+        sparse = scratch / "huge.png"
+        with open(sparse, "wb") as handle:
+            handle.truncate(2 ** 30)
+        results["local_file_1gb"] = measure(process, url, chat([{"type": "image_url",
+                                                                 "image_url": {"url": str(sparse)}}]))
+        for side in (7_000, 9_400):
+            big = scratch / f"big-{side}.png"
+            Image.new("RGB", (side, side), (200, 120, 40)).save(big)
+            results[f"image_{side * side // 10 ** 6}mp"] = measure(
+                process, url, chat([{"type": "image_url", "image_url": {"url": str(big)}}]))
+        return results
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a converted model folder (default: random weights, real vocabulary)")
+    parser.add_argument("--limits", action="store_true",
+                        help="measure the cost of the largest requests instead")
     parser.add_argument("--tokens", type=int, default=8192, help="length of the resent conversation")
     parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -91,11 +211,17 @@ def main(argv=None) -> int:
 
     import openai
 
-    from gemma4_mac.server import GenerationService, ModelWorker, ServerHandle, create_app, load_slot
+    from gemma4_mac.server.app import ServerHandle, create_app, load_slot
+    from gemma4_mac.server.service import GenerationService
+    from gemma4_mac.worker import ModelWorker
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-server-"))
     try:
-        path = Path(args.model).expanduser() if args.model else synthetic_model(scratch)
+        path = Path(args.model).expanduser() if args.model else synthetic_model(scratch / "model")
+        if args.limits:
+            print(json.dumps({"model": str(path) if args.model else "random weights, real vocabulary",
+                              **limits(path, scratch)}, indent=2))
+            return 0
         worker = ModelWorker()
         slot = worker.load(lambda: load_slot(path)).wait()
         slot.info["context_limit"] = None  # measure the given length even where the planner would refuse it

@@ -68,7 +68,7 @@ def run(model: Path, seconds: float, interval_ms: int, temperature: float = 0.0)
     """Measure idle and generating latency; returns the figures."""
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from gemma4_mac.app import build_app
+    from ui.app import build_app
 
     home = Path(tempfile.mkdtemp(prefix="gemma4-bench-ui-"))
     (home / "settings.json").write_text(json.dumps({"max_tokens": 100000, "temperature": temperature}))

@@ -1,15 +1,23 @@
-"""Save screenshots of the app's main states with the scripted engine (no model needed).
+"""Save screenshots of the app's main states.
 
     python scripts/screenshots.py [OUTPUT_FOLDER]      (default: .cache/screenshots)
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots   (the committed set)
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots --add-model
+    python scripts/screenshots.py --real docs/screenshots     (the real engine and real models)
 
-Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). Writes: empty,
-conversation (image with boxes, code), thinking (expanded), recording, model manager, settings,
-and a dark-mode conversation.
+Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). The default set uses the
+scripted engine (no model needed), so its replies and figures are made up: each picture carries a
+"Mock-up" badge. It writes: empty, conversation (image with boxes, code), thinking (expanded), recording,
+model manager, settings, and a dark-mode conversation.
+
+`--real` runs the real engine: a tiny random Gemma 4 with the real tokenizer reads a long paste (the
+reading-progress bar), and the offline starter model (Gemma 3 270M) answers in the minimum-size window.
+Every figure in these pictures is measured on the machine that made them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -145,6 +153,8 @@ def make_fake_models(root: Path) -> None:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--add-model" in argv:  # the real app and engine: first start, adding models (add_model_shots)
+        return add_model_shots([a for a in argv if a != "--add-model"])
     out = Path(argv[0]) if argv else ROOT / ".cache" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="gemma4-shots-"))
@@ -153,7 +163,7 @@ def main(argv=None) -> int:
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
-    from gemma4_mac.app import build_app
+    from ui.app import build_app
     from gemma4_mac.fake_backend import FakeBackend
     from gemma4_mac.paths import models_dir
     from gemma4_mac.settings import AppSettings, save_settings
@@ -187,6 +197,7 @@ def main(argv=None) -> int:
         settle(0.2)
         path = out / f"{name}.png"
         widget.grab().save(str(path))
+        label_mockup(path)  # the scripted engine's replies and figures are not a model's
         print(path)
 
     wait(lambda: controller.model_info is not None)
@@ -256,5 +267,259 @@ def main(argv=None) -> int:
     return 0
 
 
+def _tiny_models(person: Path) -> dict:
+    """Real tiny random Gemma 4 models (built with transformers, as the tests make them) where a person keeps
+    models: a checkpoint in ~/Downloads, an MLX conversion in ~/Models, Hugging Face's cache (an MLX model, a
+    checkpoint, an unfinished download) and LM Studio's folder (a GGUF file)."""
+    import shutil
+
+    from convert import convert_checkpoint
+    from tests.model_files import hub_repo
+    from tests.reference_models import build_gemma4
+    from tests.test_convert_support import QUANT_FRIENDLY, write_gemma4_gguf
+
+    checkpoint = person / "Downloads" / "gemma-4-tiny-it"
+    model = build_gemma4("e2b", checkpoint, **QUANT_FRIENDLY)
+    mine = convert_checkpoint(checkpoint, person / "Models" / "gemma-4-tiny-it-4bit", bits=4,
+                              label="Gemma 4 tiny (my 4-bit conversion)")
+    hub = person / ".cache" / "huggingface" / "hub"
+    hub_repo(hub, "my-org/gemma-4-tiny-it-mlx-4bit",
+             lambda target: convert_checkpoint(checkpoint, target, bits=4))
+    hub_repo(hub, "my-org/gemma-4-tiny-it", lambda target: shutil.copytree(checkpoint, target))
+
+    def unfinished(target: Path) -> None:
+        shutil.copytree(checkpoint, target)
+        shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+        index = {"weight_map": {"a": shards[0], "b": shards[1]}}
+        (target / "model.safetensors").rename(target / shards[0])
+        (target / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    hub_repo(hub, "my-org/gemma-4-tiny-it-draft", unfinished)
+    lm_studio = person / ".lmstudio" / "models" / "my-org" / "gemma-4-tiny-it-GGUF"
+    lm_studio.mkdir(parents=True)
+    write_gemma4_gguf(model, lm_studio / "gemma-4-tiny-it-F32.gguf")
+    (person / "Pictures").mkdir()
+    return {"checkpoint": checkpoint, "mine": mine}
+
+
+def add_model_shots(argv) -> int:
+    """Screenshots of the first start and of adding models, from the real app: the real engine (MlxBackend),
+    the real starter model built on first use, and real tiny Gemma 4 models converted by the real converter.
+    Writes first-start-starter-progress, add-model-menu, add-model-drop, add-model-converting,
+    add-model-manager and add-model-not-a-model."""
+    out = Path(argv[0]) if argv else ROOT / ".cache" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gemma4-add-model-shots-"))
+    person = scratch / "person"  # the home folder whose caches the app searches
+    os.environ["HOME"] = str(person)
+    for variable in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
+        os.environ.pop(variable, None)
+    os.environ["GEMMA4_MAC_HOME"] = str(person / "Library" / "Application Support" / "Gemma 4")
+    models = _tiny_models(person)
+
+    from PySide6.QtCore import QEventLoop, QMimeData, QPoint, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPainter
+    from PySide6.QtWidgets import QApplication
+
+    from ui.app import build_app
+
+    app, window, controller = build_app(["--theme", "light"])  # no backend given: the real MlxBackend
+    window.resize(*WINDOW_SIZE)
+    window.show()
+
+    def settle(seconds: float = 0.3) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.01)
+
+    def wait(predicate, timeout: float = 600.0) -> None:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.01)
+        if not predicate():
+            raise SystemExit(f"timed out; the banner says: {window.banner.label.text()}")
+        settle(0.3)
+
+    def save(pixmap, name: str) -> None:
+        path = out / f"{name}.png"
+        pixmap.save(str(path))
+        print(path)
+
+    grabbed = {}
+
+    def grab_starter_once(report: dict) -> None:  # on the Qt thread, while the starter is being converted
+        if report.get("stage") == "convert" and report.get("fraction", 0) >= 0.45 and \
+                "starter" not in grabbed:
+            app.processEvents(QEventLoop.ExcludeUserInputEvents, 20)
+            grabbed["starter"] = window.grab()
+
+    controller.engine.modelProgress.connect(grab_starter_once)
+    controller.start()  # no model yet: the starter model is built on this first start
+    wait(lambda: controller.model_state in ("ready", "error"))
+    save(grabbed["starter"], "first-start-starter-progress")
+
+    sidebar = window.sidebar
+    sidebar.show_model_menu()
+    settle(0.4)
+    shot = window.grab()
+    painter = QPainter(shot)
+    painter.drawPixmap(window.mapFromGlobal(sidebar.model_menu.pos()), sidebar.model_menu.grab())
+    painter.end()
+    sidebar.model_menu.hide()
+    save(shot, "add-model-menu")
+
+    def drag(path: Path, then_drop: bool):
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        window.dragEnterEvent(QDragEnterEvent(QPoint(600, 400), Qt.CopyAction, mime, Qt.LeftButton,
+                                              Qt.NoModifier))
+        if then_drop:
+            window.dropEvent(QDropEvent(QPointF(600, 400), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+
+    drag(models["checkpoint"], then_drop=False)
+    settle(0.3)
+    save(window.grab(), "add-model-drop")
+    window.dragLeaveEvent(None)
+
+    def grab_conversion_once(report: dict) -> None:
+        if report.get("stage") == "convert" and report.get("fraction", 0) >= 0.4 and "convert" not in grabbed:
+            app.processEvents(QEventLoop.ExcludeUserInputEvents, 20)
+            grabbed["convert"] = window.grab()
+
+    controller.engine.conversionProgress.connect(grab_conversion_once)
+    drag(models["checkpoint"], then_drop=True)
+    wait(lambda: (controller.model_info or {}).get("path", "").endswith("gemma-4-tiny-it-4bit"))
+    save(grabbed["convert"], "add-model-converting")
+
+    controller.choose_model_folder = lambda: str(models["mine"])
+    dialog = controller.open_model_manager()
+    dialog.resize(680, 860)
+    dialog.add_folder_button.click()
+    wait(lambda: (controller.model_info or {}).get("path") == str(models["mine"])
+         and len(dialog.found_rows) >= 4)
+    save(dialog.grab(), "add-model-manager")
+    dialog.close()
+
+    drag(person / "Pictures", then_drop=True)
+    wait(lambda: "cannot be added" in window.banner.label.text())
+    save(window.grab(), "add-model-not-a-model")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
+MOCKUP_LABEL = "Mock-up · scripted engine, figures made up"
+
+
+def label_mockup(path: Path) -> None:
+    """Draw a "Mock-up" badge in the top-right corner (left of the window's header buttons) of a screenshot
+    made with the scripted engine."""
+    from PySide6.QtCore import QRectF, Qt
+    from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
+
+    image = QImage(str(path))
+    if image.isNull():
+        return
+    painter = QPainter(image)
+    painter.setRenderHint(QPainter.Antialiasing)
+    font = QFont()
+    font.setPixelSize(13)
+    font.setBold(True)
+    painter.setFont(font)
+    width = QFontMetrics(font).horizontalAdvance(MOCKUP_LABEL) + 20
+    badge = QRectF(image.width() - width - 56, 12, width, 24)
+    painter.setPen(Qt.NoPen)
+    painter.setBrush(QColor(196, 60, 20, 230))
+    painter.drawRoundedRect(badge, 6, 6)
+    painter.setPen(QColor("#FFFFFF"))
+    painter.drawText(badge, Qt.AlignCenter, MOCKUP_LABEL)
+    painter.end()
+    image.save(str(path))
+
+
+def long_notes() -> str:
+    """A long paste (about 70 KB): what the reading-progress bar is shown with."""
+    sections = [f"## {i}. Caching turn {i}\n\nThe cache keeps every token it has read, so each new turn "
+                "costs only its new words. Sliding layers keep a window of recent tokens; full layers keep "
+                f"all of them, which is why turn {i} still fits." for i in range(1, 400)]
+    return "# Notes on caches\n\n" + "\n\n".join(sections)
+
+
+def real_main(out: Path) -> int:
+    """Screenshots from the real engine: the reading bar of a long paste (a tiny random Gemma 4 with the real
+    Gemma 4 tokenizer: it reads quickly, so its answer is noise and is not shown) and the minimum-size window
+    with an answer of the offline starter model (Gemma 3 270M, a real model that continues text)."""
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gemma4-real-shots-"))
+    os.environ["GEMMA4_MAC_HOME"] = str(home)
+    starters = ROOT / ".cache" / "app-starter-models"  # the converted starter, shared with the tests
+    starters.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(starters, target_is_directory=True)
+
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    from gemma4_mac.settings import AppSettings, save_settings
+    from tests.tiny_chat_model import build_tiny_chat_model
+    from ui.app import build_app
+
+    tiny = build_tiny_chat_model(home / "tiny-gemma-4")
+    save_settings(AppSettings(model_path=str(tiny), temperature=0.0, max_tokens=24, context_size=32768))
+    app, window, controller = build_app(["--theme", "light"])
+    window.resize(*WINDOW_SIZE)
+    window.show()
+    controller.start()
+
+    def wait(predicate, timeout: float = 900.0) -> bool:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.005)
+        return predicate()
+
+    def shoot(name: str) -> None:
+        wait(lambda: False, 0.3)
+        path = out / f"{name}.png"
+        window.grab().save(str(path))
+        print(path)
+
+    wait(lambda: controller.model_state in ("ready", "error"), 600)
+    if controller.model_state != "ready":
+        print("the tiny model did not load", file=sys.stderr)
+        return 1
+    controller.attach_long_text(long_notes())  # as a paste of more than 3,000 characters becomes
+    window.composer.set_text("Summarise these notes in three points.")
+    controller.send()
+    answer = window.transcript.messages[-1]
+    bar = answer.reading.bar
+    if not wait(lambda: answer.reading.isVisible() and 0.3 <= bar.value() / bar.maximum() <= 0.8):
+        print("the reading bar never showed", file=sys.stderr)
+        return 1
+    shoot("11-reading-progress")
+    controller.stop()
+    wait(lambda: controller.stream is None)
+
+    controller.apply_settings(AppSettings(temperature=0.0, max_tokens=24))  # no model chosen: the starter
+    if not wait(lambda: (controller.model_info or {}).get("is_starter", False), 900):
+        print("the starter model did not load", file=sys.stderr)
+        return 1
+    controller.new_chat()
+    window.resize(720, 480)
+    window.banner.dismiss()
+    window.composer.set_text("The capital of France is")
+    controller.send()
+    wait(lambda: controller.stream is None, 900)
+    window.transcript.scroll_to_bottom()
+    shoot("12-minimum-size")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
 if __name__ == "__main__":
+    if "--real" in sys.argv[1:]:
+        rest = [a for a in sys.argv[1:] if a != "--real"]
+        sys.exit(real_main(Path(rest[0]) if rest else ROOT / ".cache" / "screenshots"))
     sys.exit(main())

@@ -6,6 +6,7 @@ router scales), so a missed scale or norm shows up as a logit difference.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -88,6 +89,28 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * (1.0 / fan_in ** 0.5))
 
 
+TINY_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|turn>{{ m['role'] }}\n{{ m['content'] }}"
+                      "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}")
+
+
+def write_tiny_tokenizer(out_dir: Path, vocab_size: int = TINY_VOCAB) -> None:
+    """A small valid tokenizer over `vocab_size` word tokens (pad 0, eos 1, bos 2, as COMMON) and a chat
+    template, so a tiny checkpoint is a complete model the converter finishes and the loader accepts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    words = specials + [f"w{i}" for i in range(len(specials), vocab_size)]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
+        "pad_token": "<pad>", "unk_token": "<unk>"}))
+    (out_dir / "chat_template.jinja").write_text(TINY_CHAT_TEMPLATE)
+
+
 def build_gemma4(variant: str, out_dir: Path, *, multimodal_layout: bool = False, seed: int = 0, **overrides):
     """A random tiny Gemma 4 checkpoint saved to `out_dir`; returns the float32 torch model (eval mode)."""
     from transformers import Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig
@@ -102,6 +125,7 @@ def build_gemma4(variant: str, out_dir: Path, *, multimodal_layout: bool = False
     model = model.float().eval()
     randomize_(model, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
+    write_tiny_tokenizer(out_dir, text_config.vocab_size)
     return model
 
 
@@ -113,6 +137,7 @@ def build_gemma3(out_dir: Path, seed: int = 0):
     model = Gemma3ForCausalLM(Gemma3TextConfig(**GEMMA3)).float().eval()
     randomize_(model, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
+    write_tiny_tokenizer(out_dir, GEMMA3["vocab_size"])
     return model
 
 

@@ -38,7 +38,11 @@ def test_info_plist_round_trips_with_every_required_key(tmp_path):
     assert loaded["LSMinimumSystemVersion"] == "14.0" and loaded["LSUIElement"] is False
     assert "record" in loaded["NSMicrophoneUsageDescription"] and loaded["CFBundleIconFile"] == "AppIcon.icns"
     content_types = {t for d in loaded["CFBundleDocumentTypes"] for t in d["LSItemContentTypes"]}
-    assert {"public.image", "com.adobe.pdf", "public.audio"} <= content_types
+    assert {"public.image", "com.adobe.pdf", "public.audio", "public.folder", "com.ggml.gguf"} <= \
+        content_types
+    gguf = loaded["UTImportedTypeDeclarations"][0]  # models dropped on the Dock icon: folders and .gguf files
+    assert gguf["UTTypeIdentifier"] == "com.ggml.gguf"
+    assert gguf["UTTypeTagSpecification"]["public.filename-extension"] == ["gguf"]
     assert all(d["CFBundleTypeRole"] == "Viewer" and d["LSHandlerRank"] == "Alternate"
                for d in loaded["CFBundleDocumentTypes"])
 

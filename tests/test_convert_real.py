@@ -46,7 +46,8 @@ def gguf_path() -> Path:
 
 @pytest.fixture(scope="module")
 def float_model_dir(gguf_path, tmp_path_factory) -> Path:
-    return convert_checkpoint(gguf_path, tmp_path_factory.mktemp("g3") / "float32", quantize=False, dtype="float32")
+    return convert_checkpoint(gguf_path, tmp_path_factory.mktemp("g3") / "float32", quantize=False,
+                              dtype="float32", metadata={"chat": False})  # a base model: no chat template
 
 
 def _transformers_greedy(gguf_path: Path) -> dict:

@@ -16,7 +16,7 @@ import torch
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from tests.reference_models import COMMON, VARIANTS, randomize_
+from tests.reference_models import COMMON, VARIANTS, randomize_, write_tiny_tokenizer
 
 # Dimensions divisible by 32 and 64 everywhere, so the quantization tests quantize every module
 # (reference_models' widths of 96, 24 and 8 would leave some layers in float).
@@ -36,6 +36,7 @@ def build_text_checkpoint(variant: str, out_dir: Path, *, seed: int = 0, overrid
     randomize_(model, seed)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out_dir, safe_serialization=True, **kwargs)
+    write_tiny_tokenizer(out_dir, config.vocab_size)
     return model
 
 
@@ -53,6 +54,8 @@ def build_multimodal_checkpoint(out_dir: Path, *, seed: int = 0):
     model = Gemma4ForConditionalGeneration(config).float().eval()
     randomize_(model, seed)
     model.save_pretrained(out_dir, safe_serialization=True)
+    write_tiny_tokenizer(out_dir, text["vocab_size"])
+    (Path(out_dir) / "processor_config.json").write_text("{}")  # the towers' settings: the published defaults
     return model
 
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mlx.core as mx
 
 from gemma4_mac import document_cache as dc
 from gemma4_mac.document_cache import DocumentCacheStore, model_fingerprint
-from gemma4_mac.generate import prefill
+from gemma4_mac.prefill import prefill
 from gemma4_mac.session import ChatSession
 from mlx_model import load_model
-from tests.reference_models import TINY_VOCAB, WINDOW, build_gemma4
+from tests.reference_models import TINY_VOCAB, WINDOW
 
 
 @pytest.fixture(scope="module")
-def model_and_id(tmp_path_factory):
-    path = tmp_path_factory.mktemp("e4b")
-    build_gemma4("e4b", path, head_dim=32, global_head_dim=64)
-    return load_model(path), model_fingerprint(path)
+def model_and_id(e4b_checkpoint_dir):
+    return load_model(e4b_checkpoint_dir), model_fingerprint(e4b_checkpoint_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma4_mac.engine import Engine, EngineError, GenerationRequest, LoadedModel, MlxBackend
+from gemma4_mac.engine import EngineError, GenerationRequest, MlxBackend
 from gemma4_mac.fake_backend import FakeBackend
-from gemma4_mac.server.worker import ModelWorker
+from gemma4_mac.worker import ModelSlot, ModelWorker
+from mlx_model.processor import Processor
+from ui.engine import Engine
 
 TIMEOUT = 10_000
 
@@ -182,7 +184,7 @@ def test_window_and_server_take_turns_on_a_shared_worker(qtbot):
         assert [r.messages[-1]["content"] for r in backend.requests] == ["window 1", "window 2"]
         assert seen.of("answerDelta") == ["window 1", "window 2"]
         assert backend.threads == {"shared-model"} and worker.slot.info["name"] == "Fake Gemma"
-        assert engine.shutdown(timeout=5) and worker.thread.is_alive()  # the engine leaves a borrowed worker running
+        assert engine.shutdown(timeout=5) and worker.running  # the engine leaves a borrowed worker running
         assert order == ["window 1", "server 1", "window 2", "server 2"]  # turns alternate
     finally:
         assert worker.stop()
@@ -269,7 +271,7 @@ class TinyMlxBackend(MlxBackend):
         mx.eval(model.parameters())
         if path is not None and "broken" in str(path):
             raise EngineError("broken model")
-        return LoadedModel(model, CharTokenizer(), {"path": str(path), "name": "tiny", "chat": True,
+        return ModelSlot(model, Processor(CharTokenizer()), {"path": str(path), "name": "tiny", "chat": True,
                                                      "is_starter": False, "context_limit": 512})
 
 

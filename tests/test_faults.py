@@ -111,12 +111,8 @@ def test_kill_during_many_inserts_leaves_whole_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hf_checkpoint(tmp_path_factory):
-    from tests.reference_models import build_gemma4
-
-    path = tmp_path_factory.mktemp("hf") / "tiny"
-    build_gemma4("e4b", path, head_dim=32, global_head_dim=64)
-    return path
+def hf_checkpoint(e4b_checkpoint_dir):
+    return e4b_checkpoint_dir
 
 
 def _leftovers(parent: Path, name: str) -> list[str]:
@@ -172,23 +168,27 @@ def convert_checkpoint_quiet(src, dst, **kwargs):
     return convert_checkpoint(src, dst, quantize=False, dtype="float32", **kwargs)
 
 
+# A child that converts SRC to DST and stops (printing "converting") at the first weight, until it is killed.
+CONVERT_UNTIL_KILLED = textwrap.dedent("""
+    import sys, time
+    from convert import convert_checkpoint
+
+    def progress(report):
+        if report.stage == "convert" and report.item and report.item.endswith("weight"):
+            print("converting", flush=True)
+            time.sleep(3600)
+
+    convert_checkpoint(sys.argv[1], sys.argv[2], quantize=False, dtype="float32", progress=progress)
+""")
+
+
 @pytest.mark.slow  # builds a tiny checkpoint with transformers once per module
 def test_kill_during_conversion_leaves_no_model_and_the_next_run_cleans_up(hf_checkpoint, tmp_path):
     from gemma4_mac.model_manager import list_models
 
     models = tmp_path / "models"
-    script = textwrap.dedent("""
-        import sys, time
-        from convert import convert_checkpoint
-
-        def progress(report):
-            if report.stage == "convert" and report.item and report.item.endswith("weight"):
-                print("converting", flush=True)
-                time.sleep(3600)
-
-        convert_checkpoint(sys.argv[1], sys.argv[2], quantize=False, dtype="float32", progress=progress)
-    """)
-    process = _run_until(script, [str(hf_checkpoint), str(models / "tiny")], "converting", timeout=120)
+    process = _run_until(CONVERT_UNTIL_KILLED, [str(hf_checkpoint), str(models / "tiny")], "converting",
+                         timeout=120)
     process.kill()
     process.wait(timeout=10)
     left = _leftovers(models, "tiny")
@@ -302,7 +302,7 @@ def test_model_files_removed_while_loaded(hf_checkpoint, tmp_path):
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "missing"])
 def test_damaged_document_cache_is_rejected_and_recomputed(hf_checkpoint, tmp_path, monkeypatch, damage):
     from gemma4_mac import document_cache
-    from gemma4_mac.generate import prefill
+    from gemma4_mac.prefill import prefill
     from gemma4_mac.session import ChatSession
 
     monkeypatch.setattr(document_cache, "MIN_TOKENS_TO_SAVE", 16)

@@ -11,16 +11,15 @@ from gemma4_mac.cli import main as cli_main
 from gemma4_mac.generate import GenerationError, SamplingSettings, StopStringWatcher, stream_generate
 from gemma4_mac.session import ChatSession
 from mlx_model import load
-from tests.tiny_chat_model import ScriptedModel, build_tiny_chat_model
+from tests.tiny_chat_model import ScriptedModel
 
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    path = build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-    model, processor = load(path)
-    return path, model, processor
+def chat_model(tiny_chat_model_dir):
+    model, processor = load(tiny_chat_model_dir)
+    return tiny_chat_model_dir, model, processor
 
 
 def _collect(events):

@@ -96,6 +96,7 @@ def test_search_finds_prefixes_across_conversations_and_follows_edits(store):
 
 def test_search_matches_titles_too(store):
     cid = store.create_conversation("Lisbon itinerary").id
+    store.add_message(cid, "user", "Three days, by tram")  # a chat without messages is not listed or found
     hits = store.search("lisbon")
     assert [h.conversation_id for h in hits] == [cid] and hits[0].snippet == ""
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from tests.fuzz.run import _mutate
 from tests.fuzz.targets import TARGETS, seed_inputs
 
-EXAMPLES = {"image": 50, "audio": 50, "video": 25, "pdf": 50, "text": 50, "gguf": 50, "safetensors": 50}
+EXAMPLES = {"image": 50, "audio": 50, "video": 25, "pdf": 50, "text": 50, "gguf": 50, "safetensors": 50,
+            "config": 50, "hf_header": 50}
 SLOWEST_INPUT_S = 10.0  # one input taking longer is a hang
 
 

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from PySide6.QtCore import QThread
 from PySide6.QtGui import QGuiApplication
 
-from gemma4_mac.hotkey import (DEFAULT_HOTKEY_MAC, DEFAULT_HOTKEY_OTHER, MODIFIER_ORDER, GlobalHotkey, Hotkey,
-                               HotkeyError, HotkeyUnavailable, ManualHotkeyBackend, PynputBackend, _NAMED_KEYS,
-                               default_hotkey, parse_hotkey)
+from gemma4_mac.hotkey import (DEFAULT_HOTKEY_MAC, DEFAULT_HOTKEY_OTHER, MODIFIER_ORDER, _NAMED_KEYS, Hotkey,
+                               HotkeyError, HotkeyUnavailable, default_hotkey, parse_hotkey)
+from gemma4_mac.hotkey_backends import ManualHotkeyBackend, PynputBackend
+from ui.global_hotkey import GlobalHotkey
 
 
 @pytest.mark.parametrize("text, modifiers, key", [

@@ -17,7 +17,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from gemma4_mac.generate import SamplingSettings, prepare_prompt, prefill, run_prompt
+from gemma4_mac.generate import SamplingSettings, prepare_prompt, run_prompt
+from gemma4_mac.prefill import prefill
 from gemma4_mac.prefill import chunk_bounds
 from gemma4_mac.session import ChatSession
 from mlx_model import load
@@ -52,6 +53,7 @@ def _build(out_dir, variant: str, *, audio: bool, seed: int, **text_extra):
     for file in gemma4_vocab_dir().iterdir():
         if file.is_file():
             shutil.copy(file, out_dir / file.name)
+    (out_dir / "processor_config.json").write_text("{}")  # the towers' settings: the published defaults
     return model
 
 

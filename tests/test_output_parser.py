@@ -8,17 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma4_mac.output_parser import (
-    END_MARKERS,
-    AnswerDelta,
-    OutputParser,
-    ThoughtDelta,
-    ToolCall,
-    parse_output,
-    parse_tool_calls,
-    prompt_opens_thought,
-)
-from mlx_model.chat_format import render_builtin
+from mlx_model.chat_format import (END_MARKERS, AnswerDelta, OutputParser, ThoughtDelta, ToolCall, parse_output,
+                                   parse_tool_calls, prompt_opens_thought, render_builtin)
 
 
 def _merge(events):

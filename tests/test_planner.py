@@ -33,7 +33,8 @@ def test_weight_count_and_kv_bytes_match_the_model(tmp_path, name):
 
 def test_published_kv_per_token_figures():
     per_token = {n: kv_bytes_per_token(TextConfig.from_dict(c)) for n, c in VARIANT_CONFIGS.items()}
-    assert per_token == {"E2B": 6 * 1024, "E4B": 16 * 1024, "26B-A4B": 20 * 1024, "31B": 80 * 1024}
+    assert per_token == {"E2B": 6 * 1024, "E4B": 16 * 1024, "12B": 16 * 1024, "26B-A4B": 20 * 1024,
+                         "31B": 80 * 1024}
     eight_bit = kv_bytes_per_token(TextConfig.from_dict(VARIANT_CONFIGS["31B"]), kv_bits=8)
     assert eight_bit <= 0.55 * per_token["31B"]
 
@@ -48,7 +49,7 @@ def test_largest_context_fits_and_grows_with_memory():
 
 def test_variant_table_prints_every_row():
     rows = variant_table()
-    assert len(rows) == 4 * 4 * 3
+    assert len(rows) == len(VARIANT_CONFIGS) * 4 * 3
     text = format_table(rows)
     assert "31B" in text and "256K" in text
 

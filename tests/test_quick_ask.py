@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QPixmap
 
 from gemma4_mac.fake_backend import FakeBackend
-from gemma4_mac.hotkey import ManualHotkeyBackend
+from gemma4_mac.hotkey_backends import ManualHotkeyBackend
 from tests.ui_support import TIMEOUT, make_harness
 from ui.quick_ask import TOP_FRACTION
 from ui.tray import install_menu_bar

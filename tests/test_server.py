@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import base64
 import collections
-import http.client
 import io
 import json
 import threading
 import time
 import wave
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
-from urllib.parse import urlparse
 
 import jsonschema
-import mlx.core as mx
 import numpy as np
 import openai
 import pytest
 
-from gemma4_mac.server import (GenerationService, ModelSlot, ModelWorker, ServerHandle, ServerOptions,
-                               create_app)
-from mlx_model import load
-from tests.tiny_chat_model import TINY_CHAT_CONFIG, build_tiny_chat_model
+from gemma4_mac.server.routes import ServerOptions
+from tests.server_support import (END_OF_TURN, MODEL_ID, TOOL_RESPONSE, build_tiny_multimodal_model,
+                                  png_data_url, serve)
+from tests.server_support import raw_request as raw_http
 
-MODEL_ID = "tiny-gemma-4"
-TOOL_CALL_OPEN, TOOL_RESPONSE, END_OF_TURN = 48, 50, 106
 IMAGE_TOKEN, AUDIO_TOKEN = 258_880, 258_881
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -43,118 +36,35 @@ TIME_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
-class ScriptBook:
-    """Wraps the real model (real caches and shapes). While scripts are queued, each reply follows the next
-    one token by token (its last token repeats); with none queued the model's own logits are used.
-    A reply starts at the prompt's last prefill chunk, the one call made with `logits_to_keep`."""
-
-    capabilities = ("vision", "audio")  # the wrapped model has both towers; the reply is scripted anyway
-
-    def __init__(self, model):
-        self.model = model
-        self.language_model, self.config = model.language_model, model.config
-        self.scripts: collections.deque[list[int]] = collections.deque()
-        self.current: Optional[list[int]] = None
-        self.step = 0
-
-    def make_cache(self, *args, **kwargs):
-        return self.model.make_cache(*args, **kwargs)
-
-    def __getattr__(self, name):  # the towers (image_features, audio_features, ...) are the real model's
-        return getattr(self.model, name)
-
-    def __call__(self, inputs, cache=None, logits_to_keep=0, **kwargs):
-        logits = self.model(inputs, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
-        if logits_to_keep:
-            self.current = self.scripts.popleft() if self.scripts else None
-            self.step = 0
-        if self.current is None:
-            return logits
-        token = self.current[min(self.step, len(self.current) - 1)]
-        self.step += 1
-        return logits * 0 + mx.zeros(logits.shape[-1]).at[token].add(100.0)
-
-
-@dataclass
-class Observed:
-    """What the service saw on the model thread: each prompt, and each attachment (type, path, existed)."""
-
-    prompts: list[list[int]] = field(default_factory=list)
-    attachments: list[list[tuple[str, str, bool]]] = field(default_factory=list)
-
-    def __call__(self, prepared, job) -> None:
-        self.prompts.append(list(prepared.tokens))
-        parts = []
-        for message in job.conversation.messages if job.conversation else []:
-            content = message.get("content")
-            for part in content if isinstance(content, list) else []:
-                if part.get("type") in ("image", "audio"):
-                    parts.append((part["type"], part["path"], Path(part["path"]).is_file()))
-        self.attachments.append(parts)
-
-
-@dataclass
 class Harness:
-    client: openai.OpenAI
-    base_url: str
-    book: ScriptBook
-    tokenizer: object
-    service: GenerationService
-    observed: Observed
-    guarded_url: str  # same model, API key "sesame" and a 4 KB body limit
-    empty_url: str  # no model loaded
+    """The served tiny model, an `openai` client for it, a guarded server (API key "sesame", a 4 KB body
+    limit) and one with no model loaded."""
+
+    def __init__(self, served, guarded_url: str, empty_url: str):
+        self.served, self.guarded_url, self.empty_url = served, guarded_url, empty_url
+        self.client = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=120)
+        self.base_url, self.book, self.tokenizer = served.base_url, served.book, served.tokenizer
+        self.service, self.observed = served.service, served.observed
 
     def script(self, text: str, end: int = END_OF_TURN) -> None:
-        self.book.scripts.append(self.tokenizer.encode(text, add_special_tokens=False) + [end])
-
-
-def build_tiny_multimodal_model(path: Path) -> Path:
-    """The tiny chat model plus tiny vision and audio towers (so the processor expands attachments)."""
-    from mlx.utils import tree_flatten
-    from transformers import Gemma4AudioConfig, Gemma4VisionConfig
-
-    from mlx_model.model import Model, ModelConfig
-
-    build_tiny_chat_model(path)  # tokenizer files
-    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, head_dim=16, position_embedding_size=64).to_dict()
-    audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              subsampling_conv_channels=[128, 8], output_proj_dims=32).to_dict()
-    config = {"model_type": "gemma4", "text_config": TINY_CHAT_CONFIG, "vision_config": vision,
-              "audio_config": audio, "eos_token_id": TINY_CHAT_CONFIG["eos_token_id"]}
-    mx.random.seed(0)
-    model = Model(ModelConfig.from_dict(config))
-    weights = {k: 0.05 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
-    mx.save_safetensors(str(path / "model.safetensors"), weights)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
+        self.served.script(text, end)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    path = build_tiny_multimodal_model(tmp_path_factory.mktemp("tiny-chat"))
-    worker = ModelWorker()
+    from gemma4_mac.server.app import ServerHandle, create_app
+    from gemma4_mac.server.service import GenerationService
+    from gemma4_mac.worker import ModelWorker
 
-    def load_wrapped() -> ModelSlot:
-        model, processor = load(path)
-        processor.image_token_budget = 70  # the smallest: a short prompt on two cores
-        return ModelSlot(ScriptBook(model), processor, {"id": MODEL_ID, "context_limit": 16384})
-
-    slot = worker.load(load_wrapped).wait()
-    observed = Observed()
-    service = GenerationService(worker, observer=observed)
-    main = ServerHandle(create_app(service), "127.0.0.1", 0).start()
-    guarded = ServerHandle(create_app(service, ServerOptions(api_key="sesame", max_body_bytes=4096)),
-                           "127.0.0.1", 0).start()
+    served = serve(build_tiny_multimodal_model(tmp_path_factory.mktemp("tiny-chat")),
+                   ServerOptions(allow_local_files=True))
+    guarded = served.also_serve(ServerOptions(api_key="sesame", max_body_bytes=4096))
     empty_worker = ModelWorker()
     empty = ServerHandle(create_app(GenerationService(empty_worker)), "127.0.0.1", 0).start()
-    client = openai.OpenAI(base_url=main.base_url, api_key="unused", max_retries=0, timeout=120)
-    yield Harness(client, main.base_url, slot.model, slot.processor, service, observed, guarded.base_url,
-                  empty.base_url)
-    for handle in (main, guarded, empty):
-        handle.stop()
-    worker.stop()
+    yield Harness(served, guarded, empty.base_url)
+    empty.stop()
     empty_worker.stop()
+    served.stop()
 
 
 def ask(harness: Harness, content, **kwargs):
@@ -165,26 +75,10 @@ def ask(harness: Harness, content, **kwargs):
 
 
 def raw_request(base_url: str, method: str, path: str, body: bytes = b"",
-                headers: Optional[dict] = None) -> tuple[int, dict]:
+                headers: dict | None = None) -> tuple[int, dict]:
     """A request without the openai client (for bodies it would never send); (status, JSON body)."""
-    url = urlparse(base_url)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    try:
-        connection.request(method, url.path + path, body=body,
-                           headers={"Content-Type": "application/json", **(headers or {})})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        connection.close()
-
-
-def png_data_url(size: int = 8) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    pixels = (np.arange(size * size * 3) % 251).astype(np.uint8).reshape(size, size, 3)
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    status, parsed, _ = raw_http(base_url, method, path, body, headers)
+    return status, parsed
 
 
 def wav_base64(seconds: float = 0.25, rate: int = 16000) -> str:
@@ -416,7 +310,7 @@ def test_bad_requests_get_openai_errors_with_the_right_status(server):
     cases = [
         (dict(messages=[]), openai.BadRequestError, "messages"),
         (dict(temperature=5.0), openai.BadRequestError, "temperature"),
-        (dict(n=2), openai.BadRequestError, "n"),
+        (dict(n=9), openai.BadRequestError, "n"),
         (dict(tool_choice="required"), openai.BadRequestError, "tool_choice"),
         (dict(tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
          openai.BadRequestError, "tool_choice"),
@@ -473,3 +367,69 @@ def test_raw_http_errors(server):
     with pytest.raises(openai.InternalServerError) as caught:
         empty.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 503 and caught.value.body["code"] == "model_not_loaded"
+
+
+# ------------------------------------------------------------------- choices, logprobs and penalties
+
+def test_n_choices_each_with_its_own_finish_and_the_usage_of_all(server):
+    reply = ask(server, "Hello", n=2, max_tokens=5, temperature=1.0, seed=7)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.finish_reason in ("length", "stop") for c in reply.choices)
+    stats = list(server.service.finished)[-2:]
+    assert reply.usage.completion_tokens == sum(s.generation_tokens for s in stats)
+    assert reply.usage.prompt_tokens == stats[0].prompt_tokens
+
+    streamed = ask(server, "Hello", n=2, max_tokens=5, temperature=1.0, seed=7, stream=True)
+    chunks = [c for c in streamed if c.choices]
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason in ("length", "stop")
+        assert "".join(c.delta.content or "" for c in mine) == reply.choices[index].message.content
+
+
+def test_logprobs_of_each_token_with_the_likeliest_alternatives(server):
+    reply = ask(server, "Hello there", max_tokens=6, logprobs=True, top_logprobs=3)  # greedy
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for entry in content:
+        alternatives = [t.logprob for t in entry.top_logprobs]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token and entry.logprob == pytest.approx(alternatives[0])
+        assert entry.logprob <= 0
+    text = b"".join(bytes(e.bytes) for e in content).decode("utf-8", "replace")
+    assert text == reply.choices[0].message.content
+
+    chunks = [c for c in ask(server, "Hello there", max_tokens=6, logprobs=True, top_logprobs=3, stream=True)
+              if c.choices and c.choices[0].logprobs]
+    streamed = [e.token for c in chunks for e in c.choices[0].logprobs.content]
+    assert streamed == [e.token for e in content]
+
+    text = server.client.completions.create(model=MODEL_ID, prompt="Once upon a time", max_tokens=5,
+                                            temperature=0, logprobs=2)
+    legacy = text.choices[0].logprobs
+    assert len(legacy.tokens) == len(legacy.token_logprobs) == text.usage.completion_tokens
+    assert all(len(top) <= 2 for top in legacy.top_logprobs) and legacy.text_offset[0] == 0
+
+
+def test_frequency_and_presence_penalties_change_the_reply(server):
+    plain = ask(server, "Say something", max_tokens=24, logprobs=True)
+    penalized = ask(server, "Say something", max_tokens=24, logprobs=True, frequency_penalty=2.0,
+                    presence_penalty=2.0)
+
+    def most_repeated(reply) -> int:
+        return max(collections.Counter(e.token for e in reply.choices[0].logprobs.content).values())
+
+    assert plain.choices[0].message.content != penalized.choices[0].message.content
+    assert most_repeated(penalized) <= most_repeated(plain)
+
+
+def test_the_penalties_count_generated_tokens_only():
+    import mlx.core as mx
+
+    from gemma4_mac.server.processors import PenaltyProcessor
+
+    penalty = PenaltyProcessor(frequency=0.5, presence=1.0)
+    logits = mx.zeros((1, 12))
+    penalty(mx.array([5, 5]), logits)  # the prompt: nothing counted
+    out = penalty(mx.array([5, 5, 7, 7, 9]), logits).tolist()[0]
+    assert out[5] == 0.0 and out[7] == pytest.approx(-2.0) and out[9] == pytest.approx(-1.5)

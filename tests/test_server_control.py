@@ -8,9 +8,6 @@ MlxBackend); a wrapper forces each reply from the source of the worker job runni
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,10 +16,11 @@ import openai
 import pytest
 
 from gemma4_mac import __main__ as entry
-from gemma4_mac.engine import Engine, GenerationRequest, MlxBackend
+from gemma4_mac.engine import GenerationRequest, MlxBackend
 from gemma4_mac.settings import AppSettings
-from gemma4_mac.server_control import LocalServer, ServerConfig, ServerControlError
-from tests.tiny_chat_model import build_tiny_chat_model
+from gemma4_mac.server.control import LocalServer, ServerConfig, ServerControlError
+from ui.engine import Engine
+from tests.server_support import serve_process
 
 pytestmark = pytest.mark.slow  # loads a model with the real 262K-token vocabulary
 
@@ -78,8 +76,8 @@ class ScriptedBackend(MlxBackend):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat") / "tiny-gemma-4")
+def tiny_model(tiny_chat_model_dir) -> Path:
+    return tiny_chat_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -185,20 +183,6 @@ def test_serve_command_refuses_an_open_address_without_a_key(capfd):
 
 
 def test_serve_command_serves_a_model_folder(tiny_model, tmp_path):
-    env = {**os.environ, "GEMMA4_MAC_HOME": str(tmp_path / "home")}
-    process = subprocess.Popen([sys.executable, "-m", "gemma4_mac", "serve", "--model", str(tiny_model),
-                                "--port", "0"], stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=Path(__file__).resolve().parents[1])
-    try:
-        url = None
-        for line in process.stderr:
-            found = re.search(r"at (http://\S+/v1)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "the server never said where it listens"
+    with serve_process(tiny_model, tmp_path / "home") as (_, url):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == [tiny_model.name]
-    finally:
-        process.terminate()
-        process.wait(30)

@@ -8,14 +8,15 @@ import threading
 
 import pytest
 
-from gemma4_mac.server import ModelSlot, ModelWorker, QueueFullError, main
-from gemma4_mac.server.worker import WorkerStoppedError
-from gemma4_mac.server.call_grammar import CallRules
+from gemma4_mac.server.app import main
+from gemma4_mac.worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
+from mlx_model.chat_format.call_grammar import CallRules
 from gemma4_mac.server.constrained import ReplyShape, build_grammar
 from gemma4_mac.server.errors import BadRequest
 from gemma4_mac.server.messages import MediaFolder, convert_messages
 from gemma4_mac.server.replies import ChatReply
-from gemma4_mac.server.routes import reply_shape
+from gemma4_mac.server.chat_spec import reply_shape
+from gemma4_mac.server.routes_openai import chat_spec_of
 from gemma4_mac.server.schemas import ChatCompletionRequest
 from gemma4_mac.server.sessions import SessionPool
 from gemma4_mac.generate import GenerationEvent
@@ -66,7 +67,7 @@ def test_worker_skips_cancelled_jobs_reports_errors_and_limits_its_queue():
         left = worker.submit("server", lambda slot: None, on_dropped=lambda: dropped.append("left at stop"))
     finally:
         worker.stop()
-    assert not worker.thread.is_alive()
+    assert not worker.running
     assert dropped == ["skipped", "left at stop"] and left.skipped
     with pytest.raises(WorkerStoppedError):
         left.wait(1)
@@ -231,24 +232,29 @@ def test_an_unreadable_tool_call_is_returned_as_text_not_as_an_empty_call():
 
 # ------------------------------------------------------------------------------ reply shapes, grammars
 
-def _request(**fields) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                                 **fields})
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+         {"type": "function", "function": {"name": "g"}}]
+
+
+def _shape(tools=None, **fields):
+    messages = [{"role": "user", "content": "x"}]
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": messages,
+                                                    **({"tools": tools} if tools else {}), **fields})
+    return reply_shape(chat_spec_of(request, 64))
 
 
 def test_reply_shapes_follow_tool_choice_and_response_format():
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
-             {"type": "function", "function": {"name": "g"}}]
-    assert reply_shape(_request(), None) == (None, False, "response_format")
-    assert reply_shape(_request(), tools) == (None, False, "response_format")  # auto: free
-    assert reply_shape(_request(tool_choice="none"), tools) == (None, True, "response_format")
-    shape, _, param = reply_shape(_request(tool_choice="required", parallel_tool_calls=False), tools)
+    assert _shape() == (None, False, "response_format")
+    shape, ban, param = _shape(TOOLS)  # auto: free text, but a call follows its schema
+    assert shape.free_text and [n for n, _ in shape.tools] == ["f", "g"]
+    assert not ban and param == "tool_choice"
+    assert _shape(TOOLS, tool_choice="none") == (None, True, "response_format")
+    shape, _, param = _shape(TOOLS, tool_choice="required", parallel_tool_calls=False)
     assert [n for n, _ in shape.tools] == ["f", "g"] and shape.single_call and shape.json_schema is None
-    assert param == "tool_choice"
-    shape, _, _ = reply_shape(_request(tool_choice={"type": "function", "function": {"name": "g"}}), tools)
+    assert param == "tool_choice" and not shape.free_text
+    shape, _, _ = _shape(TOOLS, tool_choice={"type": "function", "function": {"name": "g"}})
     assert shape.tools == [("g", None)]
-    request = _request(response_format={"type": "json_object"}, reasoning_effort="low")
-    shape, _, _ = reply_shape(request, tools)
+    shape, _, _ = _shape(TOOLS, response_format={"type": "json_object"}, reasoning_effort="low")
     assert shape.tools_or_json and shape.json_schema == {"type": "object"} and shape.allow_thought
 
 
@@ -258,7 +264,7 @@ def test_grammar_text_for_calls_json_and_thought():
     grammar = build_grammar(shape, IDS)
     assert grammar.startswith("start: thought? body\nbody: json_reply | calls\n")
     assert '"x-guidance": {"whitespace_flexible": false' in grammar
-    assert '<[48]> "call:" ("f" "{" pairs_' in grammar and "<[49]>" in grammar
+    assert '<[48]> "call:" ("f" "{" obj_' in grammar and "<[49]>" in grammar
     assert '"n" ":" val_' in grammar and "thought: <[100]>" in grammar
 
 

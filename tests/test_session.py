@@ -7,7 +7,7 @@ import pytest
 
 import mlx.core as mx
 
-from gemma4_mac.generate import prefill
+from gemma4_mac.prefill import prefill
 from gemma4_mac.session import ChatSession
 from mlx_model import load_model
 from tests.reference_models import TINY_VOCAB, WINDOW, build_gemma4

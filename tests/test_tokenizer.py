@@ -7,8 +7,7 @@ import shutil
 
 import pytest
 
-from gemma4_mac.output_parser import AnswerDelta, OutputParser, ThoughtDelta, ToolCall
-from mlx_model.chat_format import render_builtin, render_template
+from mlx_model.chat_format import AnswerDelta, OutputParser, ThoughtDelta, ToolCall, render_builtin, render_template
 from mlx_model.tokenizer import TokenizerLoadError, builtin_style_for, load_tokenizer
 from tests import assets
 
@@ -30,8 +29,8 @@ STREAM_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def gemma4():
-    return load_tokenizer(assets.gemma4_vocab_dir())
+def gemma4(gemma4_tokenizer):
+    return gemma4_tokenizer
 
 
 def test_llama_cpp_vectors(gemma4):

@@ -9,7 +9,8 @@ from PySide6.QtGui import QColor, QFileOpenEvent, QGuiApplication
 from PySide6.QtWidgets import QSystemTrayIcon
 
 from gemma4_mac import macos
-from gemma4_mac.hotkey import HotkeyUnavailable, ManualHotkeyBackend, default_hotkey
+from gemma4_mac.hotkey import HotkeyUnavailable, default_hotkey
+from gemma4_mac.hotkey_backends import ManualHotkeyBackend
 from gemma4_mac.settings import AppSettings
 from tests.ui_support import TIMEOUT, make_harness
 from ui.tray import TRAY_SIZE, install_menu_bar, tray_icon, tray_template_image
@@ -77,7 +78,7 @@ def test_with_a_tray_closing_the_window_keeps_the_app_and_engine(build, qtbot):
     harness, bar, _ = build(tray_available=True)
     assert not QGuiApplication.instance().quitOnLastWindowClosed()
     harness.window.close()
-    assert harness.engine._thread.is_alive()
+    assert harness.engine.worker.running
     bar.hotkey.backend.press()
     qtbot.waitUntil(bar.panel.isVisible, timeout=TIMEOUT)
     bar.panel.input.setText("Still there?")

@@ -1,4 +1,4 @@
-"""The app as `python -m gemma4_mac` builds it: data folder, settings warnings, the scripted engine end to end."""
+"""The app as `gemma4-mac` (`python -m ui`) builds it: data folder, settings warnings, the scripted engine end to end."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from PySide6.QtCore import Qt
 
-from gemma4_mac.app import build_app, build_parser
+from ui.app import build_app, build_parser
 from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.paths import app_data_dir
 

@@ -22,7 +22,7 @@ def test_send_streams_markdown_with_code_and_stats(harness, qtbot):
     assert len(code) == 1 and code[0].language == "python" and "def greet(name):" in code[0].code
     code[0].copy_button.click()
     assert QGuiApplication.clipboard().text() == code[0].code and code[0].copy_button.text() == "Copied"
-    stats_line = answer.stats_label.text()
+    stats_line = answer.stats_label.text().replace("\u00a0", " ")  # figures never wrap inside
     for part in ("prompt tokens", "s to first token", "tok/s", "GB peak"):
         assert part in stats_line
     stored = harness.history.messages(c.conversation_id)

@@ -67,7 +67,7 @@ def test_model_manager_lists_models_with_size_and_fit(harness, qtbot):
     dialog = harness.controller.open_model_manager()
     rows = {row.entry.name: row for row in dialog.rows if isinstance(row, ModelRow)}
     assert set(rows) == {"Small model", "Huge model", "Base model"}
-    assert "2.00 GB on disk" in rows["Small model"].facts.text() and "fits" in rows["Small model"].facts.text()
+    assert "2.0 GB on disk" in rows["Small model"].facts.text() and "fits" in rows["Small model"].facts.text()
     assert "too large" in rows["Huge model"].facts.text()
     assert rows["Base model"].facts.text().startswith("Base model (continues text)")
     with qtbot.waitSignal(harness.engine.modelLoaded, timeout=TIMEOUT):

@@ -9,8 +9,9 @@ import threading
 import pytest
 from PySide6.QtCore import Qt
 
-from gemma4_mac.engine import Engine, MlxBackend
+from gemma4_mac.engine import MlxBackend
 from gemma4_mac.settings import AppSettings
+from ui.engine import Engine
 from tests.ui_support import make_harness
 
 pytestmark = pytest.mark.slow
@@ -19,10 +20,8 @@ ANSWER_TIMEOUT = 120_000
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tests.tiny_chat_model import build_tiny_chat_model
-
-    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-ui"))
+def tiny_model(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 class ThreadSpy(MlxBackend):
@@ -50,9 +49,16 @@ def test_window_answers_through_the_real_engine_thread(qtbot, tmp_path, monkeypa
         qtbot.waitUntil(lambda: h.controller.model_state in ("ready", "error"), timeout=LOAD_TIMEOUT)
         assert h.controller.model_state == "ready", h.window.banner.label.text()
         assert h.controller.model_info["chat"] is True and h.controller.model_info["path"] == str(tiny_model)
-        # the meter now counts with the real tokenizer (4 tokens: "Hello", " there", ",", " Gemma")
+        # a text-only model: images and audio attached to a question are marked and left out, never sent
+        assert h.controller.model_info["can_see"] is False and h.controller.model_info["can_hear"] is False
+        # the meter counts with the real tokenizer off this thread (4: "Hello", " there", ",", " Gemma")
+        assert backend.count_tokens(h.engine.worker.slot, "Hello there, Gemma") == 4
         h.window.composer.set_text("Hello there, Gemma")
-        assert h.engine.count_tokens("Hello there, Gemma") == 4
+        label = h.window.composer.token_label
+        h.controller.update_token_count()
+        assert label.text().startswith("about ")  # until the counting thread has counted
+        # the text, its turn, <bos> and the answer's start
+        qtbot.waitUntil(lambda: label.text().startswith(f"{4 + 5 + 8} /"), timeout=ANSWER_TIMEOUT)
 
         deltas: list[str] = []
         h.engine.answerDelta.connect(deltas.append)
@@ -67,7 +73,8 @@ def test_window_answers_through_the_real_engine_thread(qtbot, tmp_path, monkeypa
         assert answer.content + answer.thought == "".join(deltas)  # every streamed piece, in order, once
         widget = h.window.transcript.messages[-1]
         assert widget.answer == answer.content
-        assert "tok/s" in widget.stats_label.text() and "prompt tokens" in widget.stats_label.text()
+        stats_line = widget.stats_label.text().replace("\u00a0", " ")  # figures never wrap inside
+        assert "tok/s" in stats_line and "prompt tokens" in stats_line
         assert backend.threads == {Engine.THREAD_NAME}
 
         # regenerate: the same prompt, greedy, so the same answer again through the restored session

@@ -1,4 +1,4 @@
-"""`python -m gemma4_mac` as a person runs it, on a real (virtual) X display: the window opens, a question
+"""`gemma4-mac` (`python -m ui`) as a person runs it, on a real (virtual) X display: the window opens, a question
 typed with the keyboard (xdotool) is answered by a real model on the engine thread, and Ctrl+Q quits
 with exit status 0."""
 
@@ -44,7 +44,7 @@ def ask_the_window(display: str, home: Path, app_args: list[str], question: str,
     """Start the app, type `question` into its window, wait for the stored answer, quit; (exit code, messages, log)."""
     env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
     env.pop("GEMMA4_MAC_HOME", None)
-    app = subprocess.Popen([sys.executable, "-m", "gemma4_mac", "--home", str(home), *app_args], cwd=ROOT, env=env,
+    app = subprocess.Popen([sys.executable, "-m", "ui", "--home", str(home), *app_args], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     messages: list[dict] = []
     try:

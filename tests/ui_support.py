@@ -14,10 +14,10 @@ from typing import Iterator, Optional
 import pytest
 
 from gemma4_mac.attachments import AttachmentStore
-from gemma4_mac.engine import Engine
 from gemma4_mac.fake_backend import FakeBackend
 from gemma4_mac.history import HistoryStore
 from gemma4_mac.settings import AppSettings
+from ui.engine import Engine
 
 TIMEOUT = 10_000
 

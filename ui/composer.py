@@ -8,11 +8,11 @@ from typing import Optional
 
 from PySide6.QtCore import QMimeData, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QPainter
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy,
-                               QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QPushButton, QScrollArea,
+                               QSizePolicy, QToolButton, QVBoxLayout, QWidget)
 
 from gemma4_mac.attachments import Attachment
-from gemma4_mac.documents import is_long_paste
+from gemma4_mac.documents import ENCODING_CHOICES, encoding_label, is_long_paste
 
 from . import icons
 from .theme import Palette, current_palette
@@ -81,15 +81,18 @@ class PromptEdit(QPlainTextEdit):
 
 
 class AttachmentChip(QFrame):
-    """A pending attachment: thumbnail, name, facts and a remove button."""
+    """A pending attachment: thumbnail, name, facts and a remove button. A text file's chip says which
+    encoding it was read in (tooltip) and offers the others on right-click."""
 
     removeClicked = Signal()
+    encodingChosen = Signal(str)
+    HEIGHT = 54
 
     def __init__(self, attachment: Attachment, parent: Optional[QWidget] = None):
         super().__init__(parent)
         self.attachment = attachment
         self.setObjectName("chip")
-        self.setFixedHeight(54)
+        self.setFixedHeight(self.HEIGHT)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(7, 7, 6, 7)
         layout.setSpacing(9)
@@ -112,9 +115,50 @@ class AttachmentChip(QFrame):
         self.remove_button.setFixedSize(18, 18)
         self.remove_button.clicked.connect(self.removeClicked)
         layout.addWidget(self.remove_button, 0, Qt.AlignTop)
+        encoding = attachment.meta.get("encoding") if attachment.kind == "text" else None
+        if encoding:
+            self.setToolTip(f"{attachment.name} was read as {encoding_label(encoding)}. "
+                            "Right-click to read it with another encoding.")
+        self.unreadable: Optional[str] = None
+        self.base_tooltip = self.toolTip()
         self.apply_palette(current_palette())
 
+    def set_unreadable(self, reason: Optional[str]) -> None:
+        """Mark the chip of a file the loaded model cannot take (`reason` says why), or clear the mark."""
+        self.unreadable = reason
+        subtitle = attachment_subtitle(self.attachment.kind, self.attachment.meta, self.attachment.name)
+        self.meta.setText("Left out: this model cannot read it" if reason else subtitle)
+        self.setToolTip(f"{reason} It will be left out when you send." if reason else self.base_tooltip)
+        self.apply_palette(current_palette())
+
+    def encoding_menu(self) -> Optional[QMenu]:
+        """The menu of encodings for a text attachment (None for other kinds); the current one is checked."""
+        current = self.attachment.meta.get("encoding") if self.attachment.kind == "text" else None
+        if not current:
+            return None
+        menu = QMenu(self)
+        menu.addSection("Read this file as")
+        for codec, label in ENCODING_CHOICES:
+            action = menu.addAction(label)
+            action.setCheckable(True)
+            action.setChecked(encoding_label(codec) == encoding_label(current))
+            action.triggered.connect(lambda _checked=False, c=codec: self.encodingChosen.emit(c))
+        return menu
+
+    def contextMenuEvent(self, event) -> None:
+        menu = self.encoding_menu()
+        if menu is None:
+            super().contextMenuEvent(event)
+            return
+        menu.exec(event.globalPos())
+
     def apply_palette(self, palette: Palette) -> None:
+        if getattr(self, "unreadable", None):
+            self.setStyleSheet(f"#chip {{ border: 1px dashed {palette.warning}; }}")
+            self.meta.setStyleSheet(f"color: {palette.warning};")
+        else:
+            self.setStyleSheet("")
+            self.meta.setStyleSheet("")
         thumb = self.attachment.thumbnail
         image = load_image(thumb, 400) if thumb and Path(thumb).is_file() else QImage()
         if image.isNull():
@@ -207,6 +251,7 @@ class Composer(QFrame):
     imageReceived = Signal(QImage)
     longTextReceived = Signal(str)
     attachmentRemoved = Signal(int)
+    attachmentEncodingChosen = Signal(int, str)
     attachClicked = Signal()
     recordClicked = Signal()
     recordStopClicked = Signal()
@@ -224,12 +269,22 @@ class Composer(QFrame):
         layout.setContentsMargins(14, 10, 10, 8)
         layout.setSpacing(8)
         self.chip_row_widget = QWidget()
+        self.chip_row_widget.setObjectName("chipRow")
         self.chip_row = QHBoxLayout(self.chip_row_widget)
         self.chip_row.setContentsMargins(0, 0, 0, 0)
         self.chip_row.setSpacing(8)
         self.chip_row.addStretch(1)
-        self.chip_row_widget.hide()
-        layout.addWidget(self.chip_row_widget)
+        # chips that do not fit the width scroll sideways instead of widening the window
+        self.chip_scroll = QScrollArea()
+        self.chip_scroll.setObjectName("chipScroll")
+        self.chip_scroll.setWidget(self.chip_row_widget)
+        self.chip_scroll.setWidgetResizable(True)
+        self.chip_scroll.setFrameShape(QFrame.NoFrame)
+        self.chip_scroll.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.chip_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        self.chip_scroll.setStyleSheet("#chipScroll, #chipRow { background: transparent; }")
+        self.chip_scroll.hide()
+        layout.addWidget(self.chip_scroll)
         self.edit = PromptEdit()
         self.recording_bar = RecordingBar(max_record_seconds)
         self.recording_bar.hide()
@@ -306,20 +361,45 @@ class Composer(QFrame):
         for index, attachment in enumerate(self.attachments):
             chip = AttachmentChip(attachment)
             chip.removeClicked.connect(lambda i=index: self.attachmentRemoved.emit(i))
+            chip.encodingChosen.connect(lambda codec, i=index: self.attachmentEncodingChosen.emit(i, codec))
             self.chip_row.insertWidget(index, chip)
             self.chips.append(chip)
-        self.chip_row_widget.setVisible(bool(self.chips))
+        self.chip_scroll.setVisible(bool(self.chips))
+        self._fit_chip_row()
         self._update_send_button()
 
-    def set_token_count(self, used: int, limit: int) -> None:
-        self.token_label.setText(f"{_short(used)} / {_short(limit)} tokens")
+    def mark_unreadable(self, reasons: list[Optional[str]]) -> None:
+        """For each chip, why the loaded model cannot take its file (None: it can)."""
+        for chip, reason in zip(self.chips, reasons):
+            chip.set_unreadable(reason)
+
+    def _fit_chip_row(self) -> None:
+        """As tall as a chip, plus the scroll bar when the chips are wider than the composer."""
+        wide = self.chip_row_widget.sizeHint().width() > self.chip_scroll.viewport().width()
+        bar = self.chip_scroll.horizontalScrollBar().sizeHint().height() if wide else 0
+        self.chip_scroll.setFixedHeight(AttachmentChip.HEIGHT + bar + 2)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.chips:
+            self._fit_chip_row()
+
+    def set_token_count(self, used: int, limit: int, estimated: bool = False) -> None:
+        """`used` of `limit` tokens; "about" while `used` is an estimate (no tokenizer count yet)."""
+        about = "about " if estimated and used else ""
+        self.token_label.setText(f"{about}{_short(used)} / {_short(limit)} tokens")
         over = used > limit
         if self.token_label.property("over") != over:
             self.token_label.setProperty("over", over)
             self.token_label.style().unpolish(self.token_label)
             self.token_label.style().polish(self.token_label)
-        self.token_label.setToolTip("The conversation no longer fits the context; send to see the choices."
-                                    if over else "Estimated tokens of the conversation and this message")
+        if over:
+            tip = "The conversation no longer fits the context; send to see the choices."
+        elif estimated:
+            tip = "An estimate of the conversation and this message; the model's tokenizer is counting."
+        else:
+            tip = "Tokens of the conversation and this message, counted by the model's tokenizer."
+        self.token_label.setToolTip(tip)
 
     def set_recording(self, recording: bool) -> None:
         self.edit.setVisible(not recording)

@@ -18,13 +18,14 @@ from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 
 from gemma4_mac import model_manager
-from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore, estimate_attachment_tokens)
-from gemma4_mac.documents import DocumentError, estimate_tokens
-from gemma4_mac.engine import Engine
-from gemma4_mac.history import HistoryStore, Message
-from gemma4_mac.server_control import LocalServer
+from gemma4_mac.attachments import (Attachment, AttachmentError, AttachmentStore, estimate_attachment_tokens,
+                                    model_cannot_read)
+from gemma4_mac.documents import DocumentError, estimate_tokens, paste_title
+from gemma4_mac.history import HistoryStore
+from gemma4_mac.server.control import LocalServer
 from gemma4_mac.settings import AppSettings
 
+from .engine import Engine
 from .main_window import MainWindow
 from .model_dialog import ModelManagerDialog
 from .models_controller import ModelsMixin
@@ -32,8 +33,10 @@ from .recorder import Recorder
 from .settings_dialog import SettingsDialog
 from .stream_controller import StreamingMixin, StreamState
 from .theme import ThemeManager
+from .token_meter import TokenMeterMixin
 
 PARTIAL_SAVE_MS = 2000
+QUIT_WAIT_S = 0.25  # how long quitting waits for the model thread to stop (an answer stops in milliseconds)
 
 SUGGESTION_PROMPTS = {
     "Describe a photo": "What is in this photo? ",
@@ -44,16 +47,18 @@ SUGGESTION_PROMPTS = {
 OVERFLOW_NEW_CHAT, OVERFLOW_TRIM, OVERFLOW_CANCEL = "new_chat", "trim", "cancel"
 
 
-class ChatController(ModelsMixin, StreamingMixin, QObject):
-    """The main window's controller; model/settings handling and generation live in the two mixins."""
+class ChatController(ModelsMixin, StreamingMixin, TokenMeterMixin, QObject):
+    """The main window's controller; models and settings, generation and the token meter are mixins."""
 
     settingsChanged = Signal(object, object)  # (old, new) AppSettings, after they were saved
+    startupSettled = Signal()  # the first model load and the server start have ended, well or not
 
     def __init__(self, window: MainWindow, engine: Engine, history: HistoryStore, attachments: AttachmentStore,
                  settings: AppSettings, *, settings_path: Optional[Path] = None,
                  theme: Optional[ThemeManager] = None, recorder: Optional[Recorder] = None,
-                 models_root: Optional[Path] = None):
+                 models_root: Optional[Path] = None, load_starter: bool = False):
         super().__init__(window)
+        self.load_starter = load_starter  # the last start died loading the settings' model: open the starter
         self.window, self.engine, self.history, self.attachments = window, engine, history, attachments
         self.settings, self.settings_path, self.theme = settings, settings_path, theme
         self.models_root = models_root if models_root is not None else model_manager.models_dir()
@@ -65,10 +70,10 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.engine_request: Optional[int] = None
         self.model_info: Optional[dict] = None
         self.model_state = "idle"
-        self.history_tokens = 0
         self.settings_dialog: Optional[SettingsDialog] = None
         self.model_dialog: Optional[ModelManagerDialog] = None
         self._shut_down = False
+        self._unsettled: set[str] = set()  # parts of the start still under way (ModelsMixin.start)
         self.server = LocalServer(engine)  # the OpenAI-compatible server shares the engine's model thread
         # a streamed answer is written to the history every few seconds, so a crash loses at most that much
         self._save_timer = QTimer(self)
@@ -80,6 +85,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.choose_files: Callable[[], list[str]] = self._choose_files
         self.choose_overflow: Callable[[int, int, bool], str] = self._choose_overflow
         self._token_timer = QTimer(self, singleShot=True, interval=120, timeout=self.update_token_count)
+        self._init_token_meter()
         self._wire()
         window.composer.set_thinking(settings.thinking)
         self.refresh_sidebar()
@@ -108,12 +114,14 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         w.empty_state.suggestionClicked.connect(self._use_suggestion)
         w.transcript.regenerateRequested.connect(self.regenerate)
         w.transcript.editRequested.connect(self.edit_last_message)
+        w.transcript.playbackFailed.connect(lambda message: w.banner.show_message(message, "warning"))
         composer.submitted.connect(self.send)
         composer.stopClicked.connect(self.stop)
         composer.filesReceived.connect(self.attach_files)
         composer.imageReceived.connect(self.attach_image)
         composer.longTextReceived.connect(self.attach_long_text)
         composer.attachmentRemoved.connect(self.remove_attachment)
+        composer.attachmentEncodingChosen.connect(self.reread_attachment)
         composer.attachClicked.connect(lambda: self.attach_files(self.choose_files()))
         composer.recordClicked.connect(self.recorder.start)
         composer.recordStopClicked.connect(self.recorder.stop)
@@ -128,8 +136,10 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.recorder.failed.connect(self._on_recording_failed)
         engine.modelLoading.connect(self._on_model_loading)
         engine.modelLoaded.connect(self._on_model_loaded)
+        engine.modelLoaded.connect(lambda _info: self._mark_unreadable())  # after model_info was set
         engine.modelLoadFailed.connect(self._on_model_failed)
         engine.generationStarted.connect(self._on_started)
+        engine.readingProgress.connect(self._on_reading)
         engine.answerDelta.connect(self._on_answer)
         engine.thoughtDelta.connect(self._on_thought)
         engine.toolCallReceived.connect(self._on_tool_call)
@@ -141,6 +151,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         engine.conversionFailed.connect(self._on_conversion_failed)
         if self.theme is not None:
             self.theme.themeChanged.connect(w.apply_palette)
+        self._wire_models()  # the model menu, adding models, the starter's progress: add_models_controller.py
 
     # conversations
 
@@ -149,7 +160,9 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         if query.strip():
             self.window.sidebar.set_search_results(self.history.search(query), self.conversation_id)
         else:
-            self.window.sidebar.set_conversations(self.history.conversations(), self.conversation_id)
+            # a chat with only a file in its composer so far is not listed until something is sent
+            self.window.sidebar.set_conversations(self.history.conversations(include_empty=False),
+                                                  self.conversation_id)
         conversation = self.history.conversation(self.conversation_id) if self.conversation_id else None
         self.window.header_title.setText(conversation.title if conversation else "New chat")
 
@@ -175,7 +188,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.window.composer.set_text("")
         self.window.transcript.clear()
         self.window.show_empty(True)
-        self.history_tokens = 0
+        self._set_history([])
         self.refresh_sidebar()
         self.update_token_count()
         self.window.composer.edit.setFocus()
@@ -194,7 +207,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         self.window.show_empty(not messages)
         if self.stream is not None and self.stream.conversation_id == conversation_id:
             self._reattach_stream()
-        self.history_tokens = self._estimate_messages(messages)
+        self._set_history(messages)
         self.refresh_sidebar()
         self.update_token_count()
 
@@ -233,14 +246,17 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
         target = self.choose_save_path(f"{safe}{suffix}", fmt)
         if not target:
             return None
-        text = self.history.export_markdown(conversation_id) if fmt == "markdown" else \
-            self.history.export_json(conversation_id)
+        target = Path(target)
+        folder = target.with_name(f"{target.stem} attachments")  # copies of the attachments, beside the file
         try:
-            Path(target).write_text(text, encoding="utf-8")
+            text = self.history.export_markdown(conversation_id, folder) if fmt == "markdown" else \
+                self.history.export_json(conversation_id, folder)
+            target.write_text(text, encoding="utf-8")
         except OSError as error:
-            self.window.banner.show_message(f"Could not write {target}: {error.strerror or error}.", "error")
+            self.window.banner.show_message(f"Could not write {error.filename or target}: "
+                                            f"{error.strerror or error}.", "error")
             return None
-        return Path(target)
+        return target
 
     def _export_menu(self) -> None:
         if self.conversation_id is None:
@@ -263,6 +279,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
     # attachments
 
     def attach_files(self, paths: list[str]) -> None:
+        paths = self.take_model_paths(paths)  # model folders and GGUF files are added as models, not attached
         if not paths:
             return
         cid = self.ensure_conversation()
@@ -293,9 +310,8 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
 
     def attach_long_text(self, text: str) -> None:
         cid = self.ensure_conversation()
-        first_line = next((line.strip() for line in text.splitlines() if line.strip()), "Pasted text")[:40]
         try:
-            self.pending.append(self.attachments.import_text(cid, text, f"{first_line}.txt"))
+            self.pending.append(self.attachments.import_text(cid, text, f"{paste_title(text)}.txt"))
         except (AttachmentError, DocumentError) as error:
             self._pending_changed([str(error)])
             return
@@ -306,11 +322,26 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
             self.attachments.remove(self.pending.pop(index))
             self._pending_changed([])
 
+    def reread_attachment(self, index: int, encoding: str) -> None:
+        """Read a pending text attachment again in the encoding the person picked on its chip."""
+        if 0 <= index < len(self.pending):
+            try:
+                self.attachments.reread_text(self.pending[index], encoding)
+            except AttachmentError as error:
+                self._pending_changed([str(error)])
+                return
+            self._pending_changed([])
+
     def _pending_changed(self, problems: list[str]) -> None:
         self.window.composer.set_attachments(self.pending)
+        self._mark_unreadable()
         if problems:
             self.window.banner.show_message("\n".join(problems), "warning")
         self.update_token_count()
+
+    def _mark_unreadable(self) -> None:
+        """Mark the chips of files the loaded model cannot take (sending explains what is left out)."""
+        self.window.composer.mark_unreadable([model_cannot_read(a, self.model_info) for a in self.pending])
 
     def _on_recording_finished(self, wav: bytes, seconds: float) -> None:
         self.window.composer.set_recording(False)
@@ -330,22 +361,6 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
     def _use_suggestion(self, title: str) -> None:
         self.window.composer.set_text(SUGGESTION_PROMPTS.get(title, ""))
         self.window.composer.edit.setFocus()
-
-    # tokens
-
-    def _estimate_messages(self, messages: list[Message]) -> int:
-        budget = self.settings.image_token_budget
-        return sum(estimate_tokens(m.content) + 4 + sum(estimate_attachment_tokens(a, budget) for a in m.attachments)
-                   for m in messages)
-
-    def update_token_count(self) -> int:
-        """Estimated tokens of the conversation plus the message being written; shown against the limit."""
-        composer = self.window.composer
-        used = self.history_tokens + self.engine.count_tokens(composer.text) + sum(
-            estimate_attachment_tokens(a, self.settings.image_token_budget) for a in self.pending)
-        used += estimate_tokens(self.settings.system_prompt)
-        composer.set_token_count(used, self.context_limit())
-        return used
 
     # sending
 
@@ -391,7 +406,7 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
             self.attachments.remove(attachment)
         self.pending = moved
         self.window.transcript.clear()
-        self.history_tokens = 0
+        self._set_history([])
         del old
 
     def _trim_documents(self, text: str, limit: int) -> None:
@@ -425,7 +440,8 @@ class ChatController(ModelsMixin, StreamingMixin, QObject):
             self.stream = None
         self._drop_if_empty()
         self.server.stop()
-        self.engine.shutdown(timeout=3.0)
+        # generation stops at its next token; the chunk of a long prompt under way is not waited for
+        self.engine.shutdown(timeout=QUIT_WAIT_S)
 
     # default questions (modal dialogs)
 

@@ -5,12 +5,15 @@ View only: the controller wires the signals to history and the engine.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QImage, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QImage, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QSplitter, QStackedWidget,
+                               QVBoxLayout, QWidget)
+
+from gemma4_mac.model_sources import might_be_model
 
 from . import icons
 from .composer import Composer, local_files
@@ -21,24 +24,35 @@ from .widgets import Banner, IconButton, refresh_palette
 
 
 class DropOverlay(QFrame):
-    """Covers the chat while files are dragged over it."""
+    """Covers the chat while files are dragged over it: attachments, or a model to add."""
+
+    ATTACH = ("Drop files to attach them", "Images, screenshots, PDFs, text and code, audio and video")
+    MODEL = ("Drop to add this model", "An MLX model folder is used where it is; a Hugging Face checkpoint "
+             "or a GGUF file is converted to 4-bit MLX first.")
 
     def __init__(self, parent: QWidget):
         super().__init__(parent)
         self.setObjectName("dropOverlay")
         layout = QVBoxLayout(self)
-        self.label = QLabel("Drop files to attach them")
+        self.label = QLabel(self.ATTACH[0])
         self.label.setObjectName("dropOverlayText")
         self.label.setAlignment(Qt.AlignCenter)
-        hint = QLabel("Images, screenshots, PDFs, text and code, audio and video")
-        hint.setObjectName("hint")
-        hint.setAlignment(Qt.AlignCenter)
+        self.hint = QLabel(self.ATTACH[1])
+        self.hint.setObjectName("hint")
+        self.hint.setAlignment(Qt.AlignCenter)
+        self.hint.setWordWrap(True)
         layout.addStretch(1)
         layout.addWidget(self.label)
-        layout.addWidget(hint)
+        layout.addWidget(self.hint)
         layout.addStretch(1)
         self.setAttribute(Qt.WA_TransparentForMouseEvents)
         self.hide()
+
+    def set_model(self, model: bool) -> None:
+        """Say what the drop will do: add a model (a folder, a GGUF file) or attach files."""
+        title, hint = self.MODEL if model else self.ATTACH
+        self.label.setText(title)
+        self.hint.setText(hint)
 
 
 class MainWindow(QMainWindow):
@@ -119,6 +133,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
 
         self.drop_overlay = DropOverlay(self.chat_area)
+        self._build_model_menu()
         self.shortcuts = {
             "new": QShortcut(QKeySequence.New, self),
             "settings": QShortcut(QKeySequence.Preferences, self),
@@ -129,6 +144,23 @@ class MainWindow(QMainWindow):
         }
         self.shortcuts["search"].activated.connect(self.sidebar.search.setFocus)
         self.show_empty(True)
+
+    def _build_model_menu(self) -> None:
+        """The model actions, shared by the sidebar's model menu and (on macOS) the menu bar's Model menu."""
+        self.add_folder_action = QAction("Add Model from Folder…", self)
+        self.add_folder_action.setToolTip("Use an MLX model folder where it is, or convert a Hugging Face "
+                                          "checkpoint")
+        self.add_file_action = QAction("Add GGUF File…", self)
+        self.add_file_action.setToolTip("Convert a GGUF file (llama.cpp, LM Studio, Ollama) to MLX")
+        self.manage_models_action = self.sidebar.manage_action
+        self.model_menu = QMenu("Model", self)
+        for action in (self.add_folder_action, self.add_file_action):
+            self.model_menu.addAction(action)
+        self.model_menu.addSeparator()
+        self.model_menu.addAction(self.manage_models_action)
+        self.sidebar.set_model_menu_actions([self.add_folder_action, self.add_file_action])
+        if sys.platform == "darwin":  # the Mac's global menu bar; elsewhere the sidebar's menu is enough
+            self.menuBar().addMenu(self.model_menu)
 
     def show_empty(self, empty: bool) -> None:
         self.stack.setCurrentWidget(self.empty_state if empty else self.transcript)
@@ -144,12 +176,15 @@ class MainWindow(QMainWindow):
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         mime = event.mimeData()
-        if local_files(mime) or mime.hasImage():
+        files = local_files(mime)
+        if files or mime.hasImage():
             event.acceptProposedAction()
+            model = any(might_be_model(path) for path in files)
+            self.drop_overlay.set_model(model)
             self.drop_overlay.setGeometry(self.chat_area.rect().adjusted(16, 56, -16, -16))
             self.drop_overlay.raise_()
             self.drop_overlay.show()
-            self.composer.set_drop_target(True)
+            self.composer.set_drop_target(not model)  # a model is added, not attached to the message
 
     def dragLeaveEvent(self, event) -> None:
         self._end_drag()

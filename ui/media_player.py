@@ -1,7 +1,9 @@
 """A play/pause button for an audio or video attachment in the transcript.
 
 The Qt Multimedia player is made on the first press, so a long history of voice notes costs
-nothing until one is played; one clip plays at a time across the window.
+nothing until one is played; one clip plays at a time across the window. What keeps a clip from
+playing (no sound output, a file gone or unreadable) is said through `failed`, which the window
+shows in its banner.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from PySide6.QtCore import QUrl, Signal
 from PySide6.QtWidgets import QWidget
 
 from .widgets import IconButton
+
+
+NO_OUTPUT = ("{name} cannot be played: this Mac has no sound output right now. Connect speakers or "
+             "headphones, or choose an output in System Settings › Sound, then press Play again.")
+
+
+def has_audio_output() -> bool:
+    """Whether the system offers a sound output device now (one may be plugged in at any time)."""
+    from PySide6.QtMultimedia import QMediaDevices
+
+    return bool(QMediaDevices.audioOutputs())
 
 
 class PlayButton(IconButton):
@@ -46,6 +59,10 @@ class PlayButton(IconButton):
     def play(self) -> None:
         if not self.path.is_file():
             self.failed.emit(f"{self.path.name} is no longer in the app's data folder.")
+            return
+        if not has_audio_output():
+            # Qt would still report "playing" (the button flips to pause) while nothing can be heard
+            self.failed.emit(NO_OUTPUT.format(name=self.path.name))
             return
         if PlayButton._current is not None and PlayButton._current is not self:
             PlayButton._current.stop()

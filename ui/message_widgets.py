@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QImage, QTextDocument
+from PySide6.QtGui import QGuiApplication, QTextDocument
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout,
                                QWidget)
 
@@ -16,14 +16,19 @@ from gemma4_mac.attachments import Attachment
 from gemma4_mac.history import format_stats
 
 from . import icons
-from .boxes import draw_boxes, parse_boxes
+from .attachment_views import AnnotatedImage, AttachmentView
+from .boxes import parse_boxes
 from .markdown import Block, code_html, markdown_html, plain_html, split_blocks
 from .theme import Palette, current_palette
-from .widgets import (KIND_GLYPHS, IconButton, RichLabel, attachment_subtitle, glyph_tile, load_image,
-                      rounded_pixmap)
+from .widgets import IconButton, ReadingBar, RichLabel
 
 RENDER_INTERVAL_MS = 40  # streaming text is re-rendered at most this often
 STREAM_CURSOR = " ●"
+
+
+def stats_text(stats: dict) -> str:
+    """The stats line, which a narrow window wraps between figures, never inside one ("309.4 MB peak")."""
+    return " · ".join(part.replace(" ", "\u00a0") for part in format_stats(stats).split(" · "))
 
 
 class CodeBlock(QFrame):
@@ -256,75 +261,11 @@ class ToolCallCard(QFrame):
         self.arguments.setText(code_html(text, "json", palette, 12))
 
 
-class AttachmentView(QFrame):
-    """An attachment as shown in a message: a picture for images, a card for everything else."""
-
-    def __init__(self, attachment: Attachment, parent: Optional[QWidget] = None, max_side: int = 260):
-        super().__init__(parent)
-        self.attachment = attachment
-        self.max_side = max_side
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.picture = QLabel()
-        layout.addWidget(self.picture)
-        if attachment.kind != "image":
-            self.setObjectName("chip")
-            layout.setContentsMargins(8, 8, 14, 8)
-            layout.setSpacing(10)
-            text = QVBoxLayout()
-            text.setSpacing(1)
-            title = QLabel(attachment.name)
-            title.setObjectName("chipTitle")
-            meta = QLabel(attachment_subtitle(attachment.kind, attachment.meta, attachment.name))
-            meta.setObjectName("chipMeta")
-            text.addWidget(title)
-            text.addWidget(meta)
-            layout.addLayout(text)
-        self.play_button = None
-        if attachment.kind in ("audio", "video"):
-            from .media_player import PlayButton
-
-            self.play_button = PlayButton(Path(attachment.path))
-            layout.addWidget(self.play_button)
-        self.apply_palette(current_palette())
-
-    def apply_palette(self, palette: Palette) -> None:
-        a = self.attachment
-        if a.kind == "image":
-            image = load_image(Path(a.path))
-            if image.isNull():
-                self.picture.setPixmap(glyph_tile("image", 44, palette))
-                return
-            size = image.size().scaled(self.max_side, self.max_side, Qt.KeepAspectRatio)
-            self.picture.setPixmap(rounded_pixmap(image, size, 14))
-            return
-        thumb = a.thumbnail
-        image = load_image(thumb) if thumb and Path(thumb).is_file() else QImage()
-        if not image.isNull():
-            self.picture.setPixmap(rounded_pixmap(image, QSize(36, 44), 5))
-        else:
-            self.picture.setPixmap(glyph_tile(KIND_GLYPHS.get(a.kind, "document"), 40, palette))
-
-
-class AnnotatedImage(QLabel):
-    """The image of the question with the answer's `box_2d` boxes drawn on it."""
-
-    def __init__(self, image_path: Path, boxes, parent: Optional[QWidget] = None, max_side: int = 420):
-        super().__init__(parent)
-        self.image_path, self.boxes = Path(image_path), boxes
-        image = load_image(self.image_path)
-        if image.isNull():
-            return
-        size = image.size().scaled(max_side, max_side, Qt.KeepAspectRatio)
-        # boxes are drawn at twice the shown size, so labels stay legible however large the photo
-        sharp = image.scaled(size * 2, Qt.KeepAspectRatio, Qt.SmoothTransformation)
-        self.setPixmap(rounded_pixmap(draw_boxes(sharp, boxes, scale=2.0), size, 12))
-
-
 class UserMessage(QWidget):
     """The person's message: attachments and a rounded bubble on the right."""
 
     editRequested = Signal()
+    playbackFailed = Signal(str)  # an attached clip cannot be played, and why
 
     def __init__(self, text: str, attachments: list[Attachment], parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -336,7 +277,10 @@ class UserMessage(QWidget):
         for attachment in attachments:
             row = QHBoxLayout()
             row.addStretch(1)
-            row.addWidget(AttachmentView(attachment))
+            view = AttachmentView(attachment)
+            if view.play_button is not None:
+                view.play_button.failed.connect(self.playbackFailed)
+            row.addWidget(view)
             outer.addLayout(row)
         self.bubble = QFrame()
         self.bubble.setObjectName("userBubble")
@@ -413,6 +357,8 @@ class AssistantMessage(QWidget):
         self.column.setContentsMargins(0, 2, 0, 0)
         self.column.setSpacing(10)
         outer.addLayout(self.column, 1)
+        self.reading = ReadingBar()
+        self.column.addWidget(self.reading)
         self.markdown = MarkdownView()
         self.column.addWidget(self.markdown)
         self.error_label = QLabel()
@@ -427,6 +373,7 @@ class AssistantMessage(QWidget):
         self.regenerate_button.clicked.connect(self.regenerateRequested)
         self.stats_label = QLabel()
         self.stats_label.setObjectName("statsLine")
+        self.stats_label.setWordWrap(True)  # a narrow window wraps the figures instead of cutting them off
         footer.addWidget(self.copy_button)
         footer.addWidget(self.regenerate_button)
         footer.addSpacing(8)
@@ -445,13 +392,22 @@ class AssistantMessage(QWidget):
         self.footer.hide()
         self._schedule()
 
+    def show_reading(self, text: str, fraction: float) -> None:
+        """How far the model has read the prompt (shown, instead of the cursor, until the answer starts)."""
+        first = self.reading.isHidden()
+        self.reading.set_progress(text, fraction)
+        if first:
+            self._render()
+
     def append_answer(self, text: str) -> None:
+        self.reading.hide()
         if self.thinking is not None and self.thinking.seconds is None:
             self.thinking.finish()
         self.answer += text
         self._schedule()
 
     def append_thought(self, text: str) -> None:
+        self.reading.hide()
         self.ensure_thinking().append(text)
 
     def ensure_thinking(self) -> ThinkingSection:
@@ -467,15 +423,17 @@ class AssistantMessage(QWidget):
 
     def finish(self, stats: Optional[dict], partial: bool = False) -> None:
         self.streaming = False
+        self.reading.hide()
         self.stats, self.partial = stats, partial
         if self.thinking is not None and self.thinking.seconds is None:
             self.thinking.finish()
         self._render()
-        self.stats_label.setText(format_stats(stats) if stats else ("Stopped" if partial else ""))
+        self.stats_label.setText(stats_text(stats) if stats else ("Stopped" if partial else ""))
         self.footer.show()
 
     def show_error(self, message: str) -> None:
         self.streaming = False
+        self.reading.hide()
         self.error_label.setText(message)
         self.error_label.setStyleSheet(f"color: {current_palette().danger};")
         self.error_label.show()
@@ -487,7 +445,8 @@ class AssistantMessage(QWidget):
             self._render_timer.start()
 
     def _render(self) -> None:
-        text = self.answer + (STREAM_CURSOR if self.streaming else "")
+        cursor = self.streaming and (self.answer or self.reading.isHidden())  # else the bar says it reads
+        text = self.answer + (STREAM_CURSOR if cursor else "")
         self.markdown.set_markdown(text)
         self.markdown.setVisible(bool(text.strip()))
         if not self.streaming:

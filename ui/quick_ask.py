@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QFrame, QGraphicsDropShadowEffect, QHBoxLayout, Q
 from . import icons
 from .message_widgets import MarkdownView
 from .theme import Palette, current_palette
-from .widgets import IconButton
+from .widgets import ElidedLabel, IconButton, ReadingBar
 
 PANEL_WIDTH = 680
 ANSWER_MAX_HEIGHT = 420
@@ -114,6 +114,9 @@ class QuickAskPanel(QWidget):
         self.divider.setFixedHeight(1)
         column.addWidget(self.divider)
         column.addWidget(self._answer_area())
+        self.hint_label = QLabel(hint_text())  # a line of its own: it is never cut off by the buttons
+        self.hint_label.setObjectName("quickAskMeta")
+        column.addWidget(self.hint_label)
         column.addLayout(self._footer())
         self._shortcuts()
         self.set_answer_visible(False)
@@ -160,6 +163,7 @@ class QuickAskPanel(QWidget):
         self.thinking_label = QLabel("Thinking…")
         self.thinking_label.setObjectName("quickAskMeta")
         self.thinking_label.hide()
+        self.reading = ReadingBar("quickAskMeta")
         self.markdown = MarkdownView(size=14)
         self.error_label = QLabel()
         self.error_label.setObjectName("quickAskError")
@@ -168,8 +172,8 @@ class QuickAskPanel(QWidget):
         self.stats_label = QLabel()
         self.stats_label.setObjectName("quickAskMeta")
         self.stats_label.hide()
-        for widget in (self.question_label, self.thinking_label, self.markdown, self.error_label,
-                       self.stats_label):
+        for widget in (self.question_label, self.reading, self.thinking_label, self.markdown,
+                       self.error_label, self.stats_label):
             layout.addWidget(widget)
         layout.addStretch(1)
         self.scroll = QScrollArea()
@@ -184,12 +188,9 @@ class QuickAskPanel(QWidget):
     def _footer(self) -> QHBoxLayout:
         row = QHBoxLayout()
         row.setSpacing(8)
-        self.model_label = QLabel("No model loaded")
+        self.model_label = ElidedLabel("No model loaded")  # shortened with "…", never cut, beside the buttons
         self.model_label.setObjectName("quickAskMeta")
-        self.hint_label = QLabel(hint_text())
-        self.hint_label.setObjectName("quickAskMeta")
-        row.addWidget(self.model_label)
-        row.addWidget(self.hint_label, 1)
+        row.addWidget(self.model_label, 1)
         self.new_button = QPushButton("New")
         self.new_button.setObjectName("pill")
         self.new_button.setToolTip(f"Start a new question ({key_text('new')})")
@@ -261,7 +262,7 @@ class QuickAskPanel(QWidget):
     # content
 
     def set_model_label(self, text: str) -> None:
-        self.model_label.setText(text)
+        self.model_label.set_full_text(text)
 
     def show_notice(self, text: str, milliseconds: int = 5000) -> None:
         """A short note in the footer (no image on the clipboard, a screenshot refused...)."""
@@ -300,6 +301,7 @@ class QuickAskPanel(QWidget):
         self.question_label.setVisible(bool(question))
         self.answer = ""
         self.streaming = True
+        self.reading.hide()
         self.thinking_label.hide()
         self.error_label.hide()
         self.stats_label.hide()
@@ -308,11 +310,19 @@ class QuickAskPanel(QWidget):
         self.set_answer_visible(True)
         self._render()
 
+    def show_reading(self, text: str, fraction: float) -> None:
+        """How far the model has read a long prompt (until the answer starts)."""
+        if not self.answer:
+            self.reading.set_progress(text, fraction)
+            self._fit()
+
     def show_thinking(self) -> None:
+        self.reading.hide()
         if not self.answer:
             self.thinking_label.show()
 
     def append_answer(self, text: str) -> None:
+        self.reading.hide()
         self.thinking_label.hide()
         self.answer += text
         if not self._render_timer.isActive():
@@ -320,6 +330,7 @@ class QuickAskPanel(QWidget):
 
     def finish(self, stats_text: str = "") -> None:
         self.streaming = False
+        self.reading.hide()
         self.stop_button.hide()
         self.thinking_label.hide()
         self.stats_label.setText(stats_text)
@@ -328,6 +339,7 @@ class QuickAskPanel(QWidget):
 
     def show_error(self, message: str) -> None:
         self.streaming = False
+        self.reading.hide()
         self.stop_button.hide()
         self.thinking_label.hide()
         self.error_label.setText(message)
@@ -341,6 +353,7 @@ class QuickAskPanel(QWidget):
         self.streaming = False
         self.input.clear()
         self.question_label.clear()
+        self.reading.hide()
         self.error_label.hide()
         self.stats_label.hide()
         self.stop_button.hide()

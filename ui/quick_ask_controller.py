@@ -14,10 +14,12 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QTimer, Sign
 from PySide6.QtGui import QClipboard, QCursor, QGuiApplication, QImage, QPixmap, QScreen
 
 from gemma4_mac.attachments import Attachment, AttachmentError, AttachmentStore
-from gemma4_mac.engine import Engine, GenerationRequest
-from gemma4_mac.history import HistoryStore, format_stats, model_messages
+from gemma4_mac.engine import GenerationRequest
+from gemma4_mac.history import HistoryStore, format_stats, left_out_notice, model_messages, raw_prompt
+from gemma4_mac.progress import ReadingProgress
 from gemma4_mac.settings import AppSettings
 
+from .engine import Engine
 from .quick_ask import QuickAskPanel, key_text
 
 SCREENSHOT_DELAY_MS = 220  # lets the panel disappear before the screen is grabbed
@@ -66,6 +68,7 @@ class QuickAskController(QObject):
         self.answer, self.thought = "", ""
         self.tool_calls: list[dict] = []
         self.handover = False  # "Continue in window" pressed while streaming
+        self.reading = ReadingProgress()
         self._wire()
         self._show_model()
 
@@ -90,6 +93,7 @@ class QuickAskController(QObject):
         e.modelLoaded.connect(self._on_model_loaded)
         e.modelLoadFailed.connect(self._on_model_failed)
         e.generationStarted.connect(self._on_started)
+        e.readingProgress.connect(self._on_reading)
         e.answerDelta.connect(self._on_answer)
         e.thoughtDelta.connect(self._on_thought)
         e.toolCallReceived.connect(self._on_tool_call)
@@ -137,13 +141,17 @@ class QuickAskController(QObject):
         settings = self.settings
         messages = self.history.messages(cid)
         request = GenerationRequest(
-            conversation_id=cid, messages=model_messages(messages, settings.system_prompt),
+            conversation_id=cid, messages=model_messages(messages, settings.system_prompt, self.model_info),
             enable_thinking=settings.thinking, sampling=settings.sampling_kwargs(), kv_bits=settings.kv_bits,
             image_token_budget=settings.image_token_budget)
         if self.model_info is not None and not self.model_info.get("chat", True):
-            request.raw_prompt = text  # a base model continues the text as written
+            request.raw_prompt = raw_prompt(messages[-1])  # a base model continues the text as written
+        notice = left_out_notice(messages, self.model_info)
+        if notice:  # never a silent cut: the person learns what this model does not receive
+            self.panel.show_notice(notice, 9000)
         self.message_id = self.history.add_message(cid, "assistant", "", partial=True, model=self._model_name()).id
         self.answer, self.thought, self.tool_calls, self.active = "", "", [], False
+        self.reading = ReadingProgress("conversation" if len(messages) > 1 else "prompt")
         self.request_id = self.engine.generate(request)
         self.conversationUpdated.emit(cid)
         return True
@@ -246,6 +254,10 @@ class QuickAskController(QObject):
 
     def _on_started(self, request_id: int) -> None:
         self.active = request_id == self.request_id
+
+    def _on_reading(self, read: int, total: int) -> None:
+        if self.active and self.reading.update(read, total) and not self.answer:
+            self.panel.show_reading(self.reading.text(), self.reading.fraction)
 
     def _on_answer(self, text: str) -> None:
         if self.active:

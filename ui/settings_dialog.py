@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QWidget)
 
 from gemma4_mac.hotkey import default_hotkey
-from gemma4_mac.model_manager import ModelEntry
+from gemma4_mac.model_manager import ModelEntry, format_size
 from gemma4_mac.settings import IMAGE_TOKEN_BUDGETS, KV_PRECISIONS, AppSettings
 
 CONTEXT_CHOICES = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
@@ -44,7 +44,7 @@ class SettingsDialog(QDialog):
         model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         for entry in models:
-            self.model_combo.addItem(f"{entry.label}  ·  {entry.size_bytes / 1024 ** 3:.1f} GB", str(entry.path))
+            self.model_combo.addItem(f"{entry.label}  ·  {format_size(entry.size_bytes)}", str(entry.path))
         if settings.model_path and self.model_combo.findData(settings.model_path) < 0:
             self.model_combo.addItem(settings.model_path, settings.model_path)
         if not models and not settings.model_path:
@@ -126,6 +126,16 @@ class SettingsDialog(QDialog):
         server_row.addWidget(self.server_enabled, 1)
         server_row.addWidget(self.server_port)
         layout.addLayout(server_row)
+        server_form = QFormLayout()
+        self.server_cors_origins = QLineEdit(settings.server_cors_origins)
+        self.server_cors_origins.setPlaceholderText("none: web pages cannot call the server")
+        self.server_cors_origins.setToolTip("Web pages allowed to use the model (CORS), e.g. http://localhost:3000; "
+                                            "separate several with spaces. Programs and agents need no entry here.")
+        server_form.addRow("Allowed web pages", self.server_cors_origins)
+        self.server_allow_local_files = QCheckBox("Let API requests open image files on this Mac by path")
+        self.server_allow_local_files.setChecked(settings.server_allow_local_files)
+        server_form.addRow("", self.server_allow_local_files)
+        layout.addLayout(server_form)
 
         rule = QFrame()
         rule.setObjectName("rule")
@@ -147,4 +157,6 @@ class SettingsDialog(QDialog):
             kv_precision=int(self.kv.currentData()), image_token_budget=int(self.image_budget.currentData()),
             theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
-            server_port=self.server_port.value())
+            server_port=self.server_port.value(),
+            server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),
+            server_allow_local_files=self.server_allow_local_files.isChecked())

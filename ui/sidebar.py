@@ -1,4 +1,4 @@
-"""The sidebar: new chat, search, conversations grouped by date, the model and settings."""
+"""The sidebar: new chat, search, conversations grouped by date, the model menu, progress and settings."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import html
 import time
 from typing import Optional
 
-from PySide6.QtCore import QModelIndex, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QAbstractTextDocumentLayout, QColor, QPainter, QPalette, QTextDocument
+from PySide6.QtCore import QModelIndex, QPoint, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QAbstractTextDocumentLayout, QAction, QColor, QPainter, QPalette, QTextDocument
 from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                               QListWidgetItem, QMenu, QPushButton, QStyle, QStyledItemDelegate,
+                               QListWidgetItem, QMenu, QProgressBar, QPushButton, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem, QVBoxLayout, QWidget)
 
 from gemma4_mac.history import HIT_END, HIT_START, Conversation, SearchHit
@@ -45,8 +45,8 @@ class ConversationDelegate(QStyledItemDelegate):
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex) -> QSize:
         kind = index.data(KIND_ROLE)
         if kind == "header":
-            return QSize(option.rect.width(), 30)
-        return QSize(option.rect.width(), 52 if index.data(SNIPPET_ROLE) else 34)
+            return QSize(0, 30)  # rows take the list's width: never wider, so it never scrolls sideways
+        return QSize(0, 52 if index.data(SNIPPET_ROLE) else 34)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         palette = current_palette()
@@ -109,7 +109,9 @@ class Sidebar(QFrame):
     exportRequested = Signal(int, str)  # conversation id, "markdown" | "json"
     searchChanged = Signal(str)
     settingsClicked = Signal()
-    modelClicked = Signal()
+    modelClicked = Signal()  # "Manage Models…" in the model menu
+    modelChosen = Signal(str)  # a model folder picked in the model menu
+    progressCancelled = Signal()
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -144,6 +146,7 @@ class Sidebar(QFrame):
         self.list.setMouseTracking(True)
         self.list.setEditTriggers(QAbstractItemView.EditKeyPressed)
         self.list.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.list.setContextMenuPolicy(Qt.CustomContextMenu)
         self.list.customContextMenuRequested.connect(self._context_menu)
         self.list.currentItemChanged.connect(self._on_current_changed)
@@ -160,15 +163,23 @@ class Sidebar(QFrame):
         self.model_button.setCursor(Qt.PointingHandCursor)
         self.model_button.setIconSize(QSize(16, 16))
         self.model_button.setToolTip("Models on this Mac")
-        self.model_button.clicked.connect(self.modelClicked)
+        self.model_button.clicked.connect(self.show_model_menu)
+        self.model_menu = QMenu(self)
+        self._model_choices: list[tuple[str, str]] = []
+        self._current_model = ""
+        self._menu_actions: list[QAction] = []
+        self.manage_action = QAction("Manage Models…", self)
+        self.manage_action.triggered.connect(self.modelClicked)
         self.settings_button = IconButton("gear", "Settings (⌘,)", size=18)
         self.settings_button.clicked.connect(self.settingsClicked)
+        layout.addWidget(self._build_progress())
         bottom.addWidget(self.model_button, 1)
         bottom.addWidget(self.settings_button)
         layout.addLayout(bottom)
         self._current_id: Optional[int] = None
         self._populating = False
         self.set_model_status("No model", "idle")
+        self._rebuild_model_menu()
 
     # content
 
@@ -217,11 +228,6 @@ class Sidebar(QFrame):
         return [self.list.item(r).data(ID_ROLE) for r in range(self.list.count())
                 if self.list.item(r).data(KIND_ROLE) == "conversation"]
 
-    def start_rename(self, conversation_id: int) -> None:
-        item = self.item_for(conversation_id)
-        if item is not None:
-            self.list.editItem(item)
-
     def set_model_status(self, name: str, state: str) -> None:
         """state: "idle", "loading", "ready", "error"."""
         palette = current_palette()
@@ -230,8 +236,82 @@ class Sidebar(QFrame):
         label = {"loading": f"Loading {name}…", "error": "Model failed to load"}.get(state, name)
         metrics = self.model_button.fontMetrics()
         self.model_button.setText(metrics.elidedText(label, Qt.ElideRight, max(120, self.model_button.width() - 44)))
-        self.model_button.setToolTip(f"{label}\nClick to manage models")
+        self.model_button.setToolTip(f"{label}\nClick to switch, add or manage models")
         self._model_state = (name, state)
+
+    # the model menu and the progress of building or converting a model
+
+    def _build_progress(self) -> QFrame:
+        self.progress_box = QFrame()
+        self.progress_box.setObjectName("card")
+        box = QVBoxLayout(self.progress_box)
+        box.setContentsMargins(10, 8, 6, 8)
+        box.setSpacing(6)
+        row = QHBoxLayout()
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("chipMeta")
+        self.progress_label.setWordWrap(True)
+        self.progress_cancel = IconButton("close", "Cancel", size=12)
+        self.progress_cancel.clicked.connect(self.progressCancelled)
+        row.addWidget(self.progress_label, 1)
+        row.addWidget(self.progress_cancel, 0, Qt.AlignTop)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        box.addLayout(row)
+        box.addWidget(self.progress_bar)
+        self.progress_box.hide()
+        return self.progress_box
+
+    def set_progress(self, text: str, fraction: Optional[float], cancellable: bool = False) -> None:
+        """Show a model being built or converted: `text` (with its percentage) over a bar; `fraction` None
+        gives a busy bar (a step with no measure)."""
+        self.progress_label.setText(text)
+        if fraction is None:
+            self.progress_bar.setRange(0, 0)
+        else:
+            self.progress_bar.setRange(0, 1000)
+            self.progress_bar.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
+        self.progress_cancel.setVisible(cancellable)
+        self.progress_box.show()
+
+    def clear_progress(self) -> None:
+        self.progress_box.hide()
+
+    def set_model_menu_actions(self, actions: list[QAction]) -> None:
+        """The window's model actions (Add Model from Folder…, …), shown under the list of models."""
+        self._menu_actions = list(actions)
+        self._rebuild_model_menu()
+
+    def set_model_choices(self, choices: list[tuple[str, str]], current: str) -> None:
+        """The models the menu offers to switch to: (label, folder) pairs, `current` checked."""
+        self._model_choices, self._current_model = list(choices), current
+        self._rebuild_model_menu()
+
+    def _rebuild_model_menu(self) -> None:
+        menu = self.model_menu
+        menu.clear()
+        for label, path in self._model_choices:
+            action = menu.addAction(label)
+            action.setCheckable(True)
+            action.setChecked(path == self._current_model)
+            action.setData(path)
+            action.triggered.connect(lambda _checked=False, chosen=path: self.modelChosen.emit(chosen))
+        if self._model_choices:
+            menu.addSeparator()
+        for action in self._menu_actions:
+            menu.addAction(action)
+        menu.addAction(self.manage_action)
+
+    def model_menu_texts(self) -> list[str]:
+        """The menu's item texts, in order (for tests and the starter banner's wording)."""
+        return [a.text() for a in self.model_menu.actions() if a.text() and not a.isSeparator()]
+
+    def show_model_menu(self) -> None:
+        """Open the model menu above the model button (it sits at the bottom of the sidebar)."""
+        size = self.model_menu.sizeHint()
+        corner = self.model_button.mapToGlobal(QPoint(0, -size.height() - 4))
+        self.model_menu.popup(corner)
 
     def apply_palette(self, palette: Palette) -> None:
         self.search_action.setIcon(icons.icon("search", palette.text_tertiary, 14))

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from gemma4_mac.engine import GenerationRequest
-from gemma4_mac.history import model_messages
+from gemma4_mac.history import Message, left_out_notice, model_messages, raw_prompt
+from gemma4_mac.progress import ReadingProgress
 
 from .message_widgets import AssistantMessage
 
@@ -28,6 +29,16 @@ class StreamState:
     tool_calls: list[dict] = field(default_factory=list)
     thought_started: Optional[float] = None
     thought_seconds: Optional[float] = None
+    reading: ReadingProgress = field(default_factory=ReadingProgress)
+
+
+def reading_subject(messages: list[Message]) -> str:
+    """What a long prompt mostly is, for "Reading … 1,840 of 3,287 tokens"."""
+    users = [m for m in messages if m.role == "user"]
+    documents = [a for a in (users[-1].attachments if users else []) if a.is_document]
+    if documents:
+        return "document" if len(documents) == 1 else "documents"
+    return "conversation" if len(users) > 1 else "prompt"
 
 
 class StreamingMixin:
@@ -36,12 +47,12 @@ class StreamingMixin:
     def _start_generation(self) -> None:
         cid = self.conversation_id
         messages = self.history.messages(cid)
-        self.history_tokens = self._estimate_messages(messages)
+        self._set_history(messages)
         images = [a.path for m in messages if m.role == "user" for a in m.attachments if a.kind == "image"]
         stored = self.history.add_message(cid, "assistant", "", partial=True, model=self._model_name())
         widget = self.window.transcript.add_assistant(Path(images[-1]) if images else None)
         widget.start_streaming()
-        self.stream = StreamState(cid, stored.id, widget)
+        self.stream = StreamState(cid, stored.id, widget, reading=ReadingProgress(reading_subject(messages)))
         self.window.composer.set_generating(True)
         if self.model_info is None and self.model_state == "loading":
             return  # sent while the model loads: whether it is a chat model decides the prompt, so wait
@@ -52,11 +63,15 @@ class StreamingMixin:
         stream = self.stream
         messages = [m for m in self.history.messages(stream.conversation_id) if m.id != stream.message_id]
         request = GenerationRequest(
-            conversation_id=stream.conversation_id, messages=model_messages(messages, self.settings.system_prompt),
+            conversation_id=stream.conversation_id,
+            messages=model_messages(messages, self.settings.system_prompt, self.model_info),
             enable_thinking=self.settings.thinking, sampling=self.settings.sampling_kwargs(),
             kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
         if self.model_info is not None and not self.model_info.get("chat", True):
-            request.raw_prompt = messages[-1].content  # a base model continues the text as written
+            request.raw_prompt = raw_prompt(messages[-1])  # a base model continues the text as written
+        notice = left_out_notice(messages, self.model_info)
+        if notice:  # never a silent cut: the person learns what this model does not receive
+            self.window.banner.show_message(notice, "warning")
         stream.request_id = self.engine.generate(request)
         self._save_timer.start()
 
@@ -94,11 +109,12 @@ class StreamingMixin:
         self.window.transcript.remove_from(index)
         self.pending = list(message.attachments)
         self.window.composer.set_attachments(self.pending)
+        self._mark_unreadable()
         self.window.composer.set_text(message.content)
         self.window.composer.edit.setFocus()
         remaining = messages[:index]
         self.window.show_empty(not remaining)
-        self.history_tokens = self._estimate_messages(remaining)
+        self._set_history(remaining)
         self.update_token_count()
 
     # stream events
@@ -119,6 +135,13 @@ class StreamingMixin:
             submitted and self.engine_request is None and self.engine.model_info is None)
         self.engine_request = None
         return ours
+
+    def _on_reading(self, read: int, total: int) -> None:
+        if not self._streaming_ours():
+            return
+        reading = self.stream.reading
+        if reading.update(read, total) and self.stream.widget is not None and not self.stream.answer:
+            self.stream.widget.show_reading(reading.text(), reading.fraction)
 
     def _on_answer(self, text: str) -> None:
         if not self._streaming_ours():
@@ -179,7 +202,7 @@ class StreamingMixin:
                 stream.widget.thinking.finish(stats.get("thinking_seconds"))
             stream.widget.finish(stats, partial)
         if stream.conversation_id == self.conversation_id:
-            self.history_tokens = self._estimate_messages(self.history.messages(self.conversation_id))
+            self._set_history(self.history.messages(self.conversation_id))
             self.update_token_count()
         self.refresh_sidebar()
 
@@ -215,3 +238,6 @@ class StreamingMixin:
             widget.append_thought(self.stream.thought)
         widget.answer = self.stream.answer
         widget.start_streaming()
+        reading = self.stream.reading
+        if reading.shown and not reading.done and not (self.stream.answer or self.stream.thought):
+            widget.show_reading(reading.text(), reading.fraction)

@@ -14,6 +14,7 @@ from . import icons
 from .message_widgets import AssistantMessage, UserMessage
 
 COLUMN_WIDTH = 760
+SUGGESTION_WIDTH = 280  # each of the two columns of suggestions, when the window is wide enough
 STICK_DISTANCE = 48  # px from the bottom within which the view keeps following new text
 
 SUGGESTIONS = (
@@ -48,14 +49,16 @@ class EmptyState(QWidget):
         layout.addSpacing(4)
         layout.addWidget(self.subtitle)
         layout.addSpacing(26)
+        self.subtitle.setWordWrap(True)
         grid = QGridLayout()
         grid.setSpacing(10)
-        self.buttons = []
+        self.buttons: list[QPushButton] = []
+        self.hints: list[QLabel] = []
         for i, (title, hint) in enumerate(SUGGESTIONS):
             button = QPushButton()
             button.setObjectName("suggestion")
             button.setCursor(Qt.PointingHandCursor)
-            button.setMinimumSize(280, 62)
+            button.setToolTip(hint)
             inner = QVBoxLayout(button)
             inner.setContentsMargins(14, 9, 14, 9)
             inner.setSpacing(1)
@@ -64,9 +67,12 @@ class EmptyState(QWidget):
                 label.setObjectName(name)
                 label.setAttribute(Qt.WA_TransparentForMouseEvents)
                 inner.addWidget(label)
+            self.hints.append(label)
             button.clicked.connect(lambda _=False, t=title: self.suggestionClicked.emit(t))
             grid.addWidget(button, i // 2, i % 2)
             self.buttons.append(button)
+        self.compact: Optional[bool] = None
+        self._fit_width(SUGGESTION_WIDTH * 2 + 60)
         row = QHBoxLayout()
         row.addStretch(1)
         row.addLayout(grid)
@@ -74,12 +80,29 @@ class EmptyState(QWidget):
         layout.addLayout(row)
         layout.addStretch(4)
 
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_width(self.width())
+
+    def _fit_width(self, width: int) -> None:
+        """Two roomy columns of suggestions; in a narrow window (to the minimum size) only their titles."""
+        compact = width < SUGGESTION_WIDTH * 2 + 60
+        if compact == self.compact:
+            return
+        self.compact = compact
+        titles = [button.findChild(QLabel, "suggestionTitle") for button in self.buttons]
+        narrow = max(title.sizeHint().width() for title in titles) + 30  # the longest title, in one line
+        for button, hint in zip(self.buttons, self.hints):
+            button.setMinimumSize(narrow if compact else SUGGESTION_WIDTH, 40 if compact else 62)
+            hint.setVisible(not compact)
+
 
 class TranscriptView(QScrollArea):
     """Scrollable list of message widgets. Follows new text while the reader is at the bottom."""
 
     regenerateRequested = Signal()
     editRequested = Signal()
+    playbackFailed = Signal(str)  # an attached clip cannot be played: the window says why
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -123,6 +146,7 @@ class TranscriptView(QScrollArea):
     def add_user(self, text: str, attachments) -> UserMessage:
         widget = UserMessage(text, list(attachments))
         widget.editRequested.connect(self.editRequested)
+        widget.playbackFailed.connect(self.playbackFailed)
         self._add(widget)
         self.scroll_to_bottom()
         return widget

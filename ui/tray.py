@@ -2,7 +2,7 @@
 
 `install_menu_bar(app, window, controller)` adds the menu-bar item (Quick Ask, Open Window, the
 loaded model and its memory, Show in Dock, Quit), the global hotkey and the quick-ask panel to the
-app that `gemma4_mac.app.build_app` made. Where no system tray exists the app keeps working: the
+app that `ui.app.build_app` made. Where no system tray exists the app keeps working: the
 panel still opens with the hotkey and closing the window quits as usual.
 """
 
@@ -20,9 +20,10 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 
 from gemma4_mac import macos
 from gemma4_mac.history import format_bytes
-from gemma4_mac.hotkey import GlobalHotkey, Hotkey, HotkeyBackend, HotkeyError, HotkeyUnavailable, default_hotkey
+from gemma4_mac.hotkey import Hotkey, HotkeyBackend, HotkeyError, HotkeyUnavailable, default_hotkey
 
 from . import icons
+from .global_hotkey import GlobalHotkey
 from .quick_ask import QuickAskPanel
 from .quick_ask_controller import QuickAskController, grab_screen
 

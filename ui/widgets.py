@@ -7,7 +7,10 @@ from typing import Optional
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPainterPath, QPixmap
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QToolButton, QWidget, QFrame
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QToolButton,
+                               QVBoxLayout, QWidget)
+
+from gemma4_mac.documents import encoding_label
 
 from . import icons
 from .theme import Palette, current_palette
@@ -57,6 +60,29 @@ class RichLabel(QLabel):
         self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
 
 
+class ElidedLabel(QLabel):
+    """One line of plain text that ends in "…" when it does not fit (the whole text is its tooltip)."""
+
+    def __init__(self, text: str = "", parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.full_text = ""
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.setMinimumWidth(40)
+        self.set_full_text(text)
+
+    def set_full_text(self, text: str) -> None:
+        self.full_text = text
+        self.setToolTip(text)
+        self._elide()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self.full_text, Qt.ElideRight, max(self.width(), 40)))
+
+
 class Banner(QFrame):
     """A dismissible message above the composer: info, warning or error."""
 
@@ -86,6 +112,35 @@ class Banner(QFrame):
     def dismiss(self) -> None:
         self.hide()
         self.closed.emit()
+
+
+class ReadingBar(QWidget):
+    """How far the model has read a long prompt: "Reading document… 1,840 of 3,287 tokens" over a bar."""
+
+    STEPS = 1000
+
+    def __init__(self, object_name: str = "statsLine", parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.setObjectName("readingBar")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 2, 0, 2)
+        layout.setSpacing(6)
+        self.label = QLabel()
+        self.label.setObjectName(object_name)
+        self.label.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, self.STEPS)
+        self.bar.setTextVisible(False)
+        self.bar.setFixedHeight(6)
+        self.bar.setMaximumWidth(360)
+        layout.addWidget(self.label)
+        layout.addWidget(self.bar)
+        self.hide()
+
+    def set_progress(self, text: str, fraction: float) -> None:
+        self.label.setText(text)
+        self.bar.setValue(round(max(0.0, min(1.0, fraction)) * self.STEPS))
+        self.show()
 
 
 def rounded_pixmap(image: QImage, size: QSize, radius: float, crop: bool = True) -> QPixmap:
@@ -147,6 +202,9 @@ def attachment_subtitle(kind: str, meta: dict, name: str) -> str:
     if kind == "text":
         suffix = Path(name).suffix.lstrip(".").upper() or "Text"
         lines = meta.get("lines")
+        encoding = meta.get("encoding")
+        if encoding and encoding.replace("_", "-").lower() not in ("utf-8", "ascii"):
+            suffix += f" · {encoding_label(encoding).split(' (')[0]}"  # a legacy encoding: say which
         return f"{suffix} · {lines:,} lines" if lines else suffix
     if kind == "audio":
         duration = meta.get("duration")

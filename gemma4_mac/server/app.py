@@ -1,4 +1,5 @@
-"""The ASGI app (Starlette), a handle that runs it on a thread (uvicorn), and `python -m gemma4_mac serve`."""
+"""The ASGI app (Starlette) over a GenerationService, a handle that runs it on a thread (uvicorn), and
+`python -m gemma4_mac serve`."""
 
 from __future__ import annotations
 
@@ -14,17 +15,25 @@ from typing import Optional, Sequence, TextIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
+from . import registry
 from .errors import APIError, MethodNotAllowed, NotFound
-from .routes import Routes, ServerOptions, json_error
+from .guard import OriginError, RequestGuard, accepted_hosts, normalize_origin
+from .library import DEFAULT_KEEP_ALIVE, ModelLibrary
+from .routes import DEFAULT_MAX_BODY_BYTES, ModelRoutes, ServerOptions, json_error
+from .routes_anthropic import AnthropicRoutes
+from .routes_openai import OpenAIRoutes
+from .routes_responses import ResponsesRoutes
 from .service import GenerationService
 from .sessions import DEFAULT_SESSIONS
-from .worker import ModelSlot, ModelWorker
+from ..worker import ModelSlot, ModelWorker
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
-API_KEY_ENV = "GEMMA4_MAC_API_KEY"
+ENDPOINTS = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+             "/v1/messages/count_tokens")
 log = logging.getLogger(__name__)
 
 
@@ -33,48 +42,54 @@ class ServeError(Exception):
 
 
 def create_app(service: GenerationService, options: Optional[ServerOptions] = None) -> Starlette:
-    """The OpenAI-compatible app over a GenerationService."""
-    routes = Routes(service, options or ServerOptions())
+    """The app: OpenAI's chat, completions, responses and models endpoints, Anthropic's messages."""
+    options = options or ServerOptions()
+    models = ModelRoutes(service, options)
+    openai_routes = OpenAIRoutes(service, options)
+    responses = ResponsesRoutes(service, options)
+    anthropic = AnthropicRoutes(service, options)
+
+    def is_anthropic(request: Request) -> bool:
+        return request.url.path.startswith("/v1/messages")
 
     async def api_error(request: Request, error: APIError):
-        return json_error(error)
+        return json_error(error, is_anthropic(request))
 
     async def http_error(request: Request, error: HTTPException):
         if error.status_code == 404:
-            return json_error(NotFound(f"no route {request.method} {request.url.path}; this server offers "
-                                       "/v1/models, /v1/chat/completions and /v1/completions"))
-        if error.status_code == 405:
-            return json_error(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
-        return json_error(APIError(str(error.detail), status=error.status_code))
+            error = NotFound(f"no route {request.method} {request.url.path}; this server offers "
+                             + ", ".join(ENDPOINTS))
+        elif error.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            error = APIError(str(error.detail), status=error.status_code)
+        return json_error(error, is_anthropic(request))
 
+    allowed = options.allowed_hosts
     return Starlette(
         routes=[
-            Route("/v1/models", routes.models, methods=["GET"]),
-            Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
-            Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
-            Route("/v1/completions", routes.completions, methods=["POST"]),
-            Route("/health", routes.health, methods=["GET"]),
+            Route("/v1/models", models.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", models.model, methods=["GET"]),
+            Route("/health", models.health, methods=["GET"]),
+            Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),
+            Route("/v1/completions", openai_routes.completions, methods=["POST"]),
+            Route("/v1/responses", responses.create, methods=["POST"]),
+            Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+            Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+            Route("/v1/messages", anthropic.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
         ],
+        middleware=[Middleware(RequestGuard, allowed_hosts=allowed, cors_origins=options.cors_origins)],
         exception_handlers={APIError: api_error, HTTPException: http_error},
     )
 
 
-def is_loopback(host: str) -> bool:
-    """True for addresses only this computer can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_binding(host: str, api_key: Optional[str]) -> None:
-    """Refuse to listen beyond this computer without an API key."""
-    if not is_loopback(host) and not api_key:
-        raise ServeError(f"refusing to listen on {host} without an API key: anyone on the network could use "
-                         f"the model. Pass --api-key KEY (or set {API_KEY_ENV}), or keep the default "
-                         f"{DEFAULT_HOST}.")
+def options_for(host: str, **fields) -> ServerOptions:
+    """ServerOptions for a server listening on `host` (the Host names it answers to follow from it);
+    OriginError for a CORS origin that is not one."""
+    extra_hosts = fields.pop("extra_hosts", ())
+    fields["cors_origins"] = tuple(normalize_origin(o) for o in fields.get("cors_origins", ()))
+    return ServerOptions(allowed_hosts=accepted_hosts(host, extra_hosts), **fields)
 
 
 class ServerHandle:
@@ -93,6 +108,7 @@ class ServerHandle:
             self.socket.close()
             raise ServeError(f"cannot listen on {host}:{port} ({error.strerror}); "
                              "choose another port") from error
+        self.socket.listen(2048)  # connections wait in the backlog until uvicorn serves: none is refused
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
@@ -101,6 +117,8 @@ class ServerHandle:
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"  # what a client on this computer dials
         return f"http://{host}:{self.port}/v1"
 
     def run(self) -> None:
@@ -125,39 +143,73 @@ class ServerHandle:
         self.socket.close()
 
 
+# ------------------------------------------------------------------------------------ the serve command
+
+API_KEY_ENV = "GEMMA4_MAC_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this computer can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, api_key: Optional[str]) -> None:
+    """Refuse to listen beyond this computer without an API key."""
+    if not is_loopback(host) and not api_key:
+        raise ServeError(f"refusing to listen on {host} without an API key: anyone on the network could use "
+                         f"the model. Pass --api-key KEY (or set {API_KEY_ENV}), or keep the default "
+                         f"{DEFAULT_HOST}.")
+
+
 def load_slot(path: Path) -> ModelSlot:
-    """Load a model folder as the worker's slot, with the context this machine can hold."""
+    """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
+    folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so."""
     from mlx_model import load
 
+    from .library import describe_folder
+
     model, processor = load(path)
-    info = {"path": str(path), "name": path.name, "id": path.name}
-    try:
-        from mlx_model.planner import largest_context
-
-        from ..model_manager import total_memory, weight_bytes
-
-        info["context_limit"] = int(largest_context(model.config.text_config, total_memory(),
-                                                    weights=weight_bytes(path)))
-    except (ImportError, AttributeError, ValueError, TypeError, OSError) as error:
-        log.info("no context limit for %s (%s): requests are not checked against one", path, error)
+    described = describe_folder(path)
+    info = {"path": str(path), "name": path.name, "id": described.id, "chat": described.chat}
+    if described.context_length:
+        info["context_limit"] = described.context_length
     return ModelSlot(model, processor, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gemma4_mac serve",
-                                     description="An OpenAI-compatible HTTP server for a Gemma model.")
-    parser.add_argument("--model", help="folder of a converted model (default: the app's current model)")
+    parser = argparse.ArgumentParser(
+        prog="python -m gemma4_mac serve",
+        description="A local HTTP server for Gemma models: OpenAI's chat completions, completions and "
+                    "responses APIs and Anthropic's messages API (see docs/server.md).")
+    parser.add_argument("--model", help="folder of a converted model, loaded at start (default: the app's "
+                                        "current model); any model of the app's library loads on demand")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default {DEFAULT_HOST}: this computer only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port (default {DEFAULT_PORT}; 0: any free)")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}); "
-                             "needed beyond 127.0.0.1")
-    parser.add_argument("--model-id", help="the model name clients send (default: the folder's name)")
+                        help=f"require this key as 'Authorization: Bearer KEY' or 'x-api-key: KEY' (default: "
+                             f"${API_KEY_ENV}); needed beyond 127.0.0.1")
+    parser.add_argument("--model-id", help="another name clients may send for the --model model")
+    parser.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE, metavar="SECONDS",
+                        help="unload the model after this many idle seconds "
+                             "(default %(default)s; negative: never)")
     parser.add_argument("--sessions", type=int, default=DEFAULT_SESSIONS,
                         help="conversation caches kept for resent conversations (default %(default)s)")
-    parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request accepted, in MB")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2 ** 20,
+                        help="largest request accepted, in MB (default %(default)s)")
+    parser.add_argument("--allow-local-files", action="store_true",
+                        help="let requests name image files on this computer by path (off: data URLs only)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a web origin (scheme://host[:port]) whose pages may call the server; "
+                             "repeatable")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="another Host name to answer to (e.g. this Mac's .local name) besides loopback")
     return parser
 
 
@@ -168,38 +220,86 @@ def _default_model() -> Optional[str]:
     return settings.model_path or None
 
 
+def _validated(args) -> Optional[Path]:
+    check_binding(args.host, args.api_key)
+    if args.sessions < 1:
+        raise ServeError("--sessions must be at least 1")
+    if not (0 <= args.port <= 65535):
+        raise ServeError("--port must be from 0 to 65535")
+    if args.max_body_mb <= 0:
+        raise ServeError("--max-body-mb must be above 0")
+    for origin in args.cors_origin:
+        try:
+            normalize_origin(origin)
+        except OriginError as error:
+            raise ServeError(f"--cors-origin {error}") from error
+    model_path = args.model or _default_model()
+    if not model_path:
+        return None
+    path = Path(model_path).expanduser()
+    from mlx_model import ModelLoadError
+    from mlx_model.model_folder import check_model_path
+
+    try:
+        check_model_path(path)  # a GGUF file gets the command that converts it
+    except ModelLoadError as error:
+        raise ServeError(str(error)) from error
+    return path
+
+
+def _already_serving(err: TextIO) -> bool:
+    """Whether the app (or another serve) already serves here; then say where, so no second copy loads."""
+    other = registry.running_server()
+    if other is None:
+        return False
+    who = "The app's server" if other.get("kind") == "app" else "Another `serve`"
+    model = f" with {other['model']!r} loaded" if other.get("model") else ""
+    key = " (it asks for its API key)" if other.get("api_key") else ""
+    err.write(f"{who} is already running at {other['url']}{model}{key}; point your client there: it shares "
+              "that model, so no second copy is loaded. To run this server instead, turn the app's local "
+              "server off in its Settings (or stop the other server).\n")
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
-    """`python -m gemma4_mac serve ...`: load the model, serve until Ctrl-C; returns the exit status."""
+    """`python -m gemma4_mac serve ...`: load the model, serve until Ctrl-C; returns the exit status
+    (2: cannot start as asked, 3: the app's server already runs)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        check_binding(args.host, args.api_key)
-        if args.sessions < 1:
-            raise ServeError("--sessions must be at least 1")
-        if not (0 <= args.port <= 65535):
-            raise ServeError("--port must be from 0 to 65535")
-        model_path = args.model or _default_model()
-        if not model_path:
-            raise ServeError("no model: pass --model PATH (a folder of a converted model)")
-        path = Path(model_path).expanduser()
-        if not path.is_dir():
-            raise ServeError(f"model folder {path} does not exist")
+        path = _validated(args)
+        if _already_serving(err):
+            return 3
         worker = ModelWorker()
-        from mlx_model import ModelLoadError
+        library = ModelLibrary(worker, owns_model=True, loader=load_slot, keep_alive=args.keep_alive,
+                               extra_paths=(path,) if path else (), alias=args.model_id)
+        if path is None and not library.known():
+            worker.stop()
+            raise ServeError("no model: pass --model PATH (a folder of a converted model), or add one in "
+                             "the app")
+        if path is not None:
+            err.write(f"loading {path} ...\n")
+            from mlx_model import ModelLoadError
 
-        err.write(f"loading {path} ...\n")
-        try:
-            worker.load(lambda: load_slot(path), source="server").wait()
-        except (ModelLoadError, OSError, ValueError) as error:
-            raise ServeError(str(error)) from error
-        service = GenerationService(worker, sessions=args.sessions, model_id=args.model_id)
-        options = ServerOptions(api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                                allow_local_files=is_loopback(args.host))
+            try:
+                worker.load(lambda: load_slot(path), source="server").wait()
+            except (ModelLoadError, OSError, ValueError) as error:
+                worker.stop()
+                raise ServeError(str(error)) from error
+        service = GenerationService(worker, sessions=args.sessions, library=library)
+        options = options_for(args.host, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2 ** 20),
+                              allow_local_files=args.allow_local_files, cors_origins=tuple(args.cors_origin),
+                              extra_hosts=tuple(args.allowed_host))
         handle = ServerHandle(create_app(service, options), args.host, args.port, log_level="info")
-        err.write(f"serving {service.model_id()!r} at {handle.base_url}"
-                  + (" (API key required)" if args.api_key else "") + "\n")
+        loaded = service.model_id()
+        err.write(f"serving {loaded!r} at {handle.base_url}" if loaded else f"serving at {handle.base_url}"
+                  + " (models load on demand)")
+        err.write((" (API key required)" if args.api_key else "") + "\n")
+        registry.record(handle.base_url, kind="serve", api_key=bool(args.api_key))
         try:
             handle.run()
         finally:
+            registry.forget(handle.base_url)
+            service.close()
             worker.stop()
         return 0
     except ServeError as error:

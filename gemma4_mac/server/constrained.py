@@ -1,25 +1,28 @@
-"""Constrained decoding: tokens that would break a JSON schema or a forced tool call are masked.
+"""Constrained decoding: tokens that would break a JSON schema or a tool's parameters are masked.
 
 The grammar engine is llguidance (Rust; the one vLLM, SGLang and llama.cpp use). A grammar is written
 in its Lark dialect, where `%json {...}` embeds a JSON schema and `<[id]>` names a special token, so a
-reply can be "an optional thought, then JSON that fits the schema" or "one or more tool calls to these
-functions, with arguments that fit their schemas" (call_grammar.py). The logits processor
-feeds each sampled token to the matcher and sets every token the
-grammar does not allow next to -inf; once the grammar is complete only end-of-turn tokens remain.
+reply can be "an optional thought, then JSON that fits the schema", "one or more tool calls to these
+functions, with arguments that fit their schemas" (mlx_model/chat_format/call_grammar.py), or, for
+tool_choice "auto", "free text, then optionally such calls". The logits processor feeds each sampled
+token to the matcher and sets every token the grammar does not allow next to -inf; once the grammar is
+complete only end-of-turn tokens remain.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 
-from .call_grammar import CallRules
+from mlx_model.chat_format.call_grammar import CallRules, text_terminal
 from .errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -42,32 +45,47 @@ class ReplyShape:
     json_schema: Optional[dict] = None  # the answer is JSON fitting this schema
     tools: Optional[list[tuple[str, Optional[dict]]]] = None  # the reply is calls to these (name, parameters)
     tools_or_json: bool = False  # with both set: either calls or JSON
+    free_text: bool = False  # tool_choice "auto": text, then (optionally) calls that fit their schemas
     single_call: bool = False  # parallel_tool_calls=false: at most one call
     allow_thought: bool = False  # a thought block may come first
+    in_thought: bool = False  # the prompt opened a thought: the reply starts inside it
+
+    @property
+    def needs_markers(self) -> bool:
+        return bool(self.tools) or self.allow_thought or self.in_thought
 
 
-def build_grammar(shape: ReplyShape, token_ids: dict[str, int]) -> str:
+def build_grammar(shape: ReplyShape, token_ids: dict[str, int], *, lenient: bool = False) -> str:
     """The Lark grammar for a reply shape (token ids of the markers by MARKERS key)."""
     if shape.json_schema is None and not shape.tools:
         raise ValueError("an unconstrained reply needs no grammar")
     rules, bodies = [], []
-    if shape.json_schema is not None:
+    if shape.json_schema is not None and not shape.free_text:
         schema = dict(shape.json_schema)
         schema["x-guidance"] = {**JSON_LAYOUT, **(schema.get("x-guidance") or {})}
         rules.append("json_reply: %json " + json.dumps(schema))
         bodies.append("json_reply")
     if shape.tools:
-        calls = CallRules(token_ids["string"], token_ids["call_open"], token_ids["call_close"])
-        bodies.append(calls.calls_rule(shape.tools, shape.single_call))
+        calls = CallRules(token_ids["string"], token_ids["call_open"], token_ids["call_close"],
+                          lenient=lenient)
+        calls_rule = calls.calls_rule(shape.tools, shape.single_call)
+        bodies.append(f"ANSWER_TEXT? {calls_rule}?" if shape.free_text else calls_rule)
         rules += calls.rules
+        if shape.free_text:
+            rules.append(f"ANSWER_TEXT: {text_terminal()}")
     if not shape.tools_or_json:
         bodies = bodies[:1]
-    head = "start: thought? body" if shape.allow_thought else "start: body"
     rules.insert(0, "body: " + " | ".join(bodies))
-    if shape.allow_thought:
-        rules += [f'thought: <[{token_ids["thought_open"]}]> "thought\\n" THOUGHT_TEXT? '
-                  f'<[{token_ids["thought_close"]}]>',
-                  r"THOUGHT_TEXT: /(.|\n)+/"]
+    close = f'<[{token_ids.get("thought_close")}]>'
+    if shape.in_thought:
+        head = f"start: THOUGHT_TEXT? {close} body"
+    elif shape.allow_thought:
+        head = "start: thought? body"
+        rules.append(f'thought: <[{token_ids["thought_open"]}]> "thought\\n" THOUGHT_TEXT? {close}')
+    else:
+        head = "start: body"
+    if shape.in_thought or shape.allow_thought:
+        rules.append(f"THOUGHT_TEXT: {text_terminal()}")
     return "\n".join([head] + rules) + "\n"
 
 
@@ -109,15 +127,46 @@ class GrammarLogitsProcessor:
 
 
 class BannedTokensProcessor:
-    """Never samples the given tokens (tool_choice "none" bans the tool-call opener)."""
+    """Never samples the given tokens (tool_choice "none" bans the tool-call opener). The mask is made on
+    the first call, on the model thread, like every MLX array."""
 
     def __init__(self, token_ids: Sequence[int], vocab_size: int):
-        banned = np.zeros(vocab_size, dtype=bool)
-        banned[[t for t in token_ids if 0 <= t < vocab_size]] = True
-        self.banned = mx.array(banned)
+        self.token_ids, self.vocab_size = list(token_ids), vocab_size
+        self.banned: Optional[mx.array] = None
 
     def __call__(self, history: mx.array, logits: mx.array) -> mx.array:
+        if self.banned is None:
+            banned = np.zeros(self.vocab_size, dtype=bool)
+            banned[[t for t in self.token_ids if 0 <= t < self.vocab_size]] = True
+            self.banned = mx.array(banned)
         return mx.where(self.banned, mx.array(-float("inf"), dtype=logits.dtype), logits)
+
+
+_VOCABULARIES: dict[tuple, object] = {}  # (tokenizer.json digest or object id, size, eos) -> LLTokenizer
+_VOCABULARIES_LOCK = threading.Lock()
+
+
+def vocabulary_for_grammars(tokenizer, vocab_size: int):
+    """llguidance's tokenizer for this vocabulary: seconds of work that hold Python's lock, so it is done
+    once per vocabulary in the process (a restarted server, a reloaded model reuse it), from the model's
+    tokenizer.json as written when there is one (serializing the loaded tokenizer costs as much again)."""
+    import llguidance
+    import llguidance.hf
+
+    hf = tokenizer.hf_tokenizer
+    size = max(vocab_size, len(hf))
+    eos = tuple(tokenizer.eos_token_ids)
+    source = Path(str(getattr(hf, "name_or_path", "") or "")) / "tokenizer.json"
+    text = source.read_text(encoding="utf-8") if source.is_file() else None
+    key = (hashlib.sha256(text.encode("utf-8")).hexdigest() if text else id(tokenizer), size, eos)
+    with _VOCABULARIES_LOCK:
+        built = _VOCABULARIES.get(key)
+        if built is None:
+            built = llguidance.LLTokenizer(text, n_vocab=size, eos_token=list(eos)) if text else None
+            if built is None or built.vocab_size != size:
+                built = llguidance.hf.from_tokenizer(hf, n_vocab=size, eos_token=list(eos))
+            _VOCABULARIES[key] = built
+        return built
 
 
 class ConstraintFactory:
@@ -139,24 +188,28 @@ class ConstraintFactory:
         return ids
 
     def ll_tokenizer(self):
+        """llguidance's view of the vocabulary, built once per vocabulary in this process."""
         with self._lock:
             if self._ll_tokenizer is None:
-                import llguidance.hf
-
-                hf = self.tokenizer.hf_tokenizer
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    hf, n_vocab=max(self.vocab_size, len(hf)), eos_token=list(self.tokenizer.eos_token_ids))
+                self._ll_tokenizer = vocabulary_for_grammars(self.tokenizer, self.vocab_size)
             return self._ll_tokenizer
 
     def grammar_processor(self, shape: ReplyShape, *,
                           param: str = "response_format") -> GrammarLogitsProcessor:
-        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built."""
+        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built.
+
+        A tool schema whose patterns the engine cannot compile is enforced without its patterns and
+        formats (agents do not choose their tools' schemas; refusing them would refuse the agent)."""
         import llguidance
 
-        ids = self.token_ids() if (shape.tools or shape.allow_thought) else {}
-        grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids))
+        ids = self.token_ids() if shape.needs_markers else {}
         tokenizer = self.ll_tokenizer()
+        grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids))
         problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
+        if problem and shape.tools:
+            log.warning("tool schemas enforced without their patterns: %s", problem.strip())
+            grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids, lenient=True))
+            problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if problem:
             raise BadRequest(f"{param}: the schema cannot be enforced: {problem.strip()}", param=param,
                              code="invalid_schema")

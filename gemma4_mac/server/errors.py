@@ -1,22 +1,31 @@
-"""OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the matching HTTP status."""
+"""API errors with their HTTP status, answered in the shape of the API that was called.
+
+OpenAI (chat, completions, responses, models): `{"error": {"message", "type", "param", "code"}}`.
+Anthropic (/v1/messages): `{"type": "error", "error": {"type", "message"}}`.
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 409: "invalid_request_error", 413: "request_too_large",
+                   429: "rate_limit_error", 499: "invalid_request_error", 503: "overloaded_error"}
+
 
 class APIError(Exception):
-    """An error answered to the client as is; `status` is the HTTP status code."""
+    """An error answered to the client as is; `status` is the HTTP status code, `headers` go with it."""
 
     status = 400
     error_type = "invalid_request_error"
     code: Optional[str] = None
 
     def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 status: Optional[int] = None):
+                 status: Optional[int] = None, headers: Optional[dict] = None):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = dict(headers or {})
         if code is not None:
             self.code = code
         if status is not None:
@@ -27,6 +36,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param,
                           "code": self.code}}
 
+    def anthropic_body(self) -> dict:
+        """The JSON body Anthropic's clients parse."""
+        fallback = "api_error" if self.status >= 500 else "invalid_request_error"
+        kind = ANTHROPIC_TYPES.get(self.status, fallback)
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
 
 class BadRequest(APIError):
     """400: the request cannot be served as written."""
@@ -34,6 +49,12 @@ class BadRequest(APIError):
 
 class AuthenticationError(APIError):
     status, error_type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class Forbidden(APIError):
+    """403: the request came from where this server does not answer (a web page, an unknown host name)."""
+
+    status, error_type, code = 403, "permission_error", "forbidden"
 
 
 class NotFound(APIError):

@@ -1,6 +1,7 @@
 """OpenAI chat messages -> the chat format's messages, with images and audio saved to temporary files.
 
-Images arrive as `image_url` parts (a data URL, a file:// URL or a local path); audio as `input_audio`
+Images arrive as `image_url` parts (a data URL; a file:// URL or a local path only where the server
+allows local files, and then with the file's size checked before it is read); audio as `input_audio`
 parts (base64 wav or mp3). Each becomes `{"type": "image"|"audio", "path": ...}`, the form the
 generation code reads. Assistant tool-call arguments (a JSON string on the wire) become dicts, and a
 tool result that is a JSON object becomes a dict, so the model sees Gemma's own call syntax. OpenAI's
@@ -22,9 +23,11 @@ from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
 from .errors import BadRequest
+from .limits import read_limited
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac", "ogg": ".ogg", "m4a": ".m4a"}
+API_MAX_IMAGE_PIXELS = 50_000_000  # decoding costs ~7 bytes a pixel at its peak: ~360 MB here
 IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp",
                   "TIFF": ".tiff"}
 
@@ -73,8 +76,9 @@ def _decode_base64(data: str, param: str) -> bytes:
 
 def _local_path(url: str, param: str, allow_local_files: bool) -> Path:
     if not allow_local_files:
-        raise BadRequest(f"{param}: local file paths are only accepted on a server bound to this computer "
-                         "(127.0.0.1); send the image as a data URL instead", param=param)
+        raise BadRequest(f"{param}: this server does not read files by path (start it with "
+                         "--allow-local-files, or turn on local image files in the app's server settings); "
+                         "send the image as a data URL instead", param=param, code="local_files_disabled")
     path = Path(unquote(urlparse(url).path) if url.startswith("file:") else url).expanduser()
     if not path.is_file():
         raise BadRequest(f"{param}: no such file {path}", param=param)
@@ -99,12 +103,12 @@ def _image_part(part: dict, param: str, media: MediaFolder, conversation: Conver
                 raise BadRequest(f"{param}: only base64 data URLs are supported",
                                  param=f"{param}.image_url.url")
             data = _decode_base64(payload, f"{param}.image_url.url")
-            image = open_image(data, name=f"{param} (data URL)")
+            image = open_image(data, name=f"{param} (data URL)", max_pixels=API_MAX_IMAGE_PIXELS)
             path = media.save(data, IMAGE_SUFFIXES.get(image.format or "", ".img"))
         else:
             path = _local_path(url, f"{param}.image_url.url", allow_local_files)
-            data = path.read_bytes()
-            open_image(data, name=str(path))
+            data = read_limited(path, param=f"{param}.image_url.url")
+            open_image(data, name=str(path), max_pixels=API_MAX_IMAGE_PIXELS)
     except ImageLoadError as error:
         raise BadRequest(str(error), param=f"{param}.image_url.url", code="invalid_image") from error
     conversation.media_digests.append(hashlib.sha256(data).hexdigest())

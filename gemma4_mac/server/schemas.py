@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI API as pydantic models, and the response objects as plain dicts.
 
 Unknown fields are ignored (clients send many we have no use for); fields whose meaning we cannot
-honour (n > 1, logprobs) are refused with a 400 rather than silently dropped.
+honour (echo, suffix, best_of) are refused with a 400 rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -9,57 +9,60 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import BadRequest
 
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 8
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
+    """A request body that ignores the fields it does not know (clients send many)."""
+
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class FunctionDefinition(_Lenient):
+class FunctionDefinition(Lenient):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
     description: Optional[str] = None
     parameters: Optional[dict[str, Any]] = None
     strict: Optional[bool] = None
 
 
-class Tool(_Lenient):
+class Tool(Lenient):
     type: Literal["function"] = "function"
     function: FunctionDefinition
 
 
-class NamedToolChoiceFunction(_Lenient):
+class NamedToolChoiceFunction(Lenient):
     name: str
 
 
-class NamedToolChoice(_Lenient):
+class NamedToolChoice(Lenient):
     type: Literal["function"] = "function"
     function: NamedToolChoiceFunction
 
 
-class JsonSchemaSpec(_Lenient):
+class JsonSchemaSpec(Lenient):
     name: str = "response"
     description: Optional[str] = None
     schema_: Optional[dict[str, Any]] = Field(default=None, alias="schema")
     strict: Optional[bool] = None
 
 
-class ResponseFormat(_Lenient):
+class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: Optional[JsonSchemaSpec] = None
 
 
-class _SamplingFields(_Lenient):
+class _SamplingFields(Lenient):
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
@@ -73,8 +76,7 @@ class _SamplingFields(_Lenient):
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
-    n: int = 1
-    logprobs: Optional[Union[bool, int]] = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     user: Optional[str] = None
 
     def stop_strings(self) -> tuple[str, ...]:
@@ -84,12 +86,6 @@ class _SamplingFields(_Lenient):
         if len(stops) > MAX_STOP_STRINGS:
             raise BadRequest(f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
         return tuple(s for s in stops if s)
-
-    def check_supported(self) -> None:
-        if self.n != 1:
-            raise BadRequest("only n=1 is supported: send the request again for more choices", param="n")
-        if self.logprobs:
-            raise BadRequest("logprobs are not supported by this server", param="logprobs")
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -101,6 +97,16 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: Optional[ResponseFormat] = None
     reasoning_effort: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+
+    def logprob_count(self) -> Optional[int]:
+        """None without logprobs, else how many alternatives each token lists."""
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+            return None
+        return self.top_logprobs or 0
 
     def enable_thinking(self) -> bool:
         """Thinking is off unless asked for: `reasoning_effort` other than none/minimal, or
@@ -116,12 +122,13 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     suffix: Optional[str] = None
     best_of: Optional[int] = None
+    logprobs: Optional[int] = Field(default=None, ge=0, le=5)
 
 
-def parse_request(model_class: type[BaseModel], body: bytes):
+def parse_request(model_class: type[BaseModel], body: Union[str, bytes]):
     """The request body as `model_class`, or BadRequest naming the first faulty field."""
     try:
-        data = json.loads(body or b"null")
+        data = json.loads(body or "null")
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"the request body is not valid JSON ({error})") from error
     if not isinstance(data, dict):
@@ -140,11 +147,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(stats) -> dict:
-    """OpenAI's usage block from GenerationStats (with the reused prefix as cached tokens)."""
+def usage(stats, more: Sequence = ()) -> dict:
+    """OpenAI's usage block from GenerationStats (with the reused prefix as cached tokens); `more` are the
+    stats of further choices of the same prompt (their tokens are added, the prompt counted once)."""
     if stats is None:
         return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    prompt, completion = int(stats.prompt_tokens), int(stats.generation_tokens)
+    prompt = int(stats.prompt_tokens)
+    completion = int(stats.generation_tokens) + sum(int(s.generation_tokens) for s in more if s is not None)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": int(getattr(stats, "cached_tokens", 0))}}
 
@@ -157,33 +166,51 @@ def openai_finish_reason(stats, saw_tool_call: bool) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def model_object(model_id: str, created: int) -> dict:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "gemma4-mac"}
-
-
-def chat_completion(completion_id: str, model_id: str, message: dict, finish_reason: str, stats) -> dict:
+def chat_completion(completion_id: str, model_id: str, choices: list[dict], stats_usage: dict) -> dict:
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model_id,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}],
-            "usage": usage(stats)}
+            "system_fingerprint": None, "choices": choices, "usage": stats_usage}
+
+
+def chat_choice(index: int, message: dict, finish_reason: str, logprobs: Optional[list[dict]]) -> dict:
+    return {"index": index, "message": message, "finish_reason": finish_reason,
+            "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}
 
 
 def chat_chunk(completion_id: str, model_id: str, created: int, delta: dict,
-               finish_reason: Optional[str] = None) -> dict:
+               finish_reason: Optional[str] = None, *, index: int = 0,
+               logprobs: Optional[list[dict]] = None) -> dict:
     return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                         "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}]}
 
 
-def usage_chunk(completion_id: str, model_id: str, created: int, stats) -> dict:
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-            "choices": [], "usage": usage(stats)}
+def usage_chunk(completion_id: str, model_id: str, created: int, stats_usage: dict,
+                kind: str = "chat.completion.chunk") -> dict:
+    return {"id": completion_id, "object": kind, "created": created, "model": model_id,
+            "choices": [], "usage": stats_usage}
 
 
-def text_completion(completion_id: str, model_id: str, created: int, text: str,
-                    finish_reason: Optional[str], stats=None) -> dict:
+def text_choice(index: int, text: str, finish_reason: Optional[str], logprobs: Optional[list[dict]],
+                offset: int = 0) -> dict:
+    """A /v1/completions choice; logprobs in that API's older layout (tokens, token_logprobs, ...)."""
+    legacy = None
+    if logprobs is not None:
+        offsets, at = [], offset
+        for entry in logprobs:
+            offsets.append(at)
+            at += len(entry["token"])
+        legacy = {"tokens": [e["token"] for e in logprobs],
+                  "token_logprobs": [e["logprob"] for e in logprobs],
+                  "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in logprobs],
+                  "text_offset": offsets}
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": legacy}
+
+
+def text_completion(completion_id: str, model_id: str, created: int, choices: list[dict],
+                    stats_usage: Optional[dict] = None) -> dict:
     out = {"id": completion_id, "object": "text_completion", "created": created, "model": model_id,
-           "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
-    if stats is not None:
-        out["usage"] = usage(stats)
+           "choices": choices}
+    if stats_usage is not None:
+        out["usage"] = stats_usage
     return out

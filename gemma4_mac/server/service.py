@@ -1,9 +1,12 @@
 """Between HTTP and the model thread: turn a parsed request into a worker job and its events into a stream.
 
-Everything that touches the model or the tokenizer (rendering, tokenizing, grammar compilation,
-generation) runs as one job on the ModelWorker's thread. The job reports to an asyncio queue: first
-"ready" (the prompt was accepted, so a 200 may be sent) or "error" (an APIError with its status),
-then "event" items (GenerationEvent), then "end". Cancelling the stream cancels the job, queued or running.
+`open(job, model)` gets the named model loaded (ModelLibrary), then prepares the prompt on a worker
+thread of the event loop, not the model thread: the size bound, rendering, tokenizing, attachments and
+grammar compilation never hold up another client's generation. Only then is the generation queued on
+the ModelWorker's thread. The job reports to an asyncio queue: first "ready" (it started; the prompt's
+token count), or "error" (an APIError with its status), then "event" items (`Output`), then "end".
+Cancelling the stream cancels the job: a queued one leaves the queue at once, a running one stops at
+its next token.
 """
 
 from __future__ import annotations
@@ -11,17 +14,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Union
 
-from ..generate import GenerationError, PreparedPrompt, SamplingSettings, prepare_prompt, run_prompt
-from .constrained import ConstraintFactory, ReplyShape
+from ..generate import (GenerationError, GenerationEvent, PreparedPrompt, SamplingSettings, prepare_prompt,
+                        run_prompt)
+from .constrained import ConstraintFactory, ConstraintUnavailable, ReplyShape
 from .errors import APIError, BadRequest, NoModelLoaded, RateLimited, ServerError
+from .library import KnownModel, ModelConflict, ModelLibrary, model_accepts
+from .limits import ContextExceeded, check_prompt_size, texts_of
 from .messages import Conversation, MediaFolder
+from .processors import PenaltyProcessor, TokenTap, token_piece
 from .sessions import DEFAULT_SESSIONS, SessionPool
-from .worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
+from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +51,42 @@ class GenerationJob:
     media: MediaFolder = field(default_factory=MediaFolder)
     shape_param: str = "response_format"
     max_tokens_explicit: bool = False  # else max_tokens shrinks to what the context has left
+    n: int = 1  # independent choices of the same prompt
+    logprobs: Optional[int] = None  # None: off; else how many top alternatives per token
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    # filled while preparing, off the model thread
+    model: Optional[KnownModel] = None
+    prepared: Optional[PreparedPrompt] = None
+    prepared_for: Any = None  # the ModelSlot the prompt was prepared with
+    processors: list[list] = field(default_factory=list)  # per choice
+
+
+@dataclass
+class Output:
+    """One piece of one choice: a generation event, the logprobs of its tokens, and on "done" which stop
+    sequence ended it (None for end of turn, max_tokens or cancel)."""
+
+    event: GenerationEvent
+    choice: int = 0
+    logprobs: list[dict] = field(default_factory=list)
+    stop_sequence: Optional[str] = None
+
+    @property
+    def kind(self) -> str:
+        return self.event.kind
 
 
 class Stream:
-    """The events of one job as an async iterator of (kind, payload); `cancel()` stops the job."""
+    """The events of one job as an async iterator of (kind, payload); `cancel()` stops the job, and takes
+    it out of the queue at once when it has not started."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancel_event = threading.Event()
+        self.withdraw: Optional[Callable[[], Any]] = None
+        self.prompt_tokens = 0
 
     def push(self, kind: str, payload: Any = None) -> None:
         """Called on the model thread; a closed loop (server stopping) cancels the job instead."""
@@ -61,7 +96,11 @@ class Stream:
             self.cancel_event.set()
 
     def cancel(self) -> None:
+        if self.cancel_event.is_set():
+            return
         self.cancel_event.set()
+        if self.withdraw is not None:
+            self.withdraw()
 
     async def get(self, timeout: Optional[float] = None) -> tuple[str, Any]:
         """The next item; asyncio.TimeoutError after `timeout` seconds without one."""
@@ -74,19 +113,24 @@ class GenerationService:
     """The server's handle on the shared model: submits jobs with source "server" to the ModelWorker."""
 
     def __init__(self, worker: ModelWorker, *, sessions: int = DEFAULT_SESSIONS,
-                 model_id: Optional[str] = None, context_limit: Optional[int] = None, observer=None):
+                 model_id: Optional[str] = None, context_limit: Optional[int] = None, observer=None,
+                 library: Optional[ModelLibrary] = None):
         self.worker = worker
         self.pool = SessionPool(sessions)
-        self._model_id = model_id
+        self.library = library or ModelLibrary(worker, owns_model=False, alias=model_id)
         self.context_limit = context_limit
         self.created = int(time.time())
         self.observer = observer  # observer(prepared, job) on the model thread: tests and benchmarks
         self._constraints: Optional[ConstraintFactory] = None
-        self.finished: collections.deque = collections.deque(maxlen=32)  # GenerationStats of recent jobs
+        self._prepare_lock = threading.Lock()  # one prompt prepared at a time (the processor caches media)
+        self.finished: collections.deque = collections.deque(maxlen=32)  # GenerationStats of recent choices
+        self._durations: collections.deque = collections.deque(maxlen=16)  # seconds of recent jobs
         worker.add_slot_listener(self._slot_changed)
+        self._warm_up(worker.slot)
 
     def close(self) -> None:
         """Stop following the worker's model and free this server's conversation caches."""
+        self.library.close()
         self.worker.remove_slot_listener(self._slot_changed)
         try:  # the pool belongs to the model thread: clear it there, after any request still running
             self.worker.submit("server", lambda slot: self._slot_changed(None), label="drop server caches")
@@ -102,43 +146,143 @@ class GenerationService:
         return self.worker.slot
 
     def model_id(self) -> Optional[str]:
-        """The id clients name in `model`: the one given at start, else the model folder's name."""
-        slot = self.slot
-        if slot is None:
-            return None
-        return self._model_id or slot.info.get("id") or slot.info.get("name") or "gemma-4"
+        """The loaded model's id (None when none is loaded)."""
+        loaded = self.library.loaded()
+        return loaded.id if loaded else None
 
-    def require_model(self, requested: Optional[str] = None) -> ModelSlot:
-        """The loaded slot; NoModelLoaded (503), or ModelNotFound (404) when `requested` is another model."""
-        from .errors import ModelNotFound
+    def retry_after(self) -> int:
+        """Seconds a client refused for a full queue should wait: the queue times a recent job's length."""
+        mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
+        return max(1, min(600, math.ceil(mean * max(1, self.worker.queued("server")))))
 
-        slot = self.slot
-        if slot is None:
-            raise NoModelLoaded(NO_MODEL)
-        if requested is not None and requested != self.model_id():
-            raise ModelNotFound(f"the model {requested!r} does not exist; this server has "
-                                f"{self.model_id()!r} (see GET /v1/models)", param="model")
-        return slot
+    async def open(self, job: GenerationJob, requested: str) -> Stream:
+        """Load the model `requested` names if needed, prepare the prompt off the model thread, then queue
+        the generation. Raises the request's APIError (404, 409, 400, 413, 429, 503) before anything runs."""
+        self.library.hold()
+        try:
+            slot, job.model = await self.library.ensure(requested)
+            await self._prepare_off_thread(slot, job)
+            return self.start(job, asyncio.get_running_loop(), held=True)
+        except BaseException:
+            self.library.release()
+            job.media.cleanup()
+            raise
 
-    def start(self, job: GenerationJob, loop: asyncio.AbstractEventLoop) -> Stream:
-        """Queue the job on the model thread; RateLimited (429) when too many wait."""
+    async def count_tokens(self, job: GenerationJob, requested: str) -> int:
+        """The prompt's token count, as `open` would prepare it (nothing is generated)."""
+        try:
+            slot, job.model = await self.library.ensure(requested)
+            await self._prepare_off_thread(slot, job, count_only=True)
+            return len(job.prepared.tokens)
+        finally:
+            job.media.cleanup()
+
+    async def _prepare_off_thread(self, slot: ModelSlot, job: GenerationJob, *,
+                                  count_only: bool = False) -> None:
+        try:
+            await asyncio.to_thread(self.prepare, slot, job, count_only=count_only)
+        except (GenerationError, ValueError) as error:  # the chat format's and the attachments' complaints
+            param = "prompt" if job.raw_prompt is not None else "messages"
+            raise BadRequest(str(error), param=param) from error
+        except MemoryError as error:
+            raise ServerError("out of memory while reading the prompt: send a shorter one") from error
+
+    def prepare(self, slot: ModelSlot, job: GenerationJob, *, count_only: bool = False) -> None:
+        """Bound, render and tokenize the prompt and build its logits processors (blocking); `count_only`:
+        the prompt alone."""
+        if slot.processor is None:
+            raise NoModelLoaded("the loaded model has no tokenizer, so it cannot read text; "
+                                "load a chat model")
+        context = self._context(slot)
+        texts = [job.raw_prompt] if isinstance(job.raw_prompt, str) else []
+        if job.conversation is not None:
+            texts = list(texts_of(job.conversation.messages)) + list(texts_of(job.tools or []))
+        check_prompt_size(texts, context, slot.processor.tokenizer,
+                          param="prompt" if job.raw_prompt is not None else "messages")
+        with self._prepare_lock:
+            job.prepared = self._render(slot, job)
+        if count_only:
+            return
+        self._check_length(job.prepared, job, context)
+        job.processors = [self._processors(slot, job) for _ in range(job.n)]
+        job.prepared_for = slot
+
+    def start(self, job: GenerationJob, loop: asyncio.AbstractEventLoop, *, held: bool = False) -> Stream:
+        """Queue a prepared job on the model thread; RateLimited (429, with Retry-After) when too many
+        wait. The job holds the model (no idle unload) until it ends; `held`: the caller took that hold."""
         stream = Stream(loop)
+        if not held:
+            self.library.hold()
 
         def dropped() -> None:  # cancelled while queued, or the worker stopped: the job never ran
+            self.library.release()
             job.media.cleanup()
             stream.push(ERROR, NoModelLoaded("the model thread stopped before this request ran"))
             stream.push(END)
 
         try:
-            self.worker.submit("server", lambda slot: self._run(slot, job, stream),
-                               cancel=stream.cancel_event, label="server generation", on_dropped=dropped)
-        except QueueFullError as error:
+            worker_job = self.worker.submit("server", lambda slot: self._run(slot, job, stream),
+                                            cancel=stream.cancel_event, label="server generation",
+                                            on_dropped=dropped)
+        except (QueueFullError, WorkerStoppedError) as error:
+            if not held:  # else the caller, who took the hold, gives it back
+                self.library.release()
             job.media.cleanup()
-            raise RateLimited(str(error)) from error
-        except WorkerStoppedError as error:
-            job.media.cleanup()
+            if isinstance(error, QueueFullError):
+                raise RateLimited(str(error), headers={"Retry-After": str(self.retry_after())}) from error
             raise NoModelLoaded(str(error)) from error
+        stream.prompt_tokens = len(job.prepared.tokens) if job.prepared is not None else 0
+        stream.withdraw = lambda: self.worker.withdraw(worker_job)
         return stream
+
+    # -- preparing (a worker thread, or the model thread when the model changed meanwhile) ----------------
+
+    def _context(self, slot: ModelSlot) -> Optional[int]:
+        return self.context_limit or slot.info.get("context_limit")
+
+    def _factory(self, slot: ModelSlot) -> ConstraintFactory:
+        tokenizer = slot.processor.tokenizer
+        factory = self._constraints
+        if factory is None or factory.tokenizer is not tokenizer:
+            text_config = getattr(getattr(slot.model, "config", None), "text_config", None)
+            vocab = getattr(text_config, "vocab_size", None)
+            factory = self._constraints = ConstraintFactory(tokenizer, int(vocab or tokenizer.vocab_size))
+        return factory
+
+    def _render(self, slot: ModelSlot, job: GenerationJob) -> PreparedPrompt:
+        if job.raw_prompt is not None:
+            if isinstance(job.raw_prompt, list):
+                return PreparedPrompt(list(job.raw_prompt), None, parse_output=False)
+            return prepare_prompt(slot.processor, prompt=job.raw_prompt)
+        _check_media(slot.model, job.conversation)
+        return prepare_prompt(slot.processor, job.conversation.messages, tools=job.tools,
+                              enable_thinking=job.enable_thinking)
+
+    def _processors(self, slot: ModelSlot, job: GenerationJob) -> list:
+        processors: list = []
+        if job.frequency_penalty or job.presence_penalty:
+            processors.append(PenaltyProcessor(job.frequency_penalty, job.presence_penalty))
+        if job.shape is not None:
+            shape = replace(job.shape, in_thought=bool(job.prepared and job.prepared.opens_thought))
+            try:
+                processors.append(self._factory(slot).grammar_processor(shape, param=job.shape_param))
+            except ConstraintUnavailable:
+                if not shape.free_text:
+                    raise  # asked for calls the vocabulary cannot write; "auto" simply goes unconstrained
+        if job.ban_tool_calls:
+            processors.append(self._factory(slot).banned(["<|tool_call>"]))
+        return processors
+
+    def _check_length(self, prepared: PreparedPrompt, job: GenerationJob, limit: Optional[int]) -> None:
+        if not limit:
+            return
+        room = limit - len(prepared.tokens)
+        if room > 0 and not job.max_tokens_explicit:
+            job.sampling.max_tokens = min(job.sampling.max_tokens, room)
+        if job.sampling.max_tokens > room:
+            raise ContextExceeded(f"this model's context is {limit} tokens, but the prompt has "
+                                  f"{len(prepared.tokens)} and max_tokens asks for {job.sampling.max_tokens} "
+                                  "more; shorten the conversation or lower max_tokens", param="messages")
 
     # -- the model thread ----------------------------------------------------------------------------------
 
@@ -146,67 +290,29 @@ class GenerationService:
         """Another model (or none): the caches of the old one would only hold its memory."""
         self.pool.clear()
         self._constraints = None
+        self._warm_up(slot)
 
-    def _factory(self, slot: ModelSlot) -> ConstraintFactory:
-        tokenizer = _tokenizer(slot.processor)
-        if self._constraints is None or self._constraints.tokenizer is not tokenizer:
-            text_config = getattr(getattr(slot.model, "config", None), "text_config", None)
-            vocab = getattr(text_config, "vocab_size", None)
-            self._constraints = ConstraintFactory(tokenizer, int(vocab or tokenizer.vocab_size))
-        return self._constraints
-
-    def _prepare(self, slot: ModelSlot, job: GenerationJob) -> PreparedPrompt:
-        if slot.processor is None:
-            raise NoModelLoaded("the loaded model has no tokenizer, so it cannot read text; "
-                                "load a chat model")
-        if job.raw_prompt is not None:
-            if isinstance(job.raw_prompt, list):
-                return PreparedPrompt(list(job.raw_prompt), None, parse_output=False)
-            return prepare_prompt(slot.processor, prompt=job.raw_prompt)
-        conversation = job.conversation
-        _check_media(slot.model, conversation)
-        return prepare_prompt(slot.processor, conversation.messages, tools=job.tools,
-                              enable_thinking=job.enable_thinking)
-
-    def _processors(self, slot: ModelSlot, job: GenerationJob) -> list:
-        processors = []
-        if job.shape is not None:
-            processors.append(self._factory(slot).grammar_processor(job.shape, param=job.shape_param))
-        if job.ban_tool_calls:
-            processors.append(self._factory(slot).banned(["<|tool_call>"]))
-        return processors
-
-    def _check_length(self, prepared: PreparedPrompt, job: GenerationJob, slot: ModelSlot) -> None:
-        limit = self.context_limit or slot.info.get("context_limit")
-        if not limit:
+    def _warm_up(self, slot: Optional[ModelSlot]) -> None:
+        """Build the grammar engine's view of the vocabulary (seconds) on a thread of its own, so that the
+        first request with tools does not wait for it."""
+        tokenizer = getattr(getattr(slot, "processor", None), "tokenizer", None)
+        if tokenizer is None or tokenizer.token_id("<|tool_call>") is None:
             return
-        room = limit - len(prepared.tokens)
-        if room > 0 and not job.max_tokens_explicit:
-            job.sampling.max_tokens = min(job.sampling.max_tokens, room)
-        if job.sampling.max_tokens > room:
-            raise BadRequest(f"this model's context is {limit} tokens, but the prompt has "
-                             f"{len(prepared.tokens)} and max_tokens asks for {job.sampling.max_tokens} "
-                             "more; shorten the conversation or lower max_tokens", param="messages",
-                             code="context_length_exceeded")
+        factory = self._factory(slot)
+        threading.Thread(target=factory.ll_tokenizer, name="gemma-grammar-warm-up", daemon=True).start()
 
     def _run(self, slot: Optional[ModelSlot], job: GenerationJob, stream: Stream) -> None:
+        started = time.monotonic()
         try:
-            if slot is None:
-                raise NoModelLoaded(NO_MODEL)
-            prepared = self._prepare(slot, job)
-            self._check_length(prepared, job, slot)
-            processors = self._processors(slot, job)
-            digests = job.conversation.media_digests if job.conversation else []
-            session = self.pool.acquire(slot.model, prepared.keys, digests)
+            if slot is None or (job.prepared_for is not None and slot is not job.prepared_for):
+                slot = self._model_changed(slot, job)
+            if job.prepared is None:
+                self.prepare(slot, job)
             if self.observer is not None:
-                self.observer(prepared, job)
-            stream.push(READY, len(prepared.tokens))
-            events = run_prompt(slot.model, slot.processor, prepared, job.sampling, session=session,
-                                cancel=stream.cancel_event, logits_processors=processors or None)
-            for event in events:
-                if event.kind == "done":
-                    self.finished.append(event.stats)
-                stream.push(EVENT, event)
+                self.observer(job.prepared, job)
+            stream.push(READY, len(job.prepared.tokens))
+            for choice in range(job.n):
+                self._generate(slot, job, stream, choice)
         except APIError as error:
             stream.push(ERROR, error)
         except (GenerationError, ValueError) as error:
@@ -220,20 +326,80 @@ class GenerationService:
             stream.push(ERROR, ServerError(f"generation failed: {type(error).__name__}: {error}"))
         finally:
             job.media.cleanup()
+            self._durations.append(time.monotonic() - started)
+            self.library.release()
             stream.push(END)
 
+    def _model_changed(self, slot: Optional[ModelSlot], job: GenerationJob) -> ModelSlot:
+        """Another model was loaded while this job waited: load its own again (when this server may) and
+        prepare the prompt afresh, here."""
+        wanted = job.model
+        if slot is not None and wanted is not None and slot.info.get("path") == str(wanted.path):
+            job.prepared = None
+            return slot
+        may_load = self.library.owns_model and self.library.loader is not None
+        if not may_load or wanted is None or wanted.path is None:
+            if slot is None:
+                raise NoModelLoaded(NO_MODEL)
+            raise ModelConflict(f"the model was switched to {slot.info.get('id')!r} while this request "
+                                "waited; send it again", param="model")
+        self.worker.set_slot(None)
+        slot = self.library.loader(wanted.path)
+        self.worker.set_slot(slot)
+        job.prepared = None
+        return slot
 
-def _tokenizer(processor):
-    return processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    def _generate(self, slot: ModelSlot, job: GenerationJob, stream: Stream, choice: int) -> None:
+        tokenizer = slot.processor.tokenizer
+        tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
+                       call_open=tokenizer.token_id("<|tool_call>"),
+                       call_close=tokenizer.token_id("<tool_call|>"))
+        processors = (job.processors[choice] if choice < len(job.processors) else []) + [tap]
+        sampling = job.sampling
+        if choice and sampling.seed is not None:
+            sampling = replace(sampling, seed=sampling.seed + choice)
+        digests = job.conversation.media_digests if job.conversation else []
+        session = self.pool.acquire(slot.model, job.prepared.keys, digests)
+        held: list[GenerationEvent] = []  # calls whose block was still open: cut off, unless the turn ended
+        for event in run_prompt(slot.model, slot.processor, job.prepared, sampling, session=session,
+                                cancel=stream.cancel_event, logits_processors=processors):
+            if event.kind == "tool_call" and tap.call_is_open:
+                held.append(event)
+                continue
+            if event.kind == "done":
+                for output in self._settle(held, event, tap, tokenizer, choice):
+                    stream.push(EVENT, output)
+                stop = self._stop_sequence(event, tap, tokenizer, sampling)
+                self.finished.append(event.stats)
+                stream.push(EVENT, Output(event, choice, stop_sequence=stop))
+                continue
+            entries = tap.take_logprobs()
+            stream.push(EVENT, Output(event, choice, entries if event.kind == "answer" else []))
 
+    @staticmethod
+    def _settle(held: list[GenerationEvent], done: GenerationEvent, tap: TokenTap, tokenizer,
+                choice: int) -> list[Output]:
+        """A call cut off by max_tokens (or a cancel) is not a call: its text is answer text."""
+        if not held:
+            return []
+        if done.stats is None or done.stats.finish_reason not in ("length", "cancelled"):
+            return [Output(event, choice) for event in held]
+        opener = tokenizer.token_id("<|tool_call>")
+        start = max(i for i, t in enumerate(tap.tokens) if t == opener) if opener in tap.tokens else 0
+        text = tokenizer.decode(tap.tokens[start:])
+        return [Output(GenerationEvent("answer", text), choice)]
 
-def model_accepts(model, kind: str) -> bool:
-    """Whether the model has a tower for "vision" or "audio" (a test double may declare `capabilities`)."""
-    declared = getattr(model, "capabilities", None)
-    if declared is not None:
-        return kind in declared
-    inner = getattr(model, "model", None)
-    return bool(getattr(inner, "has_vision" if kind == "vision" else "has_audio", False))
+    @staticmethod
+    def _stop_sequence(done: GenerationEvent, tap: TokenTap, tokenizer,
+                       sampling: SamplingSettings) -> Optional[str]:
+        """Which stop string ended the reply (None when it ended otherwise)."""
+        if not sampling.stop_strings or done.stats is None or done.stats.finish_reason != "stop":
+            return None
+        if tap.ended_with(tokenizer.eos_token_ids):
+            return None
+        text = tokenizer.decode(tap.tokens)
+        found = [(text.find(s), s) for s in sampling.stop_strings if s in text]
+        return min(found)[1] if found else None
 
 
 def _check_media(model, conversation: Conversation) -> None:
@@ -241,5 +407,5 @@ def _check_media(model, conversation: Conversation) -> None:
         raise BadRequest("the loaded model has no vision tower, so it cannot look at images; load a Gemma 4 "
                          "model with vision or send text only", param="messages", code="images_not_supported")
     if conversation.audio and not model_accepts(model, "audio"):
-        raise BadRequest("the loaded model has no audio tower; audio needs Gemma 4 E2B or E4B",
+        raise BadRequest("the loaded model cannot hear audio; audio needs Gemma 4 E2B, E4B or 12B",
                          param="messages", code="audio_not_supported")

@@ -107,6 +107,7 @@ def worker(name: str, seconds: float, out: Path, engine: str) -> None:
         with atheris.instrument_imports():
             import mlx_model.audio_io, mlx_model.image_processor, mlx_model.video  # noqa: F401, E401
             import convert.gguf_reader, gemma4_mac.documents, mlx_model.loader  # noqa: F401, E401
+            import convert.hf_source, mlx_model.config, mlx_model.safetensors_header  # noqa: F401, E401
         corpus = out / "corpus"
         corpus.mkdir(exist_ok=True)
         for data in seeds:

@@ -252,3 +252,26 @@ def safetensors() -> bytes:
     return save({"a.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
                  "b.bias": np.ones(5, dtype=np.float16), "c.index": np.arange(3, dtype=np.int32)},
                 metadata={"format": "mlx"})
+
+
+def config_json(multimodal: bool = False) -> bytes:
+    """A tiny Gemma 4 config.json: text only (flat), or nested with vision and audio towers."""
+    import json
+
+    text = {"model_type": "gemma4_text", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+            "global_head_dim": 64, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "hidden_size_per_layer_input": 0, "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                   "rope_theta": 1000000.0}},
+            "eos_token_id": [1, 106]}
+    if not multimodal:
+        return json.dumps(text).encode()
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "head_dim": 16, "position_embedding_size": 64}
+    audio = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "subsampling_conv_channels": [128, 8], "output_proj_dims": 32}
+    return json.dumps({"model_type": "gemma4", "text_config": text, "vision_config": vision,
+                       "audio_config": audio, "quantization": {"group_size": 64, "bits": 4}}).encode()

@@ -7,13 +7,16 @@ anything else (another exception type) is a crash. Shared by the hypothesis prop
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="gemma4-fuzz-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)  # each fuzzing process cleans up after itself
 
 
 def _as_file(data: bytes, suffix: str) -> Path:
@@ -107,9 +110,33 @@ def safetensors(data: bytes) -> None:
         pass
 
 
+def config(data: bytes) -> None:
+    """config.json as the loader reads and checks it (every value against its field's type and range)."""
+    from mlx_model.loader import ModelLoadError, parse_config, read_config
+
+    folder = _SCRATCH / f"config-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_bytes(data)
+    try:
+        parse_config(folder, read_config(folder))
+    except ModelLoadError:
+        pass
+
+
+def hf_header(data: bytes) -> None:
+    """The converter's safetensors header reader (length field, dtypes, shapes, offsets)."""
+    from convert.errors import CheckpointIndexError
+    from convert.hf_source import safetensors_layout
+
+    try:
+        safetensors_layout(_as_file(data, ".safetensors"))
+    except CheckpointIndexError:
+        pass
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "image": image, "audio": audio, "video": video, "pdf": pdf, "text": text, "gguf": gguf,
-    "safetensors": safetensors,
+    "safetensors": safetensors, "config": config, "hf_header": hf_header,
 }
 
 
@@ -127,4 +154,6 @@ def seed_inputs(name: str) -> list[bytes]:
                          "utf16 text".encode("utf-16")],
         "gguf": lambda: [seeds.gguf()],
         "safetensors": lambda: [seeds.safetensors()],
+        "config": lambda: [seeds.config_json(), seeds.config_json(multimodal=True)],
+        "hf_header": lambda: [seeds.safetensors()],
     }[name]()

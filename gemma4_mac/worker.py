@@ -8,17 +8,24 @@ submit plain callables.
 
 A long job (a model conversion, submitted `exclusive`) calls `serve_waiting()` now and then: the jobs
 waiting at that moment run inline, on this same thread, so generation never waits for the whole of it.
+
+Before its first job the thread runs `startup` (by default `runtime.import_runtime`: the heavy imports,
+done here once so that no other thread races them); `ready` is set when it has.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .runtime import import_runtime
+
 SOURCES = ("window", "server")
+log = logging.getLogger(__name__)
 DEFAULT_QUEUE_LIMIT = 64
 
 
@@ -36,7 +43,7 @@ class WorkerStoppedError(WorkerError):
 
 @dataclass
 class ModelSlot:
-    """The model in memory and what was learned when loading it (same fields as the engine's LoadedModel)."""
+    """The model in memory and what was learned when loading it ."""
 
     model: Any
     processor: Any
@@ -70,7 +77,12 @@ class WorkerJob:
 class ModelWorker:
     """The model's thread. `submit(source, fn)` queues `fn(slot)`; `load(fn)` replaces the model."""
 
-    def __init__(self, *, name: str = "gemma-model", queue_limit: int = DEFAULT_QUEUE_LIMIT):
+    def __init__(self, *, name: str = "gemma-model", queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 startup: Optional[Callable[[], None]] = import_runtime):
+        self._startup = startup
+        self.ready = threading.Event()
+        self._loop_ended = threading.Event()
+        self.startup_error: Optional[BaseException] = None  # the jobs then fail on their own imports, and say so
         self._queues: dict[str, collections.deque[WorkerJob]] = {s: collections.deque() for s in SOURCES}
         self._condition = threading.Condition()
         self._next_source = 0
@@ -90,6 +102,11 @@ class ModelWorker:
         """The job running now (the innermost one while a long job serves others), or None."""
         with self._condition:
             return self._running[-1] if self._running else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread still takes jobs (False once `stop` has ended its loop)."""
+        return not self._loop_ended.is_set()
 
     @property
     def slot(self) -> Optional[ModelSlot]:
@@ -142,6 +159,18 @@ class ModelWorker:
 
         return self.submit(source, run, label="load")
 
+    def withdraw(self, job: WorkerJob) -> bool:
+        """Take a job that has not started out of its queue at once (its `on_dropped` runs on this thread);
+        False when it already started or ended (then its cancel event is what stops it)."""
+        with self._condition:
+            waiting = self._queues.get(job.source)
+            if waiting is None or job not in waiting:
+                return False
+            waiting.remove(job)
+        job.cancel.set()
+        _drop(job)
+        return True
+
     def queued(self, source: Optional[str] = None) -> int:
         """How many jobs wait (for one source, or all)."""
         with self._condition:
@@ -150,7 +179,7 @@ class ModelWorker:
             return sum(len(q) for q in self._queues.values())
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Cancel everything, finish the running job at its next token, end the thread; True once it ended."""
+        """Cancel everything, finish the running job at its next token, end the job loop; True once it ended."""
         with self._condition:
             self._stopping = True
             pending = [job for q in self._queues.values() for job in q]
@@ -164,8 +193,8 @@ class ModelWorker:
             job.error = WorkerStoppedError("The model thread stopped before this job ran.")
             _drop(job)
         if threading.current_thread() is not self.thread:
-            self.thread.join(timeout)
-        return not self.thread.is_alive()
+            self._loop_ended.wait(timeout)
+        return self._loop_ended.is_set()
 
     # -- the model thread ----------------------------------------------------------------------------------
 
@@ -228,11 +257,24 @@ class ModelWorker:
             job.finished.set()
 
     def _run(self) -> None:
+        try:
+            if self._startup is not None:
+                self._startup()
+        except Exception as error:  # a damaged installation: each job meets the same import error and reports it
+            self.startup_error = error
+            log.exception("the model runtime could not be imported")
+        finally:
+            self.ready.set()
         while True:
             job = self._take()
             if job is None:
-                return
+                break
             self._execute(job)
+        self._loop_ended.set()
+        # Parked, never ended: a thread that used MLX runs MLX's thread-local destructors as it ends, and
+        # those take the GIL; if the interpreter is shutting down by then, the process aborts ("terminate
+        # called without an active exception"). A parked daemon thread simply ends with the process.
+        threading.Event().wait()
 
 
 def _drop(job: WorkerJob) -> None:

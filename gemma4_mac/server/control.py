@@ -25,16 +25,25 @@ class ServerControlError(Exception):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where the server listens and who may call it."""
+    """Where the server listens, who may call it, and from which web pages."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str = ""
+    cors_origins: tuple[str, ...] = ()
+    allow_local_files: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ServerConfig":
         """The server fields of an `AppSettings`."""
-        return cls(settings.server_host, settings.server_port, settings.server_api_key)
+        return cls(settings.server_host, settings.server_port, settings.server_api_key,
+                   tuple(split_origins(getattr(settings, "server_cors_origins", ""))),
+                   bool(getattr(settings, "server_allow_local_files", False)))
+
+
+def split_origins(text: str) -> list[str]:
+    """The origins of a settings field (separated by spaces or commas)."""
+    return [part for part in text.replace(",", " ").split() if part]
 
 
 class LocalServer:
@@ -62,21 +71,32 @@ class LocalServer:
         port is taken.
         """
         self.stop()
-        from .server import (GenerationService, ServeError, ServerHandle, ServerOptions, create_app,
-                             is_loopback)
+        from ..runtime import import_server
 
-        loopback = is_loopback(config.host)
-        if not loopback and not config.api_key:
-            raise ServerControlError(f"The server was not started: listening on {config.host} lets anyone on the "
-                                     "network use the model. Set an API key in Settings, or use 127.0.0.1.")
-        service = GenerationService(self.worker)
-        options = ServerOptions(api_key=config.api_key or None, allow_local_files=loopback)
+        import_server()  # after the model thread's imports, never racing them (waits if they still run)
+        from . import registry
+        from .app import ServeError, ServerHandle, create_app, is_loopback, options_for
+        from .guard import OriginError
+        from .service import GenerationService
+
+        if not is_loopback(config.host) and not config.api_key:
+            raise ServerControlError(f"The server was not started: listening on {config.host} lets anyone on "
+                                     "the network use the model. Set an API key in Settings, or use "
+                                     "127.0.0.1.")
+        service = GenerationService(self.worker)  # serves the window's model; never swaps it
         try:
+            options = options_for(config.host, api_key=config.api_key or None,
+                                  cors_origins=config.cors_origins,
+                                  allow_local_files=config.allow_local_files)
             handle = ServerHandle(create_app(service, options), config.host, config.port).start()
+        except OriginError as error:
+            service.close()
+            raise ServerControlError(f"The server was not started: allowed web origins: {error}.") from error
         except ServeError as error:
             service.close()
             raise ServerControlError(f"The server was not started: {error}.") from error
         self._handle, self._service, self.config = handle, service, config
+        registry.record(handle.base_url, kind="app", api_key=bool(config.api_key))
         log.info("serving the app's model at %s", handle.base_url)
         return handle.base_url
 
@@ -85,6 +105,9 @@ class LocalServer:
         handle, service = self._handle, self._service
         self._handle, self._service, self.config = None, None, None
         if handle is not None:
+            from . import registry
+
+            registry.forget(handle.base_url)
             handle.stop(timeout)
         if service is not None:
             service.close()

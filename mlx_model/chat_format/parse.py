@@ -15,13 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
-CALL_OPEN, CALL_CLOSE = "<|tool_call>", "<tool_call|>"
-THOUGHT_LABEL = "thought"
-# End of the model's turn: closes an open thought or call; never answer text.
-END_MARKERS = ("<turn|>", "<eos>", "<|tool_response>", "<end_of_turn>")
-# Other control tokens that are never answer text.
-DROPPED_MARKERS = ("<|turn>", "<bos>", "<pad>", "<tool_response|>", "<start_of_turn>", "<|think|>")
+from .markers import (CALL_CLOSE, CALL_OPEN, DELIM, DROPPED_MARKERS, END_MARKERS, THOUGHT_CLOSE, THOUGHT_LABEL,
+                      THOUGHT_OPEN)
 
 _ANSWER, _THOUGHT, _CALL = "answer", "thought", "tool_call"
 _MARKERS = {
@@ -97,7 +92,6 @@ def _first_marker(text: str, markers: tuple[str, ...]) -> tuple[int, Optional[st
 
 # ------------------------------------------------------------------------------------ tool-call syntax
 
-DELIM = '<|"|>'
 _CALL_PREFIX = re.compile(r"call\s*:\s*")
 _NAME = re.compile(r"[\w\-.]+(?::[\w\-.]+)*")
 _BARE_KEY = re.compile(r"[^\s:=,{}\[\]()]+")
@@ -443,9 +437,3 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
     if not calls and _BARE_CALL.match(text):
         calls = parse_call_text(text)
     return calls
-
-
-def tool_call_json(call: ToolCall) -> str:
-    """Arguments as a JSON string (OpenAI's wire format)."""
-    return json.dumps(call.arguments, ensure_ascii=False)
-

@@ -20,8 +20,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
+from .markers import DELIM
+
 STYLES = ("small", "large", "gemma3")
-DELIM = '<|"|>'  # Gemma 4's string delimiter in tool declarations, calls and results
 _STANDARD_KEYS = ("description", "type", "properties", "required", "nullable")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 
