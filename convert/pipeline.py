@@ -18,7 +18,7 @@ from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, 
 from .gguf_reader import GGUFFile
 from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_layout
 from .progress import ProgressCallback, Reporter
-from .quality import QualityThresholds, calibrate_and_check
+from .quality import QualityThresholds, check_quality
 from .quantize import QuantPlan
 from .safetensors_rows import SafetensorsRows
 from .sink import TensorSink, probe_sanitize
@@ -221,3 +221,36 @@ def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: b
     write_tokenizer_files(gguf, out)
     (out / "generation_config.json").write_text(json.dumps(generation_config(config), indent=2), encoding="utf-8")
     return summary
+
+
+def calibrate_and_check(source: Path, folder: Path, reporter: Reporter, *, bits: int, group_size: int,
+                        uniform: bool, calibrate: bool, check: bool,
+                        thresholds: QualityThresholds | None = None) -> None:
+    """What follows writing a quantized model into its work folder: calibration (optional), then the gate."""
+    settings: dict[str, Any] = {"bits": bits, "group_size": group_size,
+                                "recipe": "uniform" if uniform else "gemma4", "calibrated": calibrate}
+    if calibrate:
+        from .calibrate import calibrate_folder  # mlx-lm's training machinery: loaded only when asked
+
+        settings["calibration"] = calibrate_folder(source, folder, reporter)
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.setdefault("gemma4_mac", {})["calibration"] = settings["calibration"]
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if check:
+        check_quality(source, folder, reporter, settings=settings, thresholds=thresholds,
+                      advice=_advice(bits, uniform, calibrate))
+
+
+def _advice(bits: int, uniform: bool, calibrate: bool) -> str:
+    """What to try instead of a refused conversion."""
+    options = []
+    if uniform:
+        options.append("convert with the Gemma 4 recipe (without --uniform)")
+    if bits < 8:
+        options.append("convert at 8 bits (--bits 8)")
+        if not calibrate:
+            options.append("calibrate the 4-bit scales (--calibrate)")
+    else:
+        options.append("keep the weights in float (--no-quantize)")
+    return "Instead, " + ", or ".join(options) + "."

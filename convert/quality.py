@@ -130,20 +130,26 @@ def gate_rows(folder: Path, model) -> tuple[list[Row], str]:
         vision = config.vision_config or {}
         processor = ImageProcessor(max_soft_tokens=_IMAGE_SOFT_TOKENS,
                                    patch_size=vision.get("patch_size") or 16,
-                                   pooling_kernel_size=vision.get("pooling_kernel_size") or 3)
+                                   pooling_kernel_size=vision.get("pooling_kernel_size") or 3,
+                                   model_patches=config.is_unified)  # 12B: 48-pixel patches, no tower
         pixels, positions, count = processor.preprocess_one(str(DATA_DIR / "quality_image.png"))
         ids, start = _media_row(encode, IMAGE_PROMPT, config.boi_token_id, config.image_token_id, count,
                                 config.eoi_token_id, text.vocab_size)
         media = {"pixel_values": pixels[None], "position_ids": positions[None]}
         rows.append(_row(ids, start, "image", media))
     if model.model.has_audio:
-        from mlx_model.audio_features import AudioFeatureExtractor, num_audio_soft_tokens
+        from mlx_model.audio_features import AudioFeatureExtractor, WaveformFrameExtractor, num_audio_soft_tokens
         from mlx_model.audio_io import load_audio
 
         samples, _ = load_audio(str(DATA_DIR / "quality_speech.flac"))
-        features, mask = AudioFeatureExtractor()([samples])
+        if config.is_unified:  # 12B: waveform frames straight into its embedder
+            extractor = WaveformFrameExtractor()
+            count = extractor.num_soft_tokens(len(samples))
+        else:
+            extractor, count = AudioFeatureExtractor(), num_audio_soft_tokens(len(samples))
+        features, mask = extractor([samples])
         ids, start = _media_row(encode, AUDIO_PROMPT, config.boa_token_id, config.audio_token_id,
-                                num_audio_soft_tokens(len(samples)), config.eoa_token_id, text.vocab_size)
+                                count, config.eoa_token_id, text.vocab_size)
         rows.append(_row(ids, start, "audio", {"features": features, "mask": mask}))
     return rows, encode.note
 
@@ -309,36 +315,3 @@ def check_quality(source: Path, converted: Path, reporter: Reporter, *, settings
         raise QualityGateError("The converted model was refused and not kept: " + "; ".join(failures) + ". "
                                + advice, report)
     return report
-
-
-def calibrate_and_check(source: Path, folder: Path, reporter: Reporter, *, bits: int, group_size: int,
-                        uniform: bool, calibrate: bool, check: bool,
-                        thresholds: Optional[QualityThresholds] = None) -> None:
-    """What follows writing a quantized model into its work folder: calibration (optional), then the gate."""
-    settings: dict[str, Any] = {"bits": bits, "group_size": group_size,
-                                "recipe": "uniform" if uniform else "gemma4", "calibrated": calibrate}
-    if calibrate:
-        from .calibrate import calibrate_folder
-
-        settings["calibration"] = calibrate_folder(source, folder, reporter)
-        config_file = folder / "config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        config.setdefault("gemma4_mac", {})["calibration"] = settings["calibration"]
-        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if check:
-        check_quality(source, folder, reporter, settings=settings, thresholds=thresholds,
-                      advice=_advice(bits, uniform, calibrate))
-
-
-def _advice(bits: int, uniform: bool, calibrate: bool) -> str:
-    """What to try instead of a refused conversion."""
-    options = []
-    if uniform:
-        options.append("convert with the Gemma 4 recipe (without --uniform)")
-    if bits < 8:
-        options.append("convert at 8 bits (--bits 8)")
-        if not calibrate:
-            options.append("calibrate the 4-bit scales (--calibrate)")
-    else:
-        options.append("keep the weights in float (--no-quantize)")
-    return "Instead, " + ", or ".join(options) + "."
