@@ -162,7 +162,7 @@ def main() -> int:
             started = time.time()
             if not (folder / "config.json").exists():
                 convert_checkpoint(float_dir, folder, group_size=64, dtype="float32", force=True,
-                                   skip_quality_check=True, **options)
+                                   skip_quality_check=True, metadata={"chat": False}, **options)
             seconds[name] = round(time.time() - started, 1)
             meta = json.loads((folder / "config.json").read_text()).get("gemma4_mac", {})
             calibration[name] = meta.get("calibration")
