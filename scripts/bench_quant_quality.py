@@ -13,7 +13,8 @@ that mlx-lm's model and ours compute the same logits from it.
 Figures, per candidate against float32 (the quality gate's own measurement, convert/quality.py):
 top-1 agreement (all positions; decisive positions, where float32 puts >= 50% on one token) and mean KL per
 token on the built-in quality set (~650 tokens, 7 languages + code); mean KL, top-1 agreement and perplexity
-on a held-out public-domain text (the opening of Pride and Prejudice, tests/data/, ~2,600 tokens).
+on a held-out public-domain text (the opening of Pride and Prejudice, tests/data/: its first 1,024 tokens
+by default). float32 runs once; each candidate once, on the built-in set and the held-out text together.
 Prints one table (and --json the figures).
 
 MLX's Linux CPU wheels link the reference BLAS (~2 GFLOP/s); where Debian's OpenBLAS is installed
@@ -96,20 +97,60 @@ def mlx_lm_peer(float_dir: Path, work: Path) -> tuple[Path, float]:
     return peer, difference
 
 
-def held_out_figures(float_dir: Path, candidate: Path, ids: list[int]) -> dict:
-    """Perplexity of the candidate on `ids`, and its mean KL / top-1 agreement against float32 there."""
+class Reference:
+    """float32's final hidden states on the built-in set and the held-out text, computed once: every row is
+    compared with them (one pass of float32, then one pass per candidate)."""
+
+    def __init__(self, float_dir: Path, held_out: list[int]):
+        import numpy as np
+
+        from convert.quality import converted_model, gate_rows
+        from convert.streamed import Row, StreamedModel
+
+        skeleton, weights = converted_model(float_dir)
+        built_in, _ = gate_rows(float_dir, skeleton)
+        held = Row(np.array(held_out[:-1], dtype=np.int32), np.ones(len(held_out) - 1, dtype=bool))
+        self.rows = [row for row in built_in if row.kind == "text"] + [held]
+        self.held_out = np.concatenate([np.full(int(row.scored.sum()), row is held) for row in self.rows])
+        self.targets = held_out[1:]
+        self.model = StreamedModel(skeleton, weights, float32=True)
+        self.hidden = self.scored_hidden(self.model)
+
+    def scored_hidden(self, model):
+        import mlx.core as mx
+        import numpy as np
+
+        hidden = model.hidden(self.rows)
+        return mx.concatenate([h[mx.array(np.flatnonzero(row.scored))] for h, row in zip(hidden, self.rows)])
+
+    def figures(self, folder: Path | None) -> dict:
+        """Built-in set: top-1 (all, decisive) and mean KL; held-out: KL, top-1 and perplexity. None: float32."""
+        import mlx.core as mx
+        import numpy as np
+
+        from convert.quality import compare_heads, converted_model, summarise
+        from convert.streamed import StreamedModel
+
+        model = StreamedModel(*converted_model(folder)) if folder is not None else self.model
+        hidden = self.scored_hidden(model) if folder is not None else self.hidden
+        per_position = compare_heads(self.model, self.hidden, model, hidden)
+        built_in = summarise(*(per_position[key][~self.held_out] for key in ("kl", "agree", "decisive")))
+        held = mx.array(np.flatnonzero(self.held_out))
+        return {"top1": built_in["top1_agreement"], "decisive_top1": built_in["decisive_top1_agreement"],
+                "kl": built_in["mean_kl"],
+                "held_out_kl": round(float(per_position["kl"][self.held_out].mean()), 5),
+                "held_out_top1": round(float(per_position["agree"][self.held_out].mean()), 4),
+                "held_out_ppl": round(perplexity(model, hidden[held], self.targets), 3)}
+
+
+def perplexity(model, hidden, targets: list[int]) -> float:
+    """exp(mean NLL of `targets`) from final hidden states, the head read a vocabulary slice at a time."""
     import mlx.core as mx
     import numpy as np
 
-    from convert.quality import compare_heads, converted_model
-    from convert.streamed import HEAD_ROWS, Row, StreamedModel
+    from convert.streamed import HEAD_ROWS
 
-    row = Row(np.array(ids[:-1], dtype=np.int32), np.ones(len(ids) - 1, dtype=bool))
-    reference = StreamedModel(*converted_model(float_dir), float32=True)
-    model = StreamedModel(*converted_model(candidate))
-    reference_hidden, hidden = reference.hidden([row])[0], model.hidden([row])[0]
-    per_position = compare_heads(reference, reference_hidden, model, hidden)
-    logits_of, targets = model.head_reader(), mx.array(ids[1:])
+    logits_of, targets = model.head_reader(), mx.array(targets)
     peak = total = target_logit = None
     for start in range(0, model.vocab_size, HEAD_ROWS):
         stop = min(model.vocab_size, start + HEAD_ROWS)
@@ -123,18 +164,19 @@ def held_out_figures(float_dir: Path, candidate: Path, ids: list[int]) -> dict:
         total = scaled if total is None else total * mx.exp(peak - new_peak) + scaled
         peak = new_peak
         mx.eval(peak, total, target_logit)
-    nll = float(mx.mean(peak + mx.log(total) - target_logit).item())
-    return {"ppl": float(np.exp(nll)), "kl": float(per_position["kl"].mean()),
-            "top1": float(per_position["agree"].mean())}
+    return float(np.exp(float(mx.mean(peak + mx.log(total) - target_logit).item())))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="folder for the conversions (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the conversions")
+    parser.add_argument("--held-out-tokens", type=int, default=1024,
+                        help="tokens of the held-out text to measure (default 1024; the text has ~2,600)")
     parser.add_argument("--skip-calibrated", action="store_true", help="leave out the (slow) calibrated rows")
     parser.add_argument("--rows", nargs="+", choices=tuple(VARIANTS) + (PEER,), metavar="NAME",
-                        help=f"measure only these rows (of: {', '.join(VARIANTS)}, {PEER}); float32 is the reference")
+                        help=f"measure only these rows (of: {', '.join(VARIANTS)}, {PEER}); float32 is the "
+                             "reference")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     _preload_openblas()
@@ -142,7 +184,6 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from convert import convert_checkpoint
-    from convert.quality import measure
     from tests import assets
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quant-", dir="/tmp"))
@@ -173,16 +214,12 @@ def main() -> int:
             peer, peer_difference = mlx_lm_peer(float_dir, work)
             folders[PEER] = peer
         tokenizer = AutoTokenizer.from_pretrained(str(float_dir))
-        held_out = tokenizer(HELD_OUT.read_text(encoding="utf-8"))["input_ids"]
-        rows = {}
+        held_out = tokenizer(HELD_OUT.read_text(encoding="utf-8"))["input_ids"][: args.held_out_tokens]
+        reference, rows = Reference(float_dir, held_out), {}
         for name, folder in folders.items():
-            built_in = measure(float_dir, folder)["inputs"]["text"]
-            held = held_out_figures(float_dir, folder, held_out)
             size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-            rows[name] = {"size_mb": round(size / 1e6), "top1": built_in["top1_agreement"],
-                          "decisive_top1": built_in["decisive_top1_agreement"], "kl": built_in["mean_kl"],
-                          "held_out_kl": round(held["kl"], 5), "held_out_top1": round(held["top1"], 4),
-                          "held_out_ppl": round(held["ppl"], 3)}
+            rows[name] = {"size_mb": round(size / 1e6),
+                          **reference.figures(None if folder == float_dir else folder)}
             print(f"measured {name}: {json.dumps(rows[name])}", file=sys.stderr, flush=True)
         print(format_table(rows, len(held_out)))
         if peer_difference is not None:
