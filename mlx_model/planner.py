@@ -90,12 +90,55 @@ def count_text_weights(config: TextConfig) -> WeightCount:
     return WeightCount(quantizable, router, floats)
 
 
-def weight_bytes(config: TextConfig, bits: Optional[int] = 4, group_size: int = 64) -> int:
-    """Bytes of the text weights at `bits` (None = bfloat16), router at 8 bits, norms in float."""
+def text_modules(config: TextConfig) -> list[tuple[str, int, int]]:
+    """(module path, input width, parameters) of every quantizable module of our TextModel for `config`."""
+    h, lm = config.hidden_size, "model.language_model."
+    modules = [(f"{lm}embed_tokens", h, config.vocab_size * h)]
+    for i in range(config.num_hidden_layers):
+        p, hd, kv = f"{lm}layers.{i}.", config.layer_head_dims[i], config.layer_kv_heads[i]
+        q_width = config.num_attention_heads * hd
+        modules += [(f"{p}self_attn.q_proj", h, h * q_width), (f"{p}self_attn.o_proj", q_width, q_width * h)]
+        if i < config.first_shared_layer:
+            modules.append((f"{p}self_attn.k_proj", h, h * kv * hd))
+            if not (config.attention_k_eq_v and config.layer_types[i] == FULL):
+                modules.append((f"{p}self_attn.v_proj", h, h * kv * hd))
+        double = config.use_double_wide_mlp and i >= config.first_shared_layer
+        width = config.intermediate_size * (2 if double else 1)
+        modules += [(f"{p}mlp.gate_proj", h, h * width), (f"{p}mlp.up_proj", h, h * width),
+                    (f"{p}mlp.down_proj", width, width * h)]
+        if config.enable_moe_block:
+            experts, inner = config.num_experts, config.moe_intermediate_size
+            modules += [(f"{p}router.proj", h, h * experts),
+                        (f"{p}experts.gate_up_proj", h, experts * 2 * inner * h),
+                        (f"{p}experts.down_proj", inner, experts * h * inner)]
+        if config.hidden_size_per_layer_input:
+            ple = config.hidden_size_per_layer_input
+            modules += [(f"{p}per_layer_input_gate", h, h * ple), (f"{p}per_layer_projection", ple, ple * h)]
+    if config.hidden_size_per_layer_input:
+        total = config.num_hidden_layers * config.hidden_size_per_layer_input
+        modules += [(f"{lm}embed_tokens_per_layer", total, config.vocab_size_per_layer_input * total),
+                    (f"{lm}per_layer_model_projection", h, h * total)]
+    return modules
+
+
+def weight_bytes(config: TextConfig, bits: Optional[int] = 4, group_size: int = 64,
+                 uniform: bool = False) -> int:
+    """Bytes of the text weights at `bits` (None = bfloat16) with Gemma 4's recipe (mlx_model/quant_recipe.py:
+    PLE, router, embeddings and a third of v_proj/down_proj at 8 bits, group 64), or `uniform` (router at 8
+    only), as the converter writes them; a module whose input width is not a multiple of its group stays
+    bfloat16."""
+    from .quant_recipe import group_size_for, module_bits
+
     count = count_text_weights(config)
-    router_bits = 8 if bits else None
-    return (quantized_bytes(count.quantizable, bits, group_size)
-            + quantized_bytes(count.router, router_bits, 64) + count.floats * 2)
+    k_eq_v = frozenset(i for i in range(config.first_shared_layer)
+                       if config.attention_k_eq_v and config.layer_types[i] == FULL)
+    total = count.floats * 2
+    for path, in_features, n in text_modules(config):
+        chosen = (module_bits(path, bits, config.num_hidden_layers, uniform=uniform, values_from_keys=k_eq_v)
+                  if bits else None)
+        group = group_size_for(chosen, bits, group_size, in_features) if chosen else group_size
+        total += quantized_bytes(n, chosen if chosen and in_features % group == 0 else None, group)
+    return total
 
 
 def kv_bytes(config: TextConfig, context: int, kv_bits: Optional[int] = None, group_size: int = 64,
