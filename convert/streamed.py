@@ -141,7 +141,8 @@ class StreamedModel:
         mx.eval(embeds, per_layer)
         return embeds, per_layer
 
-    def _masks(self, row: Row) -> dict:
+    def _masks(self, row: Row) -> tuple[dict, set]:
+        """The row's masks per layer type and the types whose mask is custom (`TextModel.make_masks`)."""
         from mlx_model.image_processor import mm_token_type_ids
         from mlx_model.model import vision_block_ids
 
@@ -172,10 +173,13 @@ class StreamedModel:
                 for r in range(len(rows)):
                     ple = per_layer[r][:, :, i, :] if per_layer[r] is not None else None
                     shared = kvs[r][source] if source != i else None
-                    hidden[r], kv = layer(hidden[r], masks[r][layer.layer_type], None, ple, shared, 0)
+                    layer_masks, custom = masks[r]
+                    hidden[r], kv = layer(hidden[r], layer_masks[layer.layer_type], None, ple, shared, 0,
+                                          layer.layer_type in custom)
                     if i in shared_sources:
                         kvs[r][i] = kv  # a later KV-shared layer attends to these
-                    mx.eval(hidden[r], kvs[r][i] or [])
+                    kept = kvs[r][i]
+                    mx.eval(hidden[r], [(span.keys, span.values) for span in kept.spans] if kept else [])
         with self.loaded(self.norm_names):
             hidden = [lm.norm(h)[0] for h in hidden]
             mx.eval(hidden)

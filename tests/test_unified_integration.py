@@ -88,7 +88,7 @@ def test_planner_counts_the_12b_exactly_and_prints_its_rows(tmp_path):
     assert sum(c.nbytes for c in cache) == kv_bytes(model.config.text_config, 3 * WINDOW + 5, float_bytes=4)
 
     out = io.StringIO()
-    assert run_plan(Namespace(context=None, model=None), out) == 0
+    assert run_plan(Namespace(context=None, model=None, macs=1), out) == 0
     rows = [line for line in out.getvalue().splitlines() if line.startswith("12B")]
     assert len(rows) == 4 * 3 + 2  # 4 contexts x 3 KV precisions, and the Mac-size table at 16 and 8 bits
     cells = rows[-2].split()  # variant, KV bits, KV per token, weights, then 8, 16, ... GB
