@@ -25,8 +25,10 @@ import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from mlx_model.assistant import attached_drafter, draft_inputs
+from mlx_model.attention import KVView
 from mlx_model.cache import SlidingKVCache
 from mlx_model.model import Model
+from mlx_model.quantized_cache import QuantizedSlidingKVCache
 
 from .draft_policy import UNSEEN, DepthPolicy, ForwardCosts, PromptLookup
 
@@ -98,7 +100,7 @@ def applicable(model, sampling, logits_processors) -> bool:
     return mode != "off" and not plain_only and verifies
 
 
-def target_kv(model, cache: list) -> dict[str, tuple]:
+def target_kv(model, cache: list) -> dict[str, KVView]:
     """The keys and values a drafter attends to: the target's last cached layer of each type (for KV-sharing
     models, the layers the shared ones read: configuration_gemma4.py:247)."""
     text = model.config.text_config
@@ -106,13 +108,12 @@ def target_kv(model, cache: list) -> dict[str, tuple]:
     return {kind: _visible(cache[i]) for kind, i in last.items()}
 
 
-def _visible(layer_cache) -> tuple:
-    n = layer_cache.offset
-    if isinstance(layer_cache, SlidingKVCache):
-        n = min(n, layer_cache.window)
-    cut = lambda store: (tuple(x[..., :n, :] for x in store) if isinstance(store, tuple)  # noqa: E731
-                         else store[..., :n, :])
-    return cut(layer_cache.keys), cut(layer_cache.values)
+def _visible(layer_cache) -> KVView:
+    """What a target cache holds, as one dense span (the drafter attends to all of it, bidirectionally)."""
+    held = layer_cache.held()
+    if held is None:
+        raise ValueError("the drafter needs a prompt in the target's cache first")
+    return KVView.of(*held)
 
 
 class _Recorder:
@@ -125,6 +126,10 @@ class _Recorder:
         self.new = (keys, values)
         return self.cache.update_and_fetch(keys, values)
 
+    def update_and_view(self, keys, values):
+        self.new = (keys, values)
+        return self.cache.update_and_view(keys, values)
+
     def __getattr__(self, name):
         return getattr(self.cache, name)
 
@@ -135,8 +140,8 @@ class _Rollback:
     def __init__(self, cache: list):
         self.cache = cache
         self.start = [c.offset for c in cache]
-        self.saved = [c.checkpoint() if isinstance(c, SlidingKVCache) else None for c in cache]
-        self.views = [_Recorder(c) if isinstance(c, SlidingKVCache) else c for c in cache]
+        self.saved = [c.checkpoint() if _is_ring(c) else None for c in cache]
+        self.views = [_Recorder(c) if _is_ring(c) else c for c in cache]
         self.kept = 0
 
     def keep(self, n: int) -> None:
@@ -149,7 +154,12 @@ class _Rollback:
             if n:
                 keys, values = view.new
                 cut = lambda x: x[..., :n, :]  # noqa: E731
-                c.update_and_fetch(cut(keys), cut(values))
+                c.update_and_view(cut(keys), cut(values))
+
+
+def _is_ring(layer_cache) -> bool:
+    """A sliding-window cache (16-bit or quantized): once wrapped, it rewinds from a checkpoint."""
+    return isinstance(layer_cache, (SlidingKVCache, QuantizedSlidingKVCache))
 
 
 class Target:

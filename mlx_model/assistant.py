@@ -12,21 +12,26 @@ Module names equal the checkpoint's. HF = transformers/models/gemma4_assistant/m
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .assistant_config import AssistantConfig
+from .attention import KVView
 from .config import FULL, SLIDING
 from .language import DecoderLayer, _norm
 
-KV = tuple  # (keys, values): [B, kv_heads, n, head_dim] arrays, or quantized (data, scales, biases) triples
+KV = Union[KVView, tuple]  # a view of the target's cache, or its (keys, values) [B, kv_heads, n, head_dim]
+
+
+def as_view(kv: KV) -> KVView:
+    """The target's keys and values as the attention layers take them."""
+    return kv if isinstance(kv, KVView) else KVView.of(*kv)
 
 
 def kv_length(kv: KV) -> int:
-    keys = kv[0][0] if isinstance(kv[0], tuple) else kv[0]
-    return keys.shape[2]
+    return as_view(kv).n_keys
 
 
 class AssistantTextModel(nn.Module):
@@ -57,7 +62,7 @@ class AssistantTextModel(nn.Module):
             raise ValueError(f"the drafter reads one position at a time, not {h.shape[1]}")
         masks = self.masks(shared_kv)
         for layer in self.layers:
-            h, _ = layer(h, masks[layer.layer_type], shared_kv=shared_kv[layer.layer_type], offset=offset)
+            h, _ = layer(h, masks[layer.layer_type], shared_kv=as_view(shared_kv[layer.layer_type]), offset=offset)
         return self.norm(h)
 
 

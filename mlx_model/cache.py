@@ -139,6 +139,12 @@ class KVCache(_LayerCache):
         """Mask for the next `n_queries` tokens against the cache after their update."""
         return window_mask(n_queries, self.offset, self.offset + n_queries, 0, window_size, return_array)
 
+    def held(self) -> Optional[tuple[mx.array, mx.array]]:
+        """Every cached position's keys and values, oldest first (None while empty)."""
+        if self.keys is None or not self.offset:
+            return None
+        return _read(self.keys, 0, self.offset), _read(self.values, 0, self.offset)
+
     def size(self) -> int:
         return self.offset
 
@@ -283,6 +289,13 @@ class SlidingKVCache(_LayerCache):
             return None  # the ring holds exactly the window: every cached key is visible
         kept = min(self.offset, self.window)
         return window_mask(n_queries, self.offset, kept + n_queries, self.offset - kept, window, return_array)
+
+    def held(self) -> Optional[tuple[mx.array, mx.array]]:
+        """The window's keys and values, oldest first (None while empty)."""
+        runs = self._runs()
+        if not runs:
+            return None
+        return (mx.concatenate([r.keys for r in runs], axis=2), mx.concatenate([r.values for r in runs], axis=2))
 
     def size(self) -> int:
         return min(self.offset, self.window)

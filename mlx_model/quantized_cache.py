@@ -92,6 +92,18 @@ class _QuantizedLayerCache:
     def _view(self, spans: list) -> KVView:
         return KVView(spans, boundary=self.boundary, rotated=bool(self.rotated))
 
+    def held(self) -> Optional[tuple[mx.array, mx.array]]:
+        """Every held position's keys and values, oldest first, dequantized and rotated back (for a reader
+        outside attention, such as the MTP drafter); None while empty."""
+        spans = self._stored() + ([Span(self.exact_keys, self.exact_values, self.quantized,
+                                        self.offset - self.quantized)] if self.exact_keys is not None else [])
+        if not spans:
+            return None
+        dense = [span.dense() for span in spans]
+        keys = mx.concatenate([k for k, _ in dense], axis=2)
+        values = mx.concatenate([v.astype(keys.dtype) for _, v in dense], axis=2)
+        return keys, rotate(values) if self.rotated else values
+
     def _words(self, tokens: int) -> int:
         return tokens * self.bits // 32
 
@@ -157,6 +169,12 @@ class QuantizedKVCache(_QuantizedLayerCache):
             )
             spans = [stored] + spans
         return self._view(spans)
+
+    def _stored(self) -> list[Span]:
+        if not self.quantized:
+            return []
+        return [Span(self._slice_keys(0, self.quantized), tuple(x[:, :, : self.quantized] for x in self.values),
+                     0, self.quantized, self.spec, QUANTIZED)]
 
     def _slice_keys(self, lo: int, hi: int) -> tuple:
         data, scales, biases = self.keys
@@ -323,6 +341,9 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
             runs.append(Span(keys, values, pos, hi - lo, self.spec, QUANTIZED))
             pos += hi - lo
         return runs
+
+    def _stored(self) -> list[Span]:
+        return self._runs()
 
     def update_and_view(self, keys: mx.array, values: mx.array) -> KVView:
         """Add [B, H, L, D] keys/values; the view: the ring's runs, new groups, the exact tail, the chunk."""
