@@ -25,6 +25,7 @@ MIB = 1024 ** 2
 STARTER_LABEL = "Gemma 3 270M (base, completion only; not a chat model)"
 RUNTIME_ALLOWANCE = 1 * GIB  # KV cache, prefill scratch and the app itself at a moderate context
 SYSTEM_SHARE = 0.25  # of physical memory left to macOS and other apps
+MAX_SPLIT_MACS = 4  # the model manager suggests splitting a model across at most this many Macs
 
 
 class ModelManagerError(RuntimeError):
@@ -37,6 +38,11 @@ class HubModel:
     label: str
     size_4bit: float  # GiB of the 4-bit conversion, approximately
     note: str = ""
+
+    @property
+    def variant(self) -> str:
+        """The planner's name of the variant ("E2B", "26B-A4B", ...), from the repo id."""
+        return self.repo_id.split("gemma-4-")[-1].removesuffix("-it").upper()
 
 
 # GiB of the towers at 8 bits (the recipe never puts them lower): vision ~167 M + audio ~305 M parameters
@@ -71,11 +77,32 @@ class MemoryFit:
     required_bytes: int
     total_bytes: int
     fits: bool
+    split_macs: Optional[int] = None  # fewest Macs of this memory that hold it split (docs/distributed.md)
+    split_bytes: int = 0  # memory each of them needs then
 
     @property
     def summary(self) -> str:
         verdict = "fits" if self.fits else "too large"
         return f"needs ≈{format_size(self.required_bytes)} of {self.total_bytes / GIB:.0f} GB · {verdict}"
+
+    @property
+    def split_summary(self) -> str:
+        """e.g. "Too large for this Mac · fits on 2 Macs like it (docs/distributed.md)"; empty when it fits
+        this Mac or no split up to MAX_SPLIT_MACS Macs holds it."""
+        if self.fits or not self.split_macs:
+            return ""
+        return f"Too large for this Mac · fits on {self.split_macs} Macs like it (docs/distributed.md)"
+
+    @property
+    def split_detail(self) -> str:
+        """The memory per Mac behind `split_summary` (a tooltip)."""
+        if not self.split_summary:
+            return ""
+        usable = usable_bytes(self.total_bytes) / GIB
+        return (f"Split across {self.split_macs} Macs of {self.total_bytes / GIB:.0f} GB: ≈"
+                f"{self.split_bytes / GIB:.1f} GiB on each, of {usable:.1f} GiB usable (one Mac alone needs "
+                f"≈{self.required_bytes / GIB:.1f} GiB). "
+                f"`python -m gemma4_mac plan --macs {self.split_macs}` gives the figures per context.")
 
 
 def format_size(size_bytes: float) -> str:
@@ -133,11 +160,66 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for folder in folders for f in folder.glob("*.safetensors"))
 
 
+def usable_bytes(total: int) -> int:
+    """Memory a model may use on a Mac with `total` bytes (the rest is left to macOS and other apps)."""
+    return int(total * (1 - SYSTEM_SHARE))
+
+
 def estimate_fit(path: Path, total: Optional[int] = None) -> MemoryFit:
-    """Whether a model folder fits this machine: weights plus an allowance against usable memory."""
+    """Whether a model folder fits this machine: weights plus an allowance against usable memory; when it does
+    not, the fewest Macs of the same memory that hold it split (`split_fit`)."""
     total = total_memory() if total is None else total
-    required = weight_bytes(path) + RUNTIME_ALLOWANCE
-    return MemoryFit(required, total, required <= total * (1 - SYSTEM_SHARE))
+    weights = weight_bytes(path)
+    required = weights + RUNTIME_ALLOWANCE
+    if required <= usable_bytes(total):
+        return MemoryFit(required, total, True)
+    config = read_model_config(path)
+    macs, per_mac = split_fit(config, total, weights=weights) if config else (None, 0)
+    return MemoryFit(required, total, False, macs, per_mac)
+
+
+def hub_fit(model: HubModel, total: Optional[int] = None) -> MemoryFit:
+    """Whether a downloadable variant's 4-bit conversion fits this machine, and if not on how many like it."""
+    total = total_memory() if total is None else total
+    required = int(model.size_4bit * GIB) + RUNTIME_ALLOWANCE
+    if required <= usable_bytes(total):
+        return MemoryFit(required, total, True)
+    from mlx_model.planner import VARIANT_CONFIGS  # MLX is imported only for a model too large for this Mac
+
+    raw = VARIANT_CONFIGS.get(model.variant)
+    if raw is None:
+        return MemoryFit(required, total, False)
+    # the planner counts the text weights; the towers (8-bit) are whole on every Mac
+    macs, per_mac = split_fit(raw, total, towers=int(TOWER_GIB.get(model.variant, 0.0) * GIB))
+    return MemoryFit(required, total, False, macs, per_mac)
+
+
+def split_fit(config: dict, total: int, *, weights: Optional[int] = None, towers: int = 0,
+              max_macs: int = MAX_SPLIT_MACS) -> tuple[Optional[int], int]:
+    """The fewest Macs (2..max_macs) with `total` bytes each that hold a model split across them
+    (mlx_model/sharding.py) and the bytes each then needs, or (None, 0). `config`: a config.json's contents
+    (or a text config); `weights`: its bytes on disk, shared out as the planner's split_plan does (else 4-bit
+    weights are counted); `towers`: bytes held whole on every Mac. Macs counts the split cannot use (not
+    dividing the attention heads, or neither dividing nor divided by the KV heads) are skipped."""
+    from mlx_model.config import ModelConfig, TextConfig
+    from mlx_model.planner import split_plan
+
+    if "text_config" not in config and "model_type" not in config:
+        return None, 0
+    try:
+        text = (ModelConfig.from_dict(config).text_config if "text_config" in config
+                else TextConfig.from_dict(config))
+    except (ValueError, TypeError, KeyError):  # not a Gemma config the planner knows: no verdict
+        return None, 0
+    for macs in range(2, max_macs + 1):
+        kv_heads = text.layer_kv_heads
+        if text.num_attention_heads % macs or any(heads % macs and macs % heads for heads in kv_heads):
+            continue
+        # the allowance stands for KV and scratch as on one Mac (the KV is divided too: on the safe side)
+        per_mac = split_plan(text, 1024, macs, weights=weights).weights + towers + RUNTIME_ALLOWANCE
+        if per_mac <= usable_bytes(total):
+            return macs, per_mac
+    return None, 0
 
 
 def read_model_config(path: Path) -> dict:

@@ -108,3 +108,27 @@ def test_download_progress_shows_the_file_and_the_bytes(harness):
                          "item": "model-00001-of-00004.safetensors", "done": 4_200_000_000, "total": 10_000_000_000})
     assert dialog.progress.value() == 420
     assert dialog.progress_label.text() == "Downloading · 42% · model-00001-of-00004.safetensors · 4.2 of 10.0 GB"
+
+
+def test_model_manager_says_a_model_too_large_for_this_mac_fits_on_two_like_it(harness, monkeypatch):
+    from gemma4_mac import model_manager
+    from mlx_model.planner import VARIANT_CONFIGS
+
+    monkeypatch.setattr(model_manager, "total_memory", lambda: 16 * 1024 ** 3)
+    folder = harness.home / "models" / "big"
+    _model(folder, "Big model", 19 * 1024 ** 3)
+    config = {"model_type": "gemma4", "text_config": VARIANT_CONFIGS["31B"],
+              "gemma4_mac": {"display_name": "Big model"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    _model(harness.home / "models" / "small", "Small model", 2 * 1024 ** 3)
+    dialog = harness.controller.open_model_manager()
+    rows = {row.entry.name: row for row in dialog.rows if isinstance(row, ModelRow)}
+    expected = "Too large for this Mac · fits on 2 Macs like it (docs/distributed.md)"
+    assert rows["Big model"].split.text() == expected and not rows["Big model"].split.isHidden()
+    assert "GiB on each" in rows["Big model"].split.toolTip()
+    assert rows["Small model"].split.isHidden()
+    # the downloadable variants: the recommended one fits, the 31B fits only on two such Macs
+    assert dialog.hub_split.isHidden()
+    dialog.hub_combo.setCurrentIndex(dialog.hub_combo.findData("google/gemma-4-31B-it"))
+    assert dialog.hub_split.text() == expected and not dialog.hub_split.isHidden()
+    assert "Split across 2 Macs of 16 GB" in dialog.hub_split.toolTip()

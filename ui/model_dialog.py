@@ -10,8 +10,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QScrollArea, QVBoxLayout, QWidget)
 
-from gemma4_mac.model_manager import (GIB, HUB_MODELS, ModelEntry, destination_for, format_size,
-                                      recommended_model)
+from gemma4_mac.model_manager import (GIB, HUB_MODELS, MemoryFit, ModelEntry, destination_for, format_size,
+                                      hub_fit, recommended_model)
 from gemma4_mac.model_sources import CHECKPOINT, GGUF, FoundModel, display_path
 
 from .theme import Palette, current_palette
@@ -58,6 +58,8 @@ class ModelRow(QFrame):
         self.quality.setObjectName("chipMeta")
         self.quality.setVisible(bool(entry.quality_summary))
         text.addWidget(self.quality)
+        self.split = split_label(entry.fit)
+        text.addWidget(self.split)
         layout.addLayout(text, 1)
         self.fit_dot = QLabel()
         self.fit_dot.setFixedSize(8, 8)
@@ -92,6 +94,22 @@ class ModelRow(QFrame):
         color = palette.success if self.entry.fit.fits else palette.danger
         self.fit_dot.setStyleSheet(f"background: {color}; border-radius: 4px;")
         self.fit_dot.setToolTip(self.entry.fit.summary)
+
+
+def split_label(fit: MemoryFit) -> QLabel:
+    """A line saying on how many Macs like this one a model too large for it fits (hidden otherwise); its
+    tooltip gives the memory on each."""
+    label = QLabel()
+    label.setObjectName("chipMeta")
+    label.setWordWrap(True)
+    show_split(label, fit)
+    return label
+
+
+def show_split(label: QLabel, fit: MemoryFit) -> None:
+    label.setText(fit.split_summary)
+    label.setToolTip(fit.split_detail)
+    label.setVisible(bool(fit.split_summary))
 
 
 class FoundRow(QFrame):
@@ -251,6 +269,8 @@ class ModelManagerDialog(QDialog):
             tag = " · recommended" if model == suggested else (f" · {model.note}" if model.note else "")
             self.hub_combo.addItem(f"{model.label} · ≈{model.size_4bit:.1f} GB{tag}", model.repo_id)
         self.hub_combo.setCurrentIndex(HUB_MODELS.index(suggested))
+        self.total_memory = total_memory
+        self.hub_fits: dict[str, MemoryFit] = {}  # by repo id, worked out when a variant is first chosen
         self.download_button = QPushButton("Download and convert")
         self.download_button.setObjectName("primary")
         self.download_button.setCursor(Qt.PointingHandCursor)
@@ -258,6 +278,10 @@ class ModelManagerDialog(QDialog):
         row.addWidget(self.hub_combo, 1)
         row.addWidget(self.download_button)
         card_layout.addLayout(row)
+        self.hub_split = split_label(MemoryFit(0, total_memory, True))
+        card_layout.addWidget(self.hub_split)
+        self.hub_combo.currentIndexChanged.connect(self._show_hub_fit)
+        self._show_hub_fit()
         hint = QLabel("Downloads from Hugging Face and converts to 4-bit MLX. An interrupted download "
                       "resumes where it stopped.")
         hint.setObjectName("hint")
@@ -366,6 +390,14 @@ class ModelManagerDialog(QDialog):
         self.unfinished_label.setText(f"Unfinished conversions hold {format_size(size_bytes)}; they are "
                                       "removed when the next conversion starts.")
         self.unfinished_label.setVisible(size_bytes > 0)
+
+    def _show_hub_fit(self) -> None:
+        """Under the variants: whether the chosen one fits only when split across several Macs like this."""
+        repo_id = self.hub_combo.currentData()
+        if repo_id not in self.hub_fits:
+            model = next(m for m in HUB_MODELS if m.repo_id == repo_id)
+            self.hub_fits[repo_id] = hub_fit(model, self.total_memory)
+        show_split(self.hub_split, self.hub_fits[repo_id])
 
     def _start_download(self) -> None:
         repo_id = self.hub_combo.currentData()
