@@ -21,8 +21,9 @@ from .prefill import GenerationError
 from .prompt import PreparedPrompt, prepare_prompt
 from .session import ChatSession
 
-__all__ = ["GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt", "ReplyDecoder", "SamplingSettings",
-           "TokenPicker", "TokenStep", "generate_tokens", "prepare_prompt", "run_prompt", "stream_generate"]
+__all__ = ["GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt", "ReplyDecoder",
+           "SamplingSettings", "TokenPicker", "TokenStep", "generate_tokens", "prepare_prompt", "run_prompt",
+           "stream_generate"]
 
 
 @dataclass
@@ -170,7 +171,8 @@ class ReplyDecoder:
     """Sampled tokens in, answer/thought/tool-call events out: end of turn, stop strings, the streaming
     detokenizer and the output parser of one reply. Shared by `run_prompt` and the server's batches."""
 
-    def __init__(self, tokenizer, prepared: PreparedPrompt, sampling: SamplingSettings, stats: GenerationStats):
+    def __init__(self, tokenizer, prepared: PreparedPrompt, sampling: SamplingSettings,
+                 stats: GenerationStats):
         self.eos_ids = set(tokenizer.eos_token_ids)
         self.detokenizer = tokenizer.detokenizer
         self.detokenizer.reset()
@@ -202,7 +204,8 @@ class ReplyDecoder:
             events += self._emit(tail_text + self.stops.flush())
         if self.parser is not None:
             events += self._count_calls(_events_from_parser(self.parser.finish()))
-        self.stats.finish_reason = "tool_calls" if (self.saw_tool_call and self.finish == "stop") else self.finish
+        called = self.saw_tool_call and self.finish == "stop"
+        self.stats.finish_reason = "tool_calls" if called else self.finish
         return events
 
     def time(self, started: float, prompt_done: float, first_token_at: float, ended: float,

@@ -214,6 +214,12 @@ class SlidingKVCache(_LayerCache):
         split = self.offset % self.window
         return _map(lambda x: mx.concatenate([x[..., split:, :], x[..., :split, :]], axis=2), store)
 
+    def in_order(self):
+        """(keys, values) of the cached positions, oldest first (at most `window` of them)."""
+        if self.keys is None:
+            return None, None
+        return self._temporal(self.keys), self._temporal(self.values)
+
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Add [B, H, L, D] keys/values; return the keys/values the new queries attend to."""
         keys, values = self.quantize(keys), self.quantize(values)

@@ -130,7 +130,7 @@ class ModelRoutes(Endpoint):
     async def health(self, request: Request) -> JSONResponse:
         """Liveness and who this is (the serve command asks it before starting a second server)."""
         return JSONResponse({"status": "ok", "server": SERVER_NAME, "pid": os.getpid(),
-                             "model": self.service.model_id(), "queued": self.service.worker.queued()})
+                             "model": self.service.model_id(), "queued": self.service.waiting()})
 
 
 def _iso(timestamp: int) -> str:
