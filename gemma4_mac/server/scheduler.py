@@ -165,7 +165,7 @@ class BatchScheduler:
         try:
             while True:
                 if loop_job is not None and loop_job.cancel.is_set():  # the worker is stopping
-                    self._fail_all(NoModelLoaded("the model thread stopped while this request ran"))
+                    self._worker_gone()
                     return
                 self._check_model(self.worker.slot)
                 self._admit(self.worker.slot)
