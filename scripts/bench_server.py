@@ -259,6 +259,29 @@ def concurrency(client, model_id: str, streams: tuple[int, ...], rounds: int, ma
     return results
 
 
+def forward_ms_by_batch(slot, sizes: tuple[int, ...], steps: int = 5) -> dict:
+    """One decode step's forward pass (milliseconds) for each batch size, on the model thread: where it grows
+    in proportion to the batch, the machine is compute-bound and batching cannot add throughput."""
+    import mlx.core as mx
+
+    from gemma4_mac.batch import batch_caches
+
+    model, figures = slot.model, {}
+    for size in sizes:
+        caches = []
+        for row in range(size):
+            cache = model.make_cache()
+            mx.eval(model(mx.array([list(range(10, 20 + 7 * row))]), cache=cache))
+            caches.append(cache)
+        batched, inputs = batch_caches(caches), mx.array([[7]] * size)
+        mx.eval(model(inputs, cache=batched))
+        started = time.perf_counter()
+        for _ in range(steps):
+            mx.eval(model(inputs, cache=batched))
+        figures[str(size)] = round((time.perf_counter() - started) / steps * 1000, 1)
+    return figures
+
+
 def _mlx_device() -> str:
     import mlx.core as mx
 
@@ -305,6 +328,9 @@ def main(argv=None) -> int:
 
             figures = concurrency(client, model_id, tuple(args.streams), args.rounds, args.max_tokens,
                                   args.seed)
+            streams = tuple(args.streams)
+            figures["forward_ms_by_batch_size"] = worker.submit(
+                "server", lambda slot: forward_ms_by_batch(slot, streams)).wait()
             handle.stop()
             worker.stop()
             described = str(path) if args.model else "random weights, real vocabulary (bench shape)"

@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 READY, EVENT, ERROR, END = "ready", "event", "error", "end"
 DEFAULT_MAX_BATCH = 8
-DEFAULT_QUEUE_LIMIT = 64
 
 
 @dataclass
@@ -90,11 +89,11 @@ class BatchScheduler:
     """The server's requests on the one model, decoded together; see the module docstring."""
 
     def __init__(self, service: "GenerationService", worker: ModelWorker, *,
-                 max_batch: int = DEFAULT_MAX_BATCH, queue_limit: int = DEFAULT_QUEUE_LIMIT):
+                 max_batch: int = DEFAULT_MAX_BATCH):
         if max_batch < 1:
             raise ValueError("a batch needs room for at least one reply")
         self.service, self.worker = service, worker
-        self.max_batch, self.queue_limit = max_batch, queue_limit
+        self.max_batch = max_batch
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False  # the loop job is queued or running
@@ -106,6 +105,11 @@ class BatchScheduler:
         self._joining: Optional[tuple[Request, Generator]] = None
 
     # -- any thread ----------------------------------------------------------------------------------------
+
+    @property
+    def queue_limit(self) -> int:
+        """The most requests that may wait: the model thread's limit per source."""
+        return self.worker.queue_limit
 
     def waiting(self) -> int:
         """Requests that have not joined the batch yet."""

@@ -102,7 +102,7 @@ class GenerationService:
                  model_id: Optional[str] = None, context_limit: Optional[int] = None, observer=None,
                  library: Optional[ModelLibrary] = None, max_batch: int = DEFAULT_MAX_BATCH):
         self.worker = worker
-        self.scheduler = BatchScheduler(self, worker, max_batch=max_batch, queue_limit=worker.queue_limit)
+        self.scheduler = BatchScheduler(self, worker, max_batch=max_batch)
         self.pool = SessionPool(sessions)
         self.library = library or ModelLibrary(worker, owns_model=False, alias=model_id)
         self.context_limit = context_limit
