@@ -7,11 +7,12 @@ would), and once read, that request's choices join the running `DecodeBatch` as 
 of turn, a stop string, max_tokens, a cancel (the client left) or an error. So a new request never waits
 for the others' whole answers, and a stream already running only pauses for a prefill chunk.
 
-The loop takes turns with everything else on the model thread: when any other job waits (a window turn,
-a model load, a cache cleanup) it queues its own continuation behind it and returns; the batch keeps its
-state and goes on where it stopped. While another job waits no request joins, so a load for another
-model gets its turn once the running replies end. A request prepared for another model joins only an
-empty batch (the service then loads its model again where it may).
+The loop takes turns with the window on the model thread: when a window job waits it queues its own
+continuation behind it and returns after the current step; the batch keeps its state and goes on where
+it stopped. While any other job waits (a model load for another request, a cache cleanup) no request
+joins, so that job runs as soon as the running replies end (a load never swaps the model under them).
+A request prepared for another model joins only an empty batch (the service then loads its model again
+where it may).
 
 Memory: a request joins only while (rows after joining) x (the longest row, or its prompt) stays within
 the context this Mac can hold for one request (the planner's figure); an empty batch takes any request.
@@ -183,7 +184,7 @@ class BatchScheduler:
                         if not self._pending:
                             self._scheduled = False
                             return
-                if idle or self.worker.queued():
+                if idle or self.worker.queued("window"):
                     break  # another job's turn; this loop goes on after it
         except Exception as error:  # a failure of the batch itself: its requests end with a 500
             log.exception("the batch loop failed")
