@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Generator, Optional
+from typing import Any, Callable, Generator, Optional
 
 from ..batch import BatchRow, DecodeBatch
 from ..generate import GenerationError, GenerationEvent, GenerationStats, ReplyDecoder, SamplingSettings, \
@@ -34,9 +34,6 @@ from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerJob, WorkerSt
 from .errors import APIError, BadRequest, NoModelLoaded, ServerError
 from .library import ModelConflict
 from .processors import TokenTap, token_piece
-
-if TYPE_CHECKING:
-    from .service import GenerationJob, GenerationService, Stream
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +60,8 @@ class Output:
 class Request:
     """A prepared job with its stream, from the queue to its last choice's end."""
 
-    job: "GenerationJob"
-    stream: "Stream"
+    job: Any  # a service.GenerationJob, prepared
+    stream: Any  # its service.Stream
     dropped: Callable[[], None]  # it never ran: the service releases what it holds
     rows_left: int = 0
     started: float = 0.0
@@ -87,9 +84,10 @@ class Choice:
 
 
 class BatchScheduler:
-    """The server's requests on the one model, decoded together; see the module docstring."""
+    """The server's requests on the one model, decoded together; see the module docstring. `service` is
+    the GenerationService whose pool, prepare step and figures the requests use."""
 
-    def __init__(self, service: "GenerationService", worker: ModelWorker, *,
+    def __init__(self, service: Any, worker: ModelWorker, *,
                  max_batch: int = DEFAULT_MAX_BATCH):
         if max_batch < 1:
             raise ValueError("a batch needs room for at least one reply")
@@ -227,7 +225,7 @@ class BatchScheduler:
             return
         self._joining = (request, self._reading(slot, request))
 
-    def _fits(self, slot: Optional[ModelSlot], job: "GenerationJob", rows: int) -> bool:
+    def _fits(self, slot: Optional[ModelSlot], job, rows: int) -> bool:
         context = self.service._context(slot) if slot is not None else None
         prompt = len(job.prepared.tokens) if job.prepared is not None else 0
         return not context or (rows + job.n) * max(self._batch.longest, prompt) <= context
