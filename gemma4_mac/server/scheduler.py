@@ -7,9 +7,9 @@ would), and once read, that request's choices join the running `DecodeBatch` as 
 of turn, a stop string, max_tokens, a cancel (the client left) or an error. So a new request never waits
 for the others' whole answers, and a stream already running only pauses for a prefill chunk.
 
-The loop takes turns with the window on the model thread: when a window job waits it queues its own
-continuation behind it and returns after the current step; the batch keeps its state and goes on where
-it stopped. While any other job waits (a model load for another request, a cache cleanup) no request
+The loop takes turns with the window on the model thread: when a window job waits, the loop finishes
+reading the prompt it is reading (none starts while another job waits), decodes a step, queues its own
+continuation behind the window's job and returns; the batch keeps its state and goes on where it stopped. While any other job waits (a model load for another request, a cache cleanup) no request
 joins, so that job runs as soon as the running replies end (a load never swaps the model under them).
 A request prepared for another model joins only an empty batch (the service then loads its model again
 where it may).
@@ -165,6 +165,7 @@ class BatchScheduler:
     def _run(self, slot: Optional[ModelSlot]) -> None:
         """The batch loop: admit, read a prefill chunk, decode a step; until idle or another job waits."""
         loop_job = self._loop_job
+        decoded = False  # a turn of the loop reads any prompt it began and decodes a step before it yields
         try:
             while True:
                 if loop_job is not None and loop_job.cancel.is_set():  # the worker is stopping
@@ -176,13 +177,14 @@ class BatchScheduler:
                     self._read_chunk()
                 if self._batch is not None and len(self._batch):
                     self._decode()
+                    decoded = True
                 idle = self._joining is None and not (self._batch is not None and len(self._batch))
                 if idle:
                     with self._lock:
                         if not self._pending:
                             self._scheduled = False
                             return
-                if idle or self.worker.queued("window"):
+                if idle or (decoded and self._joining is None and self.worker.queued("window")):
                     break  # another job's turn; this loop goes on after it
         except Exception as error:  # a failure of the batch itself: its requests end with a 500
             log.exception("the batch loop failed")
