@@ -8,11 +8,11 @@ of turn, a stop string, max_tokens, a cancel (the client left) or an error. So a
 for the others' whole answers, and a stream already running only pauses for a prefill chunk.
 
 The loop takes turns with the window on the model thread: when a window job waits, the loop finishes
-reading the prompt it is reading (none starts while another job waits), decodes a step, queues its own
-continuation behind the window's job and returns; the batch keeps its state and goes on where it stopped. While any other job waits (a model load for another request, a cache cleanup) no request
-joins, so that job runs as soon as the running replies end (a load never swaps the model under them).
-A request prepared for another model joins only an empty batch (the service then loads its model again
-where it may).
+reading the prompt it is reading, decodes a step, queues its own continuation behind the window's job and
+returns; the batch keeps its state and goes on where it stopped. While another server job waits (a model
+load for another request, a cache cleanup) no request joins, so that job runs as soon as the running
+replies end (a load never swaps the model under them). A request prepared for another model joins
+only an empty batch (the service then loads its model again where it may).
 
 Memory: a request joins only while (rows after joining) x (the longest row, or its prompt) stays within
 the context this Mac can hold for one request (the planner's figure); an empty batch takes any request.
@@ -207,8 +207,9 @@ class BatchScheduler:
             self._fail(request, conflict)
 
     def _admit(self, slot: Optional[ModelSlot]) -> None:
-        """Start reading the next waiting request's prompt when it may join now."""
-        if self._joining is not None or self.worker.queued():
+        """Start reading the next waiting request's prompt when it may join now (not while a load or
+        another server job waits: that one goes first once the running replies end)."""
+        if self._joining is not None or self.worker.queued("server"):
             return
         rows = len(self._batch) if self._batch is not None else 0
         with self._lock:
