@@ -380,7 +380,8 @@ class BatchScheduler:
             return
         request.done = True
         request.job.media.cleanup()
-        self.service._durations.append(time.monotonic() - request.started)
+        if request.started:  # it was read: its length tells the next 429 how long to wait
+            self.service._durations.append(time.monotonic() - request.started)
         self.service.library.release()
         request.stream.push(END)
 
