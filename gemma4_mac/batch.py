@@ -69,13 +69,15 @@ class BatchRow:
         self.history = mx.array(list(history), dtype=mx.int32)
         self.max_tokens, self.cancel = max_tokens, cancel
         self.owner, self.choice = owner, choice
-        # a seeded reply draws the same tokens whatever else is in the batch: the generator is reseeded
-        # from (seed, step) before each draw; an unseeded one gets a seed of its own
-        self.seed = None if temperature <= 0 else (seed if seed is not None else random.getrandbits(32))
+        # each row has its own generator state, swapped in for its draws: a seeded reply draws what
+        # `generate_tokens` draws after mx.random.seed(seed), whatever else is in the batch
+        if temperature <= 0:
+            self.key: Optional[mx.array] = None
+        else:
+            self.key = mx.random.key(seed if seed is not None else random.getrandbits(64))
         self.token: Optional[mx.array] = None  # sampled, not yet in the cache
         self.logprobs: Optional[mx.array] = None
         self.count = 0  # tokens handed to the decoder
-        self.draws = 0
         self.prompt_length = int(self.history.size)
         self.error: Optional[Exception] = None  # a processor failed: the row leaves, its owner reports it
         self.first_token_at: Optional[float] = None
@@ -87,10 +89,13 @@ class BatchRow:
         mx.async_eval(self.token, self.logprobs)
 
     def _pick(self, logits: mx.array) -> tuple[mx.array, mx.array]:
-        if self.seed is not None:
-            mx.random.seed(hash((self.seed, self.draws)) & 0xFFFFFFFF)
-        self.draws += 1
-        return self.picker(self.history, logits)
+        if self.key is None:
+            return self.picker(self.history, logits)
+        high, low = self.key.tolist()  # mx.random.key(n) is [n >> 32, n & 0xFFFFFFFF]: seed() sets it back
+        mx.random.seed((high << 32) | low)
+        picked = self.picker(self.history, logits)
+        self.key = mx.random.state[0]  # mlx-lm's sampler advanced the global state: this row's next state
+        return picked
 
     def _advance(self, logits: mx.array) -> tuple[mx.array, mx.array]:
         if self.picker.processors:  # they read the tokens so far, the current one included

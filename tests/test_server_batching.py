@@ -72,13 +72,13 @@ def run_concurrently(served, requests: list[dict]) -> list:
     return results
 
 
-def alone_with_run_prompt(served, prompt: str, max_tokens: int) -> str:
-    """The window's single-request path (run_prompt on a fresh cache) on the model thread: the reference."""
+def alone_with_run_prompt(served, prompt: str, max_tokens: int, **sampling) -> str:
+    """The window's single-request path (run_prompt on a fresh cache) on the model thread: the reference
+    (greedy unless `sampling` says otherwise)."""
     def generate(slot):
         prepared = prepare_prompt(slot.processor, [{"role": "user", "content": prompt}])
-        events = run_prompt(slot.model, slot.processor, prepared,
-                            SamplingSettings(temperature=0.0, max_tokens=max_tokens),
-                            session=ChatSession(slot.model))
+        settings = SamplingSettings(**{"temperature": 0.0, **sampling, "max_tokens": max_tokens})
+        events = run_prompt(slot.model, slot.processor, prepared, settings, session=ChatSession(slot.model))
         return "".join(event.text for event in events if event.kind == "answer")
 
     return served.worker.submit("window", generate, label="reference").wait(120)
@@ -130,6 +130,21 @@ def test_each_request_keeps_its_own_sampling_stop_and_logprobs_in_the_batch(serv
     assert together[2].choices[0].message.content == together[2].choices[1].message.content  # greedy twice
     assert len(together[2].choices[0].logprobs.content) == 10
     assert together[3].usage.completion_tokens == 24
+
+
+def test_a_seeded_sampled_reply_in_the_batch_is_the_one_run_prompt_draws_with_that_seed(served):
+    # each row swaps in its own generator state: the same draws as mx.random.seed(seed) on the single path
+    sampled = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    expected = [alone_with_run_prompt(served, PROMPTS[i], 20, seed=seed, **sampled)
+                for i, seed in ((0, 0), (1, 11))]
+    requests = [{"messages": [{"role": "user", "content": PROMPTS[i]}], "max_tokens": 20, "temperature": 1.0,
+                 "top_p": 1.0, "extra_body": {"top_k": 0}, "seed": seed} for i, seed in ((0, 0), (1, 11))]
+    requests.append({"messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 20,
+                     "temperature": 0})
+    served.service.scheduler.most_rows = 0
+    replies = run_concurrently(served, requests)
+    assert [reply.choices[0].message.content for reply in replies[:2]] == expected
+    assert served.service.scheduler.most_rows >= 2
 
 
 def test_a_client_that_leaves_frees_its_row_and_the_others_go_on(served):
