@@ -18,6 +18,7 @@ from .errors import CheckpointIndexError, ConversionError, SourceNotFoundError, 
 from .gguf_reader import GGUFFile
 from .hf_source import HFCheckpoint, download, looks_like_repo_id, open_checkpoint, safetensors_layout
 from .progress import ProgressCallback, Reporter
+from .quality import QualityThresholds, check_quality
 from .quantize import QuantPlan
 from .safetensors_rows import SafetensorsRows
 from .sink import TensorSink, probe_sanitize
@@ -34,11 +35,18 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
                        quantize: bool = True, dtype: str = "bfloat16", force: bool = False,
                        progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                        label: str | None = None, metadata: dict[str, Any] | None = None,
-                       max_shard_bytes: int | None = None) -> Path:
+                       max_shard_bytes: int | None = None, uniform: bool = False, calibrate: bool = False,
+                       skip_quality_check: bool = False,
+                       quality_thresholds: QualityThresholds | None = None) -> Path:
     """Convert SRC (HF folder, hub repo id, `owner/name/file.gguf`, or a .gguf file) into an MLX model at DST.
 
-    bits/group_size: affine quantization of every quantizable module (router at 8 bits) unless
-    quantize=False. dtype: float type of everything kept in float (and of scales/biases).
+    bits/group_size: affine quantization with Gemma 4's mixed-precision recipe (mlx_model/quant_recipe.py:
+    PLE, router, embeddings, a third of v_proj/down_proj and the towers at 8 bits) unless quantize=False;
+    uniform=True: every module at `bits` (router at 8). calibrate: distil the 4-bit scales and biases against
+    the source (convert/calibrate.py). A quantized model is then checked against its source on built-in
+    inputs (convert/quality.py; figures in quality.json) and refused (QualityGateError, nothing left behind)
+    when worse than quality_thresholds; skip_quality_check=True skips that (the app never does).
+    dtype: float type of everything kept in float (and of scales/biases).
     force: replace an existing DST (only once the new model is complete). progress: called with
     ConversionProgress reports. cancel: set it to stop; ConversionCancelled is raised and nothing is left.
     label: display name recorded in config.json ("gemma4_mac.display_name"); metadata: more keys for
@@ -52,6 +60,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
         raise ConversionError(f"--bits {bits} is not supported; use one of {SUPPORTED_BITS}.")
     if quantize and group_size not in SUPPORTED_GROUP_SIZES:
         raise ConversionError(f"--group-size {group_size} is not supported; use one of {SUPPORTED_GROUP_SIZES}.")
+    if calibrate and (not quantize or bits >= 8):
+        raise ConversionError("--calibrate tunes weights stored below 8 bits; use it with --bits 4.")
     reporter = Reporter(progress, cancel)
     destination = Path(dst).expanduser().resolve()
     source = _resolve_source(src, reporter)
@@ -62,10 +72,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
     folder = OutputFolder(destination, force)
     try:
         if source.is_file():
-            summary = _convert_gguf(source, folder.path, bits, group_size, quantize, dtype, reporter, max_shard_bytes)
+            summary = _convert_gguf(source, folder.path, bits, group_size, quantize, dtype, reporter,
+                                    max_shard_bytes, uniform)
         else:
             summary = _convert_folder(source, folder.path, bits, group_size, quantize, dtype, reporter,
-                                      max_shard_bytes)
+                                      max_shard_bytes, uniform)
         config = summary.pop("config")
         config["gemma4_mac"] = {"converter": CONVERTER_VERSION, "source": str(src), "dtype": dtype,
                                 "quantized": quantize, "seconds": round(time.time() - started, 1), **summary}
@@ -75,6 +86,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, bits: int = 4, group
         reporter.report("finalize", 0, 1, message="Writing config.json")
         (folder.path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         check_output(folder.path)
+        if quantize:
+            calibrate_and_check(source, folder.path, reporter, bits=bits, group_size=group_size,
+                                uniform=uniform, calibrate=calibrate, check=not skip_quality_check,
+                                thresholds=quality_thresholds)
         result = folder.commit()
     except OSError as error:
         folder.discard()
@@ -135,16 +150,18 @@ def _finish(writer: ShardWriter, sink: TensorSink, plan: QuantPlan | None, confi
     shards = writer.finish()
     config = dict(config)
     config.pop("quantization_config", None)
+    summary = {"config": config, "shards": len(shards), "bytes": writer.total_bytes}
     if plan is not None:
         config["quantization"] = plan.config_entry()
-    return {"config": config, "shards": len(shards), "bytes": writer.total_bytes}
+        summary.update(recipe="uniform" if plan.uniform else "gemma4", modules=plan.bits_summary())
+    return summary
 
 
 def _convert_folder(root: Path, out: Path, bits: int, group_size: int, quantize: bool, dtype: str,
-                    reporter: Reporter, max_shard_bytes: int | None) -> dict:
+                    reporter: Reporter, max_shard_bytes: int | None, uniform: bool = False) -> dict:
     checkpoint: HFCheckpoint = open_checkpoint(root)
     model, expected = _skeleton(checkpoint.config, str(root / "config.json"))
-    plan = QuantPlan(model, bits, group_size) if quantize else None
+    plan = QuantPlan(model, bits, group_size, uniform=uniform) if quantize else None
     writer = ShardWriter(out, _shard_bytes(max_shard_bytes, checkpoint.largest_shard_bytes))
     sink = TensorSink(expected, plan, DTYPES[dtype], writer, reporter)
     total, done = checkpoint.total_bytes, 0
@@ -187,7 +204,7 @@ def _convert_tensor(name: str, lazy: mx.array, entry: dict, shard: Path, start_o
 
 
 def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: bool, dtype: str,
-                  reporter: Reporter, max_shard_bytes: int | None) -> dict:
+                  reporter: Reporter, max_shard_bytes: int | None, uniform: bool = False) -> dict:
     from .gguf_config import config_from_gguf, generation_config
     from .gguf_source import convert_gguf_tensors
     from .gguf_tokenizer import write_tokenizer_files
@@ -195,7 +212,7 @@ def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: b
     gguf = GGUFFile(path)
     config = config_from_gguf(gguf)
     model, expected = _skeleton(config, str(path))
-    plan = QuantPlan(model, bits, group_size) if quantize else None
+    plan = QuantPlan(model, bits, group_size, uniform=uniform) if quantize else None
     writer = ShardWriter(out, _shard_bytes(max_shard_bytes, path.stat().st_size))
     sink = TensorSink(expected, plan, DTYPES[dtype], writer, reporter)
     convert_gguf_tensors(gguf, model.sanitize, sink, reporter)
@@ -204,3 +221,36 @@ def _convert_gguf(path: Path, out: Path, bits: int, group_size: int, quantize: b
     write_tokenizer_files(gguf, out)
     (out / "generation_config.json").write_text(json.dumps(generation_config(config), indent=2), encoding="utf-8")
     return summary
+
+
+def calibrate_and_check(source: Path, folder: Path, reporter: Reporter, *, bits: int, group_size: int,
+                        uniform: bool, calibrate: bool, check: bool,
+                        thresholds: QualityThresholds | None = None) -> None:
+    """What follows writing a quantized model into its work folder: calibration (optional), then the gate."""
+    settings: dict[str, Any] = {"bits": bits, "group_size": group_size,
+                                "recipe": "uniform" if uniform else "gemma4", "calibrated": calibrate}
+    if calibrate:
+        from .calibrate import calibrate_folder  # mlx-lm's training machinery: loaded only when asked
+
+        settings["calibration"] = calibrate_folder(source, folder, reporter)
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.setdefault("gemma4_mac", {})["calibration"] = settings["calibration"]
+        config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if check:
+        check_quality(source, folder, reporter, settings=settings, thresholds=thresholds,
+                      advice=_advice(bits, uniform, calibrate))
+
+
+def _advice(bits: int, uniform: bool, calibrate: bool) -> str:
+    """What to try instead of a refused conversion."""
+    options = []
+    if uniform:
+        options.append("convert with the Gemma 4 recipe (without --uniform)")
+    if bits < 8:
+        options.append("convert at 8 bits (--bits 8)")
+        if not calibrate:
+            options.append("calibrate the 4-bit scales (--calibrate)")
+    else:
+        options.append("keep the weights in float (--no-quantize)")
+    return "Instead, " + ", or ".join(options) + "."

@@ -1,10 +1,13 @@
 """Which modules to quantize (and how), and the quantization of one weight in row chunks.
 
-Policy: every module that MLX can quantize (nn.Linear, nn.Embedding, our expert "switch" linears:
-anything with `to_quantized`) at the requested bits, unless `Model.quant_predicate` says otherwise
-(router at 8 bits). Norms, scalars (layer_scalar, router scale, per-expert scale), position tables,
-convolutions and clip bounds are plain parameters, not quantizable modules, so they stay in float.
-A module whose input width is not a multiple of the group size stays in float too.
+Policy: Gemma 4's mixed-precision recipe (mlx_model/quant_recipe.py, through `Model.quant_predicate`):
+every module that MLX can quantize (nn.Linear, nn.Embedding, our expert "switch" linears: anything
+with `to_quantized`) at the requested bits, except the sensitive ones the recipe keeps at 8 bits (PLE,
+router, embeddings/head, v_proj/down_proj in a third of the layers, the towers) or in float (the
+towers' projections). `uniform=True`: every module at the requested bits, the router at 8.
+Norms, scalars (layer_scalar, router scale, per-expert scale), position tables, convolutions and clip
+bounds are plain parameters, not quantizable modules, so they stay in float. A module whose input
+width is not a multiple of the group size stays in float too.
 
 Method: MLX's affine format (w ~ scale * q + bias per group), but scale and bias are chosen to
 minimise each group's squared error (a search over clipped ranges, then a least-squares refit)
@@ -27,8 +30,8 @@ _CHUNK_ELEMENTS = 16 * 1024 * 1024
 # 4 bits and below; at 8 bits it never won on Gemma 3 270M, so there the refit alone runs (half the time).
 _RANGE_GRID = (1.0, 0.92, 0.84, 0.76)
 _CLIP_SEARCH_MAX_BITS = 4
-# Bit widths whose packing (32 // bits values per uint32, lowest bits first) we write ourselves.
-_PACKABLE_BITS = (2, 4, 8)
+# Bit widths whose packing (MLX's little-endian bit stream) we write ourselves.
+_PACKABLE_BITS = (2, 3, 4, 5, 6, 8)
 
 
 @dataclass(frozen=True)
@@ -47,14 +50,17 @@ class QuantParams:
 class QuantPlan:
     """Per-module decisions, made once from the model skeleton before any weight is read."""
 
-    def __init__(self, model: nn.Module, bits: int, group_size: int, mode: str = "affine"):
+    def __init__(self, model: nn.Module, bits: int, group_size: int, mode: str = "affine",
+                 uniform: bool = False):
         self.default = QuantParams(bits, group_size, mode)
+        self.uniform = uniform
         self.modules: dict[str, QuantParams | None] = {}
         predicate = getattr(model, "quant_predicate", None)
         for path, module in model.named_modules():
             if not hasattr(module, "to_quantized") or not hasattr(module, "weight"):
                 continue
-            decision: Any = predicate(path, module) if predicate is not None else True
+            decision: Any = (predicate(path, module, bits=bits, group_size=group_size, uniform=uniform)
+                             if predicate is not None else True)
             params = None
             if isinstance(decision, dict):
                 params = QuantParams(int(decision.get("bits", bits)), int(decision.get("group_size", group_size)),
@@ -64,6 +70,14 @@ class QuantPlan:
             if params is not None and module.weight.shape[-1] % params.group_size:
                 params = None  # input width not divisible by the group: keep float
             self.modules[path] = params
+
+    def bits_summary(self) -> dict[str, int]:
+        """Number of quantized modules at each width ("float" for the ones kept in float)."""
+        counts: dict[str, int] = {}
+        for params in self.modules.values():
+            key = "float" if params is None else f"{params.bits}-bit"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def for_weight(self, tensor_name: str) -> QuantParams | None:
         """Quantization of tensor `<module>.weight`, or None to keep it in float."""
@@ -103,11 +117,24 @@ def row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
 
 
 def _pack(codes: mx.array, bits: int) -> mx.array:
-    """uint32 codes [..., C] -> MLX's packed layout [..., C * bits / 32] (element j of a word at bits*j)."""
-    per_word = 32 // bits
-    codes = codes.reshape(*codes.shape[:-1], -1, per_word)
-    shifts = mx.arange(per_word, dtype=mx.uint32) * bits
-    return mx.sum(mx.left_shift(codes, shifts), axis=-1).astype(mx.uint32)
+    """uint32 codes [..., C] -> MLX's packed layout [..., C * bits / 32]: a little-endian bit stream per row
+    (element j at bit j*bits; with 3, 5 or 6 bits an element may straddle two words)."""
+    if 32 % bits == 0:
+        per_word = 32 // bits
+        codes = codes.reshape(*codes.shape[:-1], -1, per_word)
+        shifts = mx.arange(per_word, dtype=mx.uint32) * bits
+        return mx.sum(mx.left_shift(codes, shifts), axis=-1).astype(mx.uint32)
+    blocks = codes.reshape(*codes.shape[:-1], -1, 32)  # 32 codes fill exactly `bits` words
+    words: list = [None] * bits
+    for j in range(32):
+        word, offset = divmod(j * bits, 32)
+        code = blocks[..., j]
+        low = mx.left_shift(code, mx.array(offset, dtype=mx.uint32))  # uint32: the bits past 32 drop off
+        words[word] = low if words[word] is None else mx.bitwise_or(words[word], low)
+        if offset + bits > 32:
+            high = mx.right_shift(code, mx.array(32 - offset, dtype=mx.uint32))
+            words[word + 1] = high if words[word + 1] is None else mx.bitwise_or(words[word + 1], high)
+    return mx.stack(words, axis=-1).reshape(*codes.shape[:-1], -1)
 
 
 def _group_error(groups: mx.array, scale: mx.array, bias: mx.array, levels: int) -> mx.array:

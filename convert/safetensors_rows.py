@@ -19,7 +19,9 @@ _DTYPES = {
     "F32": (np.float32, mx.float32),
     "F16": (np.float16, mx.float16),
     "BF16": (np.uint16, mx.bfloat16),  # numpy has no bfloat16: read the bits, view them in MLX
+    "U32": (np.uint32, mx.uint32),  # packed quantized weights (read back by the quality check)
 }
+_FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
 class SafetensorsRows:
@@ -41,7 +43,7 @@ class SafetensorsRows:
     @staticmethod
     def supports(entry: dict[str, Any]) -> bool:
         """Whether rows of this tensor can be streamed (a float dtype with at least two dimensions)."""
-        return entry.get("dtype") in _DTYPES and len(entry.get("shape", ())) >= 2
+        return entry.get("dtype") in _FLOAT_DTYPES and len(entry.get("shape", ())) >= 2
 
     def __call__(self, start: int, stop: int) -> mx.array:
         rows = np.empty((stop - start, *self.shape[1:]), dtype=self.numpy_dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import CheckpointIndexError, MissingTensorError, ShapeMismatchError, UnexpectedTensorError
 from .progress import Reporter
@@ -18,6 +19,8 @@ from .writer import ShardWriter
 RowReader = Callable[[int, int], mx.array]
 Sanitize = Callable[[dict[str, mx.array]], dict[str, mx.array]]
 _LISTED = 10
+# A quantized tensor whose output exceeds this gets a shard of its own, written chunk by chunk (embedding tables)
+_STREAMED_OUTPUT_BYTES = 64 << 20
 
 
 def probe_sanitize(sanitize: Sanitize, name: str, shape: tuple[int, ...]) -> tuple[bool, str | None]:
@@ -89,6 +92,9 @@ class TensorSink:
         if not self._accept(name, shape, source):
             return
         params = self.plan.for_weight(name) if self.plan is not None else None
+        if params is not None and _output_bytes(shape, params, self.dtype) > _STREAMED_OUTPUT_BYTES:
+            self._stream_quantized(name, shape, read_rows, params)
+            return
         chunks = []
         for start, stop in row_chunks(shape):
             self.reporter.check_cancel()
@@ -100,6 +106,21 @@ class TensorSink:
                 mx.eval(converted)
                 chunks.append([converted])
         self._store(name, join_chunks(chunks))
+
+    def _stream_quantized(self, name: str, shape: tuple[int, ...], read_rows: RowReader, params) -> None:
+        """Quantize a big tensor a row chunk at a time straight into a shard of its own."""
+        parts = self.plan.quantized_names(name)
+        *rows, width = shape
+        groups = (*rows, width // params.group_size)
+        shapes = [(*rows, width * params.bits // 32), groups, groups][: len(parts)]
+        dtypes = [mx.uint32] + [self.dtype] * (len(parts) - 1)
+        shard = self.writer.open_streamed(list(zip(parts, shapes, dtypes)))
+        for start, stop in row_chunks(shape):
+            self.reporter.check_cancel()
+            for index, part in enumerate(quantize_chunk(read_rows(start, stop), params, self.dtype)):
+                shard.write(index, part)
+            mx.clear_cache()
+        self.writer.close_streamed(shard)
 
     def raise_unexpected(self) -> None:
         """Raise UnexpectedTensorError naming the tensors (and files) the model has no place for."""
@@ -120,3 +141,9 @@ class TensorSink:
             raise MissingTensorError(f"The checkpoint lacks {len(missing)} tensor(s) the model needs: "
                                      f"{', '.join(missing[:_LISTED])}{more}. The download is incomplete or the "
                                      "weights do not match config.json.")
+
+
+def _output_bytes(shape: tuple[int, ...], params, dtype: mx.Dtype) -> int:
+    """Bytes of a tensor quantized with `params`: packed codes plus scales and biases."""
+    elements = int(np.prod(shape, dtype=np.int64))
+    return elements * params.bits // 8 + 2 * (elements // params.group_size) * dtype.size

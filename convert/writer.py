@@ -14,12 +14,16 @@ import uuid
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from . import partials
 from .errors import DestinationExistsError, WriteError
 from .hf_source import INDEX_NAME
 
 DEFAULT_SHARD_BYTES = 2 << 30
+# MLX dtype -> (safetensors dtype, numpy type its bytes are written as; bfloat16 as its 16 bits)
+_SAFETENSORS_TYPES = {mx.uint32: ("U32", np.uint32), mx.float32: ("F32", np.float32),
+                      mx.float16: ("F16", np.float16), mx.bfloat16: ("BF16", np.uint16)}
 
 
 class OutputFolder:
@@ -100,6 +104,21 @@ class ShardWriter:
         self.total_bytes += self.pending_bytes
         self.pending, self.pending_bytes = {}, 0
 
+    def open_streamed(self, tensors: list[tuple[str, tuple[int, ...], mx.Dtype]]) -> "StreamedShard":
+        """A shard of its own for `tensors` (name, shape, dtype), written a row chunk at a time as they are made:
+        a big quantized table never waits whole in memory. Close it with `close_streamed`."""
+        self.flush()
+        path = self.folder / f"part-{len(self.shard_files) + 1:05d}.safetensors"
+        return StreamedShard(path, tensors)
+
+    def close_streamed(self, shard: "StreamedShard") -> None:
+        """Finish a streamed shard and register its tensors."""
+        shard.close()
+        index = len(self.shard_files)
+        self.shard_files.append(shard.path)
+        self.weight_map.update({name: index for name in shard.names})
+        self.total_bytes += shard.data_bytes
+
     def finish(self) -> list[str]:
         """Flush, give the shards their final names and write model.safetensors.index.json."""
         self.flush()
@@ -115,6 +134,48 @@ class ShardWriter:
         except OSError as error:
             raise WriteError(f"Finishing the shards in {self.folder} failed: {error}.") from error
         return names
+
+
+class StreamedShard:
+    """A safetensors file whose header is written first and whose tensors' rows are then written in place."""
+
+    def __init__(self, path: Path, tensors: list[tuple[str, tuple[int, ...], mx.Dtype]]):
+        self.path, self.names = path, [name for name, _, _ in tensors]
+        header, self._start, self._end, offset = {}, [], [], 0
+        for name, shape, dtype in tensors:
+            code, numpy_type = _SAFETENSORS_TYPES[dtype]
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(numpy_type).itemsize
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self._start.append(offset)
+            self._end.append(offset + size)
+            offset += size
+        header["__metadata__"] = {"format": "mlx"}
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        self.data_bytes, self._data_start = offset, 8 + len(raw)
+        try:
+            self._handle = open(path, "wb")
+            self._handle.write(len(raw).to_bytes(8, "little") + raw)
+        except OSError as error:
+            raise WriteError(_write_failure(path, offset, error)) from error
+
+    def write(self, index: int, rows: mx.array) -> None:
+        """Append the next rows of tensor `index` (in the dtype given at the start)."""
+        numpy_type = _SAFETENSORS_TYPES[rows.dtype][1]
+        data = np.asarray(rows.view(mx.uint16) if rows.dtype == mx.bfloat16 else rows).astype(numpy_type, copy=False)
+        try:
+            self._handle.seek(self._data_start + self._start[index])
+            self._handle.write(np.ascontiguousarray(data).tobytes())
+        except OSError as error:
+            raise WriteError(_write_failure(self.path, data.nbytes, error)) from error
+        self._start[index] += data.nbytes
+
+    def close(self) -> None:
+        """Close the file; every tensor must have been written in full."""
+        self._handle.close()
+        short = [name for name, start, end in zip(self.names, self._start, self._end) if start != end]
+        if short:
+            raise WriteError(f"{self.path.name}: tensors {short} were not written in full.")
 
 
 def _write_failure(path: Path, needed: int, error: BaseException) -> str:

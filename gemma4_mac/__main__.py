@@ -1,4 +1,4 @@
-"""`python -m gemma4_mac ask|plan|serve ...`: the terminal side of the app (no window, no Qt).
+"""`python -m gemma4_mac ask|plan|serve|mcp ...`: the terminal side of the app (no window, no Qt).
 
 The window opens with `gemma4-mac` (or `python -m ui`), which also accepts these commands.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence, TextIO
 
-COMMANDS = ("ask", "plan", "serve")
+COMMANDS = ("ask", "plan", "serve", "mcp")
 WINDOW_HINT = ("The window opens with `gemma4-mac` (or `python -m ui`); `python -m gemma4_mac` runs the "
                "terminal commands: " + ", ".join(COMMANDS) + ".")
 
@@ -19,7 +19,7 @@ def is_command(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None, *, err: Optional[TextIO] = None) -> int:
-    """Run `ask`, `plan` or `serve`; returns the exit status."""
+    """Run `ask`, `plan`, `serve` or `mcp`; returns the exit status."""
     err = err or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":

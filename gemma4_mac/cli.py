@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
+
+from .agent import DEFAULT_MAX_STEPS
+from .builtin_tools import BUILTIN_NAMES
+from .cli_stream import print_events
 
 
 class CliError(Exception):
@@ -27,14 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=0.95)
     ask.add_argument("--top-k", type=int, default=64)
     ask.add_argument("--seed", type=int)
+    ask.add_argument("--draft", choices=("auto", "mtp", "lookup", "off"), default="auto",
+                     help="speculative decoding (same answer, faster where it pays): auto = the "
+                          "model's MTP drafter and prompt lookup at an adaptive depth (default); mtp or "
+                          "lookup alone; off")
     ask.add_argument("--image", action="append", default=[], metavar="FILE", help="attach an image (repeatable)")
     ask.add_argument("--audio", action="append", default=[], metavar="FILE", help="attach audio (repeatable)")
     ask.add_argument("--video", action="append", default=[], metavar="FILE", help="attach a video (repeatable)")
+    ask.add_argument("--mcp", metavar="CONFIG.json",
+                     help="let the model use the tools of these MCP servers ({\"mcpServers\": {...}}, as Claude "
+                          "Desktop and LM Studio write it)")
+    ask.add_argument("--builtin", action="append", default=[], choices=BUILTIN_NAMES, metavar="TOOL",
+                     help=f"also offer a built-in tool: {', '.join(BUILTIN_NAMES)} (repeatable)")
+    ask.add_argument("--yes", action="store_true", help="allow tools that write without asking")
+    ask.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS,
+                     help="most model turns with tools (default %(default)s)")
+    ask.add_argument("--hosts", metavar="HOSTS.JSON",
+                     help="split the model across the Macs of this MLX hostfile, this Mac first "
+                          "(docs/distributed.md)")
     sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
                                  "(python -m gemma4_mac serve --help)", add_help=False)
+    mcp = sub.add_parser("mcp", help="MCP servers: `mcp list CONFIG.json` prints the tools of each server")
+    mcp.add_argument("action", choices=("list",), help="list: start each server and print its tools")
+    mcp.add_argument("config", metavar="CONFIG.json", help="the MCP configuration ({\"mcpServers\": {...}})")
     plan = sub.add_parser("plan", help="print memory needs of the Gemma 4 variants, or of one model folder")
     plan.add_argument("--model", help="folder of a converted model (default: the published variants)")
     plan.add_argument("--context", type=int, action="append", help="context length in tokens (repeatable)")
+    plan.add_argument("--macs", type=int, default=1, help="split each model across this many Macs")
     return parser
 
 
@@ -45,6 +67,10 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
                                    variant_table)
 
     contexts = tuple(args.context or (8192, 32768, 131072, 262144))
+    if args.macs < 1:
+        raise CliError("--macs must be at least 1")
+    if args.macs > 1:
+        return _run_split_plan(args, contexts, out)
     if not args.model:
         out.write(format_table(variant_table(contexts)) + "\n\n")
         out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
@@ -75,6 +101,35 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> int:
+    """`plan --macs N`: memory on each Mac with the model split across N of them."""
+    from mlx_model.planner import format_split_table, split_plan, split_table
+
+    from .model_manager import format_size
+
+    if not args.model:
+        rows = split_table(args.macs, tuple(args.context or (32768, 262144)))
+        out.write(format_split_table(rows, args.macs) + "\n")
+        return 0
+    from mlx_model.config import ModelConfig
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
+
+    path = Path(args.model).expanduser()
+    try:
+        check_model_path(path)
+        config = ModelConfig.from_dict(read_config(path)).text_config
+        weights = sum(f.stat().st_size for f in weight_files(path))
+    except (ModelLoadError, ValueError) as error:
+        raise CliError(str(error)) from error
+    for context in contexts:
+        for bits in (None, 8, 4):
+            p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights)
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, on each of {args.macs} Macs: weights "
+                      f"{format_size(p.weights)}, KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
+                      f"total {format_size(p.total)}\n")
+    return 0
+
+
 def _user_content(question: str, images: list[str], audio: list[str], videos: list[str]):
     for kind, files in (("image", images), ("audio", audio), ("video", videos)):
         for name in files:
@@ -89,93 +144,110 @@ def _user_content(question: str, images: list[str], audio: list[str], videos: li
     return parts + [{"type": "text", "text": question}]
 
 
-class ReadingLine:
-    """The reading progress of a long prompt on stderr: one line rewritten in place on a terminal, a line
-    per chunk otherwise; cleared when the answer starts."""
-
-    def __init__(self, err: TextIO):
-        from .progress import ReadingProgress
-
-        self.err = err
-        self.progress = ReadingProgress("prompt")
-        self.terminal = bool(getattr(err, "isatty", lambda: False)())
-        self.open = False
-
-    def update(self, read: int, total: int) -> None:
-        from .progress import text_bar
-
-        if not self.progress.update(read, total):
-            return
-        line = f"{self.progress.text()} {text_bar(self.progress.fraction)}"
-        self.err.write(f"\r{line}\033[K" if self.terminal else line + "\n")
-        self.err.flush()
-        self.open = self.terminal
-
-    def close(self) -> None:
-        if self.open:
-            self.err.write("\r\033[K")
-            self.err.flush()
-            self.open = False
-
-
 def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Load the model, stream the answer; thoughts go to `err` marked as such."""
+    """Load the model (split across Macs with --hosts), stream the answer."""
     from mlx_model import ModelLoadError, load
-
-    from .generate import GenerationError, SamplingSettings, stream_generate
 
     if args.max_tokens <= 0:
         raise CliError("--max-tokens must be a positive number")
     if args.raw and (args.image or args.audio or args.video):
         raise CliError("--raw continues plain text; attachments need the chat format (drop --raw)")
+    if args.raw and (args.mcp or args.builtin):
+        raise CliError("--raw continues plain text; tools need the chat format (drop --raw)")
+    if args.max_steps < 1:
+        raise CliError("--max-steps must be at least 1")
+    registry = None
+    if args.mcp or args.builtin:
+        from .cli_tools import ToolSetupError, registry_for
+
+        try:
+            registry = registry_for(args.mcp, args.builtin)
+        except ToolSetupError as error:
+            raise CliError(str(error)) from error
     content = _user_content(args.question, args.image, args.audio, args.video)
+    if args.hosts and (args.image or args.audio or args.video):
+        raise CliError("attachments are not supported yet when the model is split across Macs (--hosts)")
+    cluster = None
     try:
-        # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
-        model, processor = load(Path(args.model).expanduser())
-    except ModelLoadError as error:
-        raise CliError(str(error)) from error
+        if args.hosts:
+            from .cluster import ClusterError, start
+
+            try:
+                cluster = start(args.hosts, args.model)
+            except ClusterError as error:
+                raise CliError(str(error)) from error
+        try:
+            # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
+            model, processor = load(Path(args.model).expanduser(), group=cluster.group if cluster else None)
+        except ModelLoadError as error:
+            raise CliError(str(error)) from error
+        if cluster is not None:
+            from .distributed import LeaderModel, PeerLostError
+
+            try:
+                model = LeaderModel(model, cluster.group)
+            except PeerLostError as error:  # a follower could not load its shard
+                raise CliError(str(error)) from error
+        try:
+            return _answer(args, model, processor, content, registry, out, err)
+        finally:
+            if cluster is not None:
+                model.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _answer(args: argparse.Namespace, model, processor, content, registry, out: TextIO, err: TextIO) -> int:
+    """Stream the answer to one question; thoughts go to `err` marked as such."""
+    from mlx_model.assistant import attached_drafter
+
+    from .generate import GenerationError, SamplingSettings, stream_generate
+
     sampling = SamplingSettings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                seed=args.seed, max_tokens=args.max_tokens)
+                                seed=args.seed, max_tokens=args.max_tokens, draft=args.draft)
+    if args.draft == "mtp" and attached_drafter(model) is None:
+        err.write("[note] this model folder has no MTP drafter (convert one with `python -m convert ... "
+                  "--drafter`); answering without drafting\n")
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": content})
     try:
+        if registry is not None:
+            _ask_with_tools(args, model, processor, messages, sampling, registry, out, err)
+            return 0
         events = stream_generate(model, processor, None if args.raw else messages,
                                  prompt=args.question if args.raw else None,
                                  enable_thinking=args.think, sampling=sampling)
-        in_thought = False
-        reading = ReadingLine(err)
-        for event in events:
-            if event.kind == "progress":
-                reading.update(*event.progress)
-                continue
-            reading.close()
-            if event.kind == "thought":
-                if not in_thought:
-                    err.write("[thinking] ")
-                    in_thought = True
-                err.write(event.text)
-                err.flush()
-            elif event.kind == "answer":
-                if in_thought:
-                    err.write("\n")
-                    in_thought = False
-                out.write(event.text)
-                out.flush()
-            elif event.kind == "notice":
-                err.write(f"[note] {event.text}\n")
-            elif event.kind == "tool_call":
-                out.write(f"\n[tool call] {json.dumps(event.tool_call, ensure_ascii=False)}\n")
-            elif event.kind == "done":
-                out.write("\n")
-                stats = event.stats
-                err.write(f"[{stats.prompt_tokens} prompt tokens, {stats.generation_tokens} generated, "
-                          f"{stats.generation_tps:.1f} tok/s, finish: {stats.finish_reason}]\n")
+        print_events(events, out, err, show_calls=True)
     except (GenerationError, ValueError) as error:
         # ValueError: attachments the model cannot use (MultimodalInputError, unreadable image/audio/video)
         raise CliError(str(error)) from error
+    finally:
+        if registry is not None:
+            registry.close()
     return 0
+
+
+def _ask_with_tools(args, model, processor, messages, sampling, registry, out: TextIO, err: TextIO) -> None:
+    """`ask --mcp`: the agent loop, each model turn constrained to the tools' schemas, one cache for all."""
+    from .cli_tools import ask_with_tools
+    from .constrained import agent_processors, factory_for
+    from .generate import prepare_prompt, run_prompt
+    from .session import ChatSession
+
+    session = ChatSession(model)
+    factory = factory_for(model, processor.tokenizer)
+
+    def step_events(conversation, tools, schemas, allow_calls):
+        prepared = prepare_prompt(processor, conversation, tools=tools, enable_thinking=args.think)
+        processors = agent_processors(factory, schemas, allow_calls=allow_calls,
+                                      in_thought=prepared.opens_thought) if tools else None
+        return run_prompt(model, processor, prepared, sampling, session=session, logits_processors=processors)
+
+    ask_with_tools(registry, messages, step_events=step_events, out=out, err=err, allow_writes=args.yes,
+                   max_steps=args.max_steps, can_see=bool(getattr(processor, "can_see", False)))
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -187,6 +259,13 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
             return run_ask(args, out, err)
         if args.command == "plan":
             return run_plan(args, out)
+        if args.command == "mcp":
+            from .cli_tools import ToolSetupError, run_mcp_list
+
+            try:
+                return run_mcp_list(args.config, out, err)
+            except ToolSetupError as error:
+                raise CliError(str(error)) from error
         parser.print_help(err)
         return 2
     except CliError as error:

@@ -27,8 +27,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class AgentOptions:
+    """Tools for one request (the app's agent, gemma4_mac.agent): the ones switched on in its chat, the step
+    limit, what the person wrote (the paths they named), where returned images go, and the servers the
+    person already allowed in this chat (kept by the caller across turns)."""
+
+    tools_off: list[str] = field(default_factory=list)  # "server/tool" keys switched off in this chat
+    max_steps: int = 8
+    person_texts: list[str] = field(default_factory=list)
+    image_dir: Optional[str] = None
+    approved: set[str] = field(default_factory=set)
+
+
+@dataclass
 class GenerationRequest:
-    """One turn to answer. `messages` are HF-style dicts; `raw_prompt` is used for base models instead."""
+    """One turn to answer. `messages` are HF-style dicts; `raw_prompt` is used for base models instead.
+
+    `tool_schemas` holds tool calls to those (name, parameters) pairs, `ban_tool_calls` forbids calls;
+    `agent` runs the turn with tools (the engine's agent loop, several model turns)."""
 
     conversation_id: int
     messages: list[dict]
@@ -39,6 +55,9 @@ class GenerationRequest:
     image_token_budget: int = 280
     raw_prompt: Optional[str] = None
     request_id: int = 0
+    tool_schemas: Optional[list[tuple[str, Optional[dict]]]] = None
+    ban_tool_calls: bool = False
+    agent: Optional[AgentOptions] = None
 
 
 class Backend(Protocol):
@@ -83,14 +102,18 @@ class MlxBackend:
         self._session = None
         self._session_key: Optional[tuple] = None
         self._document_cache = None
+        self._constraints = None  # the loaded model's ConstraintFactory, made on the first turn with tools
+        self._drafter_downloads: dict[str, str] = {}  # repo id -> its downloaded MTP drafter, for `convert`
 
     def load(self, path: Optional[Path]) -> ModelSlot:
         from mlx_model import ModelLoadError, load
+        from mlx_model.assistant import attached_drafter
 
         from . import model_manager
 
         starter = path is None
         self._session, self._session_key = None, None  # the old model's cache goes with it
+        self._constraints = None
         try:
             folder = model_manager.ensure_starter() if starter else Path(path).expanduser()
             _refuse_if_too_large(folder)
@@ -103,6 +126,7 @@ class MlxBackend:
         info = {"path": str(folder), "name": entry.label, "id": folder.name, "is_starter": starter,
                 "chat": processor is not None and not starter, "size_bytes": entry.size_bytes,
                 "context_limit": self._context_limit(model, entry.size_bytes),
+                "drafter": attached_drafter(model) is not None,  # its MTP drafter, loaded beside it
                 "can_see": bool(getattr(processor, "can_see", False)),  # a vision tower: images and video
                 "can_hear": bool(getattr(processor, "can_hear", False))}  # an audio tower (E2B and E4B)
         try:
@@ -139,19 +163,32 @@ class MlxBackend:
         return self._session
 
     def generate(self, loaded: ModelSlot, request: GenerationRequest, cancel: threading.Event) -> Iterator[Any]:
-        from .generate import GenerationError, SamplingSettings, stream_generate
+        from .generate import GenerationError, SamplingSettings, prepare_prompt, run_prompt
 
         if loaded.processor is not None:
             loaded.processor.image_token_budget = request.image_token_budget
         sampling = SamplingSettings(**request.sampling)
         try:
-            yield from stream_generate(
-                loaded.model, loaded.processor, None if request.raw_prompt is not None else request.messages,
-                prompt=request.raw_prompt, tools=request.tools, enable_thinking=request.enable_thinking,
-                sampling=sampling, cancel=cancel, session=self._session_for(loaded, request),
-                document_cache=self._document_cache, model_id=loaded.info.get("fingerprint"))
+            messages = None if request.raw_prompt is not None else request.messages
+            prepared = prepare_prompt(loaded.processor, messages, prompt=request.raw_prompt, tools=request.tools,
+                                      enable_thinking=request.enable_thinking)
+            yield from run_prompt(loaded.model, loaded.processor, prepared, sampling, cancel=cancel,
+                                  session=self._session_for(loaded, request),
+                                  logits_processors=self._tool_processors(loaded, request, prepared),
+                                  document_cache=self._document_cache, model_id=loaded.info.get("fingerprint"))
         except GenerationError as error:
             raise EngineError(str(error)) from error
+
+    def _tool_processors(self, loaded: ModelSlot, request: GenerationRequest, prepared) -> Optional[list]:
+        """Constrained decoding for a turn with tools: calls fit their schemas (or are banned)."""
+        if not (request.tool_schemas or request.ban_tool_calls) or request.raw_prompt is not None:
+            return None
+        from .constrained import agent_processors, factory_for
+
+        if self._constraints is None or self._constraints.tokenizer is not loaded.processor.tokenizer:
+            self._constraints = factory_for(loaded.model, loaded.processor.tokenizer)
+        return agent_processors(self._constraints, request.tool_schemas or [],
+                                allow_calls=not request.ban_tool_calls, in_thought=prepared.opens_thought)
 
     def download(self, repo_id: str, progress: Callable[[dict], None], cancel: threading.Event) -> str:
         """Download a hub checkpoint into the app's downloads folder (resumable); a local path is returned as is."""
@@ -164,11 +201,33 @@ class MlxBackend:
         if Path(repo_id).expanduser().exists() or not looks_like_repo_id(repo_id):
             return repo_id
         try:
-            return str(download(repo_id, Reporter(_forward(progress), cancel), cache_dir=downloads_dir()))
+            source = str(download(repo_id, Reporter(_forward(progress), cancel), cache_dir=downloads_dir()))
         except ConversionCancelled as error:
             raise EngineError(CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
+        self._download_drafter(repo_id, progress, cancel)
+        return source
+
+    def _download_drafter(self, repo_id: str, progress: Callable[[dict], None],
+                          cancel: threading.Event) -> None:
+        """Fetch the model's MTP drafter too (it makes answers faster); without it the model still works."""
+        from convert import ConversionCancelled, ConversionError
+        from convert.hf_source import download
+        from convert.progress import Reporter
+
+        from .model_manager import drafter_repo
+
+        drafter = drafter_repo(repo_id)
+        if drafter is None:
+            return
+        try:
+            self._drafter_downloads[repo_id] = str(download(drafter, Reporter(_forward(progress), cancel),
+                                                            cache_dir=downloads_dir()))
+        except ConversionCancelled as error:
+            raise EngineError(CANCELLED_DOWNLOAD) from error
+        except (ConversionError, OSError) as error:
+            log.warning("%s is used without its drafter %s: %s", repo_id, drafter, error)
 
     def prepare_starter(self, progress: Callable[[dict], None]) -> Optional[Path]:
         """The starter model's folder, converted from its packaged GGUF on first use (MLX work: on the model
@@ -198,11 +257,29 @@ class MlxBackend:
             raise EngineError(CANCELLED_CONVERSION if local else CANCELLED_DOWNLOAD) from error
         except (ConversionError, OSError) as error:
             raise EngineError(str(error)) from error
+        self._convert_drafter(repo_id, converted, progress, cancel)
         if source:
             from convert.hub_download import discard_download
 
             discard_download(Path(source), root=downloads_dir())  # the 4-bit copy replaces the bf16 download
         return converted
+
+    def _convert_drafter(self, repo_id: str, converted: Path, progress: Callable[[dict], None],
+                         cancel: threading.Event) -> None:
+        """Convert the downloaded MTP drafter into the model folder (quantized like the model); a drafter that
+        fails is left out, and the model answers without it."""
+        from convert import ConversionCancelled, ConversionError
+        from convert.drafter import convert_drafter
+        from convert.hub_download import discard_download
+
+        source = self._drafter_downloads.pop(repo_id, None)
+        if source is None:
+            return
+        try:
+            convert_drafter(source, converted, progress=_forward(progress), cancel=cancel)
+        except (ConversionCancelled, ConversionError, OSError) as error:  # the converted model stays usable
+            log.warning("the drafter of %s was not converted: %s", converted, error or "cancelled")
+        discard_download(Path(source), root=downloads_dir())
 
     def count_tokens(self, loaded: Optional[ModelSlot], text: str) -> int:
         """Tokens of `text` with the model's tokenizer (an estimate without one)."""

@@ -17,6 +17,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 from mlx_model.chat_format import AnswerDelta, OutputParser, ThoughtDelta, ToolCall
 
+from . import speculative
 from .prefill import GenerationError
 from .prompt import PreparedPrompt, prepare_prompt
 from .session import ChatSession
@@ -38,6 +39,7 @@ class SamplingSettings:
     seed: Optional[int] = None
     max_tokens: int = 2048
     stop_strings: tuple[str, ...] = ()
+    draft: str = "auto"  # speculative decoding: "auto" | "mtp" | "lookup" | "off" (gemma4_mac/speculative.py)
 
 
 @dataclass
@@ -52,6 +54,9 @@ class GenerationStats:
     peak_memory_bytes: int = 0
     finish_reason: str = "stop"  # "stop" | "length" | "cancelled" | "tool_calls"
     cached_tokens: int = 0
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted, and how many the model accepted
+    accepted_tokens: int = 0
+    decode_forwards: int = 0  # forwards of the model while answering, counted when drafting was on
 
 
 @dataclass
@@ -266,8 +271,14 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
 
     reply = ReplyDecoder(tokenizer, prepared, sampling, stats)
     first_token_at = None
-    for step in generate_tokens(model, logits, session.cache, sampling, history=tokens, cancel=cancel,
-                                logits_processors=logits_processors):
+    if speculative.applicable(model, sampling, logits_processors):
+        steps = speculative.speculative_tokens(model, logits, session, sampling, TokenStep, history=tokens,
+                                               cancel=cancel, stats=stats, media=prepared.media,
+                                               observers=logits_processors or ())
+    else:
+        steps = generate_tokens(model, logits, session.cache, sampling, history=tokens, cancel=cancel,
+                                logits_processors=logits_processors)
+    for step in steps:
         session.append([step.token])
         if first_token_at is None:
             first_token_at = time.perf_counter()
@@ -278,6 +289,7 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
         if cancel is not None and cancel.is_set():
             reply.finish = "cancelled"
             break
+    steps.close()  # a speculative step may hold tokens the answer did not take: they leave the cache now
     session.mark()
     yield from reply.close()
     ended = time.perf_counter()

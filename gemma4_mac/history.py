@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import history_export
+from .agent import replay_messages
 from .attachments import Attachment, model_cannot_read
 from .documents import DocumentError, document_text, wrap_document
 from .history_export import format_bytes, format_stats  # noqa: F401 (part of this module's interface)
@@ -290,7 +291,9 @@ def model_messages(messages: list[Message], system_prompt: str = "",
         out.append({"role": "system", "content": system_prompt.strip()})
     for m in messages:
         if m.role == "assistant":
-            if m.content or not m.tool_calls:
+            if any(isinstance(c, dict) and c.get("status") for c in m.tool_calls):
+                out.extend(replay_messages(m.content, m.tool_calls))  # an agent's answer: calls, results, text
+            elif m.content or not m.tool_calls:
                 out.append({"role": "assistant", "content": m.content})
             continue
         media, texts = [], []

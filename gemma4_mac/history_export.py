@@ -25,12 +25,16 @@ def format_bytes(n: float) -> str:
 
 
 def format_stats(stats: dict) -> str:
-    """The line under an answer: prompt tokens, time to first token, speed, peak memory."""
+    """The line under an answer: prompt tokens, time to first token, speed, drafted tokens kept, peak
+    memory."""
     parts = [f"{stats.get('prompt_tokens', 0):,} prompt tokens"]
     if stats.get("cached_tokens"):
         parts[-1] += f" ({stats['cached_tokens']:,} cached)"
     parts.append(f"{stats.get('time_to_first_token', 0.0):.2f} s to first token")
     parts.append(f"{stats.get('generation_tps', 0.0):.1f} tok/s")
+    if stats.get("drafted_tokens"):  # speculative decoding: how many drafted tokens the model kept
+        kept = stats.get("accepted_tokens", 0)
+        parts.append(f"{kept:,} of {stats['drafted_tokens']:,} drafted tokens kept")
     if stats.get("peak_memory_bytes"):
         parts.append(f"{format_bytes(stats['peak_memory_bytes'])} peak")
     reason = stats.get("finish_reason")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from convert.partials import WorkFolder, clean_stale, work_folders
+from mlx_model.assistant_config import recorded_drafter
 from mlx_model.model_folder import has_chat_template as folder_has_chat_template
 
 from .paths import models_dir
@@ -38,15 +39,31 @@ class HubModel:
     note: str = ""
 
 
+# GiB of the towers at 8 bits (the recipe never puts them lower): vision ~167 M + audio ~305 M parameters
+# on E2B/E4B (transformers' Gemma4VisionConfig/Gemma4AudioConfig defaults), vision ~550 M on 26B-A4B/31B
+# (model card).
+TOWER_GIB = {"E2B": 0.467, "E4B": 0.467, "26B-A4B": 0.544, "31B": 0.544,
+             "12B": 0.052}  # 12B: its embedders (vision 49.9 M + audio 2.5 M parameters, planner.py) at 8 bits
+# 4-bit sizes with Gemma 4's recipe: mlx_model.planner.weight_bytes (text, exact) + TOWER_GIB; kept as numbers
+# so this module stays free of MLX (tests/test_quant_recipe.py checks them against the planner).
 HUB_MODELS = (
-    HubModel("google/gemma-4-E2B-it", "Gemma 4 E2B instruct", 3.4, "recommended on 16 GB Macs"),
-    HubModel("google/gemma-4-E4B-it", "Gemma 4 E4B instruct", 5.2, "24 GB or more"),
-    HubModel("google/gemma-4-26B-A4B-it", "Gemma 4 26B-A4B instruct (MoE)", 15.6, "32 GB or more"),
-    HubModel("google/gemma-4-31B-it", "Gemma 4 31B instruct", 18.4, "48 GB or more"),
-    # last, so recommended_model's positions stay; 6.24 GiB of 4-bit text weights (the planner) plus the
-    # image and audio embedders at 8 bits
-    HubModel("google/gemma-4-12B-it", "Gemma 4 12B instruct (images, video and audio)", 6.3, "16 GB or more"),
+    HubModel("google/gemma-4-E2B-it", "Gemma 4 E2B instruct", 4.30, "recommended on 16 GB Macs"),
+    HubModel("google/gemma-4-E4B-it", "Gemma 4 E4B instruct", 6.28, "24 GB or more"),
+    HubModel("google/gemma-4-26B-A4B-it", "Gemma 4 26B-A4B instruct (MoE)", 15.84, "32 GB or more"),
+    HubModel("google/gemma-4-31B-it", "Gemma 4 31B instruct", 19.19, "48 GB or more"),
+    # last, so recommended_model's positions stay; its image and audio embedders stand in for towers
+    HubModel("google/gemma-4-12B-it", "Gemma 4 12B instruct (images, video and audio)", 7.48, "16 GB or more"),
 )
+QUALITY_FILE = "quality.json"  # written by the converter's quality check (convert/quality.py)
+
+
+def drafter_repo(repo_id: str) -> Optional[str]:
+    """The hub repo of the MTP drafter Google publishes beside a Gemma 4 instruct model (`<repo>-assistant`),
+    fetched and converted with it; None for other models (Gemma 3, base models, other publishers)."""
+    owner, _, name = repo_id.partition("/")
+    if owner != "google" or not name.lower().startswith("gemma-4-") or not name.lower().endswith("-it"):
+        return None
+    return f"{repo_id}-assistant"
 
 
 @dataclass
@@ -80,10 +97,25 @@ class ModelEntry:
     fit: MemoryFit
     is_starter: bool = False
     has_chat_template: bool = True
+    quality: Optional[dict] = None  # quality.json: the conversion against its source
 
     @property
     def label(self) -> str:
         return STARTER_LABEL if self.is_starter else self.name
+
+    @property
+    def quality_summary(self) -> str:
+        """The conversion against its source on the built-in text, e.g. `same top token as the source 97% · KL
+        0.004`; empty when it was not measured (or quality.json does not say)."""
+        inputs = (self.quality or {}).get("inputs")
+        text = inputs.get("text") if isinstance(inputs, dict) else None
+        try:
+            top1, kl = float(text["top1_agreement"]), float(text["mean_kl"])
+        except (KeyError, TypeError, ValueError):
+            return ""
+        others = [kind for kind in ("image", "audio") if kind in inputs]
+        summary = f"same top token as the source {top1:.0%} · KL {kl:.3f}"
+        return summary + (f" (also checked on {' and '.join(others)})" if others else "")
 
 
 def total_memory() -> int:
@@ -93,8 +125,12 @@ def total_memory() -> int:
 
 
 def weight_bytes(path: Path) -> int:
-    """Bytes of a model folder's .safetensors files."""
-    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+    """Bytes of a model folder's .safetensors files, its drafter's included (loaded with it)."""
+    folders = [Path(path)]
+    drafter = recorded_drafter(path, read_model_config(path))
+    if drafter is not None:
+        folders.append(drafter)
+    return sum(f.stat().st_size for folder in folders for f in folder.glob("*.safetensors"))
 
 
 def estimate_fit(path: Path, total: Optional[int] = None) -> MemoryFit:
@@ -143,12 +179,22 @@ def clean_unfinished_conversions(root: Optional[Path] = None) -> int:
     return sum(folder.size_bytes for folder in clean_stale(models_dir() if root is None else Path(root)))
 
 
+def read_quality(path: Path) -> Optional[dict]:
+    """The converter's quality.json of a model folder, or None (not measured, or unreadable)."""
+    try:
+        report = json.loads((Path(path) / QUALITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def describe(path: Path, total: Optional[int] = None) -> ModelEntry:
     path = Path(path)
     meta = read_model_config(path).get("gemma4_mac", {})
     starter = is_starter_folder(path)
     name = meta.get("display_name") or path.name
-    return ModelEntry(path, name, weight_bytes(path), estimate_fit(path, total), starter, has_chat_template(path))
+    return ModelEntry(path, name, weight_bytes(path), estimate_fit(path, total), starter,
+                      has_chat_template(path), read_quality(path))
 
 
 def list_models(extra: tuple[Path | str, ...] = (), root: Optional[Path] = None) -> list[ModelEntry]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Generator, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Generator, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -42,19 +43,67 @@ def chunk_bounds(start: int, end: int, chunk_size: int, media: Sequence = ()) ->
     return bounds
 
 
-def planned_chunk_size(model, context: int, available_bytes: Optional[int] = None) -> int:
-    """The largest chunk whose prefill scratch at `context` tokens fits a share of free memory (the planner)."""
+def planned_chunk_size(model, context: int, available_bytes: Optional[int] = None,
+                       kv_bits: Optional[int] = None) -> int:
+    """The app's chunk policy: the largest chunk (up to PREFILL_CHUNK, past which prefill is no faster)
+    whose scratch at `context` tokens fits a share of free memory, by the planner's count."""
     from mlx_model.planner import choose_prefill_chunk
 
-    config = getattr(getattr(model, "config", None), "text_config", None)
-    if config is None or not hasattr(config, "layer_types"):
+    config = _text_config(model)
+    if config is None:
         return PREFILL_CHUNK
     if available_bytes is None:
         import psutil
 
         available_bytes = psutil.virtual_memory().available
     budget = min(int(available_bytes * SCRATCH_SHARE), MAX_SCRATCH_BYTES)
-    return choose_prefill_chunk(config, context, budget)
+    float_bytes = activation_bytes(model) if hasattr(model, "language_model") else 2
+    return choose_prefill_chunk(config, context, budget, float_bytes=float_bytes, kv_bits=kv_bits)
+
+
+def _text_config(model):
+    config = getattr(getattr(model, "config", None), "text_config", None)
+    return config if config is not None and hasattr(config, "layer_types") else None
+
+
+def activation_bytes(model) -> int:
+    """Bytes per float of the model's activations (and so of its 16-bit KV cache)."""
+    embed = model.language_model.embed_tokens
+    return (embed.scales if hasattr(embed, "scales") else embed.weight).dtype.size
+
+
+def chunk_memory(model, cache: list, chunk: int, context: int) -> Optional[int]:
+    """Bytes one prefill chunk may add to what is allocated now: the planner's scratch for the chunk at
+    `context` tokens, plus what the caches will still grow to hold `context` tokens."""
+    from mlx_model.planner import kv_bytes, prefill_scratch_bytes
+
+    config = _text_config(model)
+    if config is None:
+        return None
+    bits = next((c.bits for c in cache if getattr(c, "bits", None)), None)
+    group = next((c.group for c in cache if getattr(c, "group", None)), 64)
+    size = activation_bytes(model)
+    growth = kv_bytes(config, context, bits, group, float_bytes=size) - sum(c.nbytes for c in cache)
+    return prefill_scratch_bytes(config, chunk, context, float_bytes=size, kv_bits=bits) + max(0, growth)
+
+
+@contextmanager
+def memory_ceiling(extra_bytes: Optional[int]) -> Iterator[None]:
+    """Hold MLX within what is allocated now plus `extra_bytes` while a chunk is evaluated.
+
+    MLX allocates the outputs of queued operations ahead of running them; its memory limit is soft (it
+    never fails an allocation) and makes evaluation wait for running work instead, so a chunk's peak
+    stays what the planner counted instead of whatever the queue happens to hold.
+    """
+    if extra_bytes is None:
+        yield
+        return
+    ceiling = mx.get_active_memory() + extra_bytes
+    previous = mx.set_memory_limit(ceiling)
+    try:
+        yield
+    finally:
+        mx.set_memory_limit(previous)
 
 
 def progress_chunk_size(planned: int, to_read: int) -> int:
@@ -152,9 +201,10 @@ def iter_prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_
     if not ids:
         raise GenerationError("The prompt is empty: type a message first.")
     keys = list(keys) if keys is not None else ids
+    context = position + len(ids) + reserve_after
     for layer_cache in cache:  # full-attention caches take the whole prompt (and the answer) at once
         if hasattr(layer_cache, "reserve"):
-            layer_cache.reserve(position + len(ids) + reserve_after)
+            layer_cache.reserve(context)
     relevant = [b for b in media if b.end > position and b.start < position + len(ids)]
     embedder = _MediaEmbedder(model, relevant) if relevant else None
     bounds = chunk_bounds(position, position + len(ids), chunk_size, relevant)
@@ -174,15 +224,18 @@ def iter_prefill(model, tokens: Sequence[int] | mx.array, cache: list, *, chunk_
             embeds, per_layer, overrides = embedded
             kwargs = dict(input_embeddings=embeds, per_layer_inputs=per_layer, mask_overrides=overrides)
         last = number == len(bounds) - 1
+        with memory_ceiling(chunk_memory(model, cache, hi - lo, context)):
+            if last and want_logits:
+                logits = model(batch, cache=cache, logits_to_keep=1, **kwargs)[:, -1, :]
+                mx.eval(logits)
+            else:
+                model.language_model(None if kwargs else batch, cache=cache, **kwargs)
+                mx.eval([c.state for c in cache])
         if last and want_logits:
-            logits = model(batch, cache=cache, logits_to_keep=1, **kwargs)[:, -1, :]
-            mx.eval(logits)
             if on_chunk:
                 on_chunk(keys[lo - position:hi - position])
             yield hi
             return logits
-        model.language_model(None if kwargs else batch, cache=cache, **kwargs)
-        mx.eval([c.state for c in cache])
         mx.clear_cache()  # return the chunk's scratch to the system before the next one
         if on_chunk:
             on_chunk(keys[lo - position:hi - position])

@@ -40,6 +40,7 @@ class ChatSession:
         self.cache = self._new_cache()
         self.tokens: list[int] = []
         self.restore_points: list[RestorePoint] = []
+        self.speculation = None  # what drafting learned in this conversation (speculative.SpeculationState)
 
     def _new_cache(self) -> list:
         return self.model.make_cache(kv_bits=self.kv_bits) if self.kv_bits else self.model.make_cache()
@@ -77,7 +78,8 @@ class ChatSession:
         reused = self.prepare(keys)
         total = len(tokens)
         # several chunks for a long prompt, so that the person sees the reading advance
-        chunk_size = progress_chunk_size(planned_chunk_size(self.model, total), total - reused)
+        planned = planned_chunk_size(self.model, total, kv_bits=self.kv_bits)
+        chunk_size = progress_chunk_size(planned, total - reused)
         yield reused, total
 
         def report(steps: Generator) -> Generator[tuple[int, int], None, Optional[mx.array]]:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from .paths import settings_path
 
 KV_PRECISIONS = (16, 8, 4)
+DRAFT_MODES = ("auto", "mtp", "lookup", "off")  # speculative decoding (gemma4_mac/speculative.py)
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # the soft-token budgets Gemma 4's image processor supports
 THEMES = ("system", "light", "dark")
 MAX_TOKENS_LIMIT = 131072
@@ -36,6 +37,9 @@ class AppSettings:
     context_size: int = 0
     kv_precision: int = 16
     image_token_budget: int = 280
+    # faster answers, same text: draft tokens (the model's MTP drafter, prompt lookup) and verify them at
+    # once; "auto" drafts only as deep as it measurably pays on this machine
+    draft: str = "auto"
     theme: str = "system"
     recent_models: list[str] = field(default_factory=list)
     # MLX model folders the person added from elsewhere, used where they lie (not copied)
@@ -48,13 +52,23 @@ class AppSettings:
     server_api_key: str = ""
     server_cors_origins: str = ""  # web origins (scheme://host[:port], space-separated) that may call it
     server_allow_local_files: bool = False  # API requests may name image files on this Mac by path
+    server_mcp_tools: bool = False  # API requests may ask for the read-only tools of the MCP servers below
     hotkey: str = ""  # the quick-ask hotkey, e.g. "ctrl+alt+space"; empty: the platform's default
     menu_bar_only: bool = False  # no Dock icon; the app lives in the menu bar
+    # tools (docs/tools.md): MCP servers as Claude Desktop and LM Studio write them ({"name": {"command", "args",
+    # "env"} or {"url"}}, the value of "mcpServers"), each server's approval mode for tools that write
+    # ("always" | "once" | "never"), the tools a new chat starts without ("server/tool"), and the built-in tools
+    # switched on (gemma4_mac.builtin_tools: none by default)
+    mcp_servers: dict = field(default_factory=dict)
+    mcp_approval: dict = field(default_factory=dict)
+    tools_off: list[str] = field(default_factory=list)
+    builtin_tools: list[str] = field(default_factory=list)
+    agent_max_steps: int = 8
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `generate.SamplingSettings` (kept as a dict so this module stays MLX-free)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, "draft": self.draft}
 
     @property
     def kv_bits(self) -> Optional[int]:
@@ -84,9 +98,11 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if value in KV_PRECISIONS and _integer(value) else f"must be one of {KV_PRECISIONS}"
     if name == "image_token_budget":
         return None if value in IMAGE_TOKEN_BUDGETS and _integer(value) else f"must be one of {IMAGE_TOKEN_BUDGETS}"
+    if name == "draft":
+        return None if value in DRAFT_MODES else f"must be one of {', '.join(DRAFT_MODES)}"
     if name == "theme":
         return None if value in THEMES else f"must be one of {', '.join(THEMES)}"
-    if name in ("server_enabled", "server_allow_local_files"):
+    if name in ("server_enabled", "server_allow_local_files", "server_mcp_tools"):
         return None if isinstance(value, bool) else "must be true or false"
     if name == "server_cors_origins":
         return None if isinstance(value, str) and _origins_ok(value) else \
@@ -99,10 +115,33 @@ def _check(name: str, value: Any) -> Optional[str]:
         return None if _integer(value) and 1 <= value <= 65535 else "must be a whole number from 1 to 65535"
     if name == "recent_models":
         return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of text"
+    if name in ("mcp_servers", "mcp_approval", "tools_off", "builtin_tools", "agent_max_steps"):
+        return _check_tools(name, value)
     if name == "added_models":
         return None if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value) and \
             len(set(value)) == len(value) else "must be a list of folder paths, each once"
     return "is not a known setting"
+
+
+def _check_tools(name: str, value: Any) -> Optional[str]:
+    from .mcp_config import APPROVAL_MODES
+
+    if name == "mcp_servers":  # an entry that cannot be used is reported when the tools are set up, and kept
+        return None if isinstance(value, dict) and all(isinstance(k, str) for k in value) else \
+            "must be an object of MCP servers, as in {\"mcpServers\": {...}}"
+    if name == "mcp_approval":
+        return None if isinstance(value, dict) and all(isinstance(k, str) and v in APPROVAL_MODES
+                                                       for k, v in value.items()) else \
+            f"must map server names to one of {', '.join(APPROVAL_MODES)}"
+    if name == "tools_off":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else \
+            "must be a list of tools as \"server/tool\""
+    if name == "builtin_tools":
+        from .builtin_tools import BUILTIN_NAMES
+
+        return None if isinstance(value, list) and all(v in BUILTIN_NAMES for v in value) else \
+            f"must be a list of {', '.join(BUILTIN_NAMES)}"
+    return None if _integer(value) and 1 <= value <= 50 else "must be a whole number from 1 to 50"
 
 
 def _origins_ok(text: str) -> bool:

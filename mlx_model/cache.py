@@ -6,7 +6,10 @@
 - KV-shared layers get no cache at all: they read the (keys, values) of their source layer.
 
 Both follow mlx-lm's cache protocol (`offset`, `update_and_fetch`, `make_mask`, `state`,
-`meta_state`, `trim`, `is_trimmable`, `nbytes`) so mlx-lm's generic helpers work with them.
+`meta_state`, `trim`, `is_trimmable`, `nbytes`) so mlx-lm's generic helpers work with them. Our
+attention calls `update_and_view`, which returns the keys as spans of positions (`attention.KVView`),
+so a prefill chunk attends in tiles without copying the ring. 8 and 4-bit caches live in
+`quantized_cache.py`.
 `cache_arrays` / `restore_cache_arrays` turn a model's caches into named arrays and back, for files
 (the app's document cache keeps them on disk, as mlx-lm's `save_prompt_cache` does with its caches).
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 import mlx.core as mx
+
+from .attention import KVView, Span
 
 Mask = Union[None, str, mx.array]
 
@@ -70,33 +75,16 @@ def _nbytes(store) -> int:
     return sum(x.nbytes for x in store) if isinstance(store, tuple) else store.nbytes
 
 
-class _Quantizer:
-    """Optional 8/4-bit storage of keys and values (MLX affine quantization along the head dim)."""
-
-    def __init__(self, bits: Optional[int], group_size: int):
-        if bits not in (None, 4, 8):
-            raise ValueError(f"KV cache precision must be 16, 8 or 4 bits, not {bits}.")
-        self.bits, self.group_size = bits, group_size
-
-    def __call__(self, x: mx.array):
-        if self.bits is None:
-            return x
-        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits))
-
-
 class _LayerCache:
-    """What both cache kinds share: keys and values (plain or quantized triples) and the tokens seen."""
+    """What both cache kinds share: keys and values and the tokens seen."""
 
-    def __init__(self, step: int, bits: Optional[int], group_size: int):
+    bits = None  # 16-bit: the quantized caches say 8 or 4
+
+    def __init__(self, step: int):
         self.step = step
-        self.quantize = _Quantizer(bits, group_size)
         self.keys = None
         self.values = None
         self.offset = 0
-
-    @property
-    def bits(self) -> Optional[int]:
-        return self.quantize.bits
 
     def empty(self) -> bool:
         return self.keys is None
@@ -108,15 +96,19 @@ class _LayerCache:
 
 
 class KVCache(_LayerCache):
-    """Cache of a full-attention layer: grows in steps of `step` tokens; optionally 8/4-bit."""
+    """Cache of a full-attention layer: grows in steps of `step` tokens."""
 
-    def __init__(self, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
-        super().__init__(step, bits, group_size)
+    def __init__(self, step: int = 256):
+        super().__init__(step)
         self._reserved = 0
+
+    def update_and_view(self, keys: mx.array, values: mx.array) -> KVView:
+        """Append [B, H, L, D] keys/values; the view holds every cached position as one span."""
+        keys, values = self.update_and_fetch(keys, values)
+        return KVView([Span(keys, values, 0, self.offset)], dense=lambda: (keys, values))
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Append [B, H, L, D] keys/values; return everything cached so far."""
-        keys, values = self.quantize(keys), self.quantize(values)
         needed = self.offset + _length(keys)
         if self.keys is None or needed > _length(self.keys):
             self._grow(keys, values, needed)
@@ -186,53 +178,79 @@ class KVCache(_LayerCache):
 
     @property
     def meta_state(self):
-        return (str(self.step), str(self.bits or 0), str(self.quantize.group_size))
+        return (str(self.step),)
 
     @meta_state.setter
     def meta_state(self, value):
-        step, bits, group = map(int, value)
-        self.step, self.quantize = step, _Quantizer(bits or None, group)
+        self.step = int(value[0])
 
 
 class SlidingKVCache(_LayerCache):
-    """Cache of a sliding-window layer: a ring holding the last `window` tokens; optionally 8/4-bit.
+    """Cache of a sliding-window layer: a ring holding the last `window` tokens.
 
     Position p lives in slot p % window once the ring is full. A single decoded token is written
     in place and attends to the whole ring (order does not matter without a mask); a multi-token
-    chunk is attended in temporal order with an explicit window mask.
+    chunk sees the ring as (at most) two runs of consecutive positions plus itself, never a copy.
     """
 
-    def __init__(self, window: int, step: int = 256, bits: Optional[int] = None, group_size: int = 64):
-        super().__init__(step, bits, group_size)
+    def __init__(self, window: int, step: int = 256):
+        super().__init__(step)
         self.window = window
 
-    def _temporal(self, store):
-        """The cached entries of `store` in temporal order."""
+    def _runs(self) -> list[Span]:
+        """The ring's entries as spans of consecutive positions, oldest first (views, no copy)."""
         kept = min(self.offset, self.window)
+        if not kept or self.keys is None:
+            return []
         if self.offset <= self.window:
-            return _read(store, 0, kept)
+            return [Span(self.keys[:, :, :kept], self.values[:, :, :kept], 0, kept)]
         split = self.offset % self.window
-        return _map(lambda x: mx.concatenate([x[..., split:, :], x[..., :split, :]], axis=2), store)
+        runs = [Span(self.keys[:, :, split:], self.values[:, :, split:], self.offset - self.window,
+                     self.window - split)]
+        if split:
+            runs.append(Span(self.keys[:, :, :split], self.values[:, :, :split], self.offset - split, split))
+        return runs
 
     def in_order(self):
         """(keys, values) of the cached positions, oldest first (at most `window` of them)."""
-        if self.keys is None:
+        runs = self._runs()
+        if not runs:
             return None, None
-        return self._temporal(self.keys), self._temporal(self.values)
+        return (mx.concatenate([r.keys for r in runs], axis=2),
+                mx.concatenate([r.values for r in runs], axis=2))
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Add [B, H, L, D] keys/values; return the keys/values the new queries attend to."""
-        keys, values = self.quantize(keys), self.quantize(values)
-        n_new = _length(keys)
+        return self.update_and_view(keys, values).dense()
+
+    def update_and_view(self, keys: mx.array, values: mx.array) -> KVView:
+        """Add [B, H, L, D] keys/values; the view has the ring's runs and the new chunk.
+
+        Its `dense()` is what `make_mask` describes: the ring in slot order for one token, else the
+        kept positions and the chunk in temporal order.
+        """
+        n_new = keys.shape[2]
         if n_new == 1:
-            return self._update_one(keys, values)
-        if self.keys is not None and self.offset:
-            cat = lambda a, b: mx.concatenate([a, b], axis=2)  # noqa: E731
-            keys = _map(cat, self._temporal(self.keys), keys)
-            values = _map(cat, self._temporal(self.values), values)
+            ring_k, ring_v = self._update_one(keys, values)
+            return KVView(self._runs(), dense=lambda: (ring_k, ring_v))
+        start, runs = self.offset, self._runs()
+        spans = runs + [Span(keys, values, start, n_new)]
+
+        def dense():
+            if not runs:
+                return keys, values
+            return (mx.concatenate([r.keys for r in runs] + [keys], axis=2),
+                    mx.concatenate([r.values for r in runs] + [values], axis=2))
+
         self.offset += n_new
-        self._store_tail(keys, values)
-        return keys, values
+        kept = min(self.offset, self.window)
+        if n_new >= kept:
+            tail_k, tail_v = keys[:, :, n_new - kept:], values[:, :, n_new - kept:]
+        else:  # the newest entries of the ring, then the chunk (at most a window's worth is copied)
+            tail_k = mx.concatenate([r.keys for r in runs] + [keys], axis=2)[:, :, -kept:]
+            tail_v = mx.concatenate([r.values for r in runs] + [values], axis=2)[:, :, -kept:]
+        self._store_tail(tail_k, tail_v)
+        return KVView(spans, dense=dense)
 
     def _update_one(self, keys, values):
         slot = self.offset % self.window
@@ -253,15 +271,13 @@ class SlidingKVCache(_LayerCache):
             _write(new_v, 0, _read(self.values, 0, used))
         self.keys, self.values = new_k, new_v
 
-    def _store_tail(self, all_k, all_v) -> None:
-        """Keep the last `window` positions of a temporally ordered chunk, in ring order."""
+    def _store_tail(self, tail_k, tail_v) -> None:
+        """Make the ring hold `tail_*`, the last min(offset, window) positions in temporal order."""
         kept = min(self.offset, self.window)
-        total = _length(all_k)
-        tail_k, tail_v = _read(all_k, total - kept, total), _read(all_v, total - kept, total)
         if self.offset >= self.window:
             shift = self.offset % self.window
             roll = (lambda x: mx.roll(x, shift, axis=2)) if shift else (lambda x: x)
-            self.keys, self.values = _map(roll, tail_k), _map(roll, tail_v)
+            self.keys, self.values = roll(tail_k), roll(tail_v)
             return
         self.keys = self.values = None
         self._reserve(tail_k, tail_v, kept)
@@ -320,13 +336,11 @@ class SlidingKVCache(_LayerCache):
 
     @property
     def meta_state(self):
-        return tuple(map(str, (self.window, self.step, self.offset, self.bits or 0, self.quantize.group_size)))
+        return tuple(map(str, (self.window, self.step, self.offset)))
 
     @meta_state.setter
     def meta_state(self, value):
-        window, step, offset, bits, group = map(int, value)
-        self.window, self.step, self.offset = window, step, offset
-        self.quantize = _Quantizer(bits or None, group)
+        self.window, self.step, self.offset = map(int, value)
 
 
 class CacheLayoutError(ValueError):
@@ -334,17 +348,23 @@ class CacheLayoutError(ValueError):
 
 
 def cache_arrays(cache: list) -> tuple[dict[str, mx.array], list[dict[str, Any]]]:
-    """The arrays of every layer's cache by name, and a layout (JSON-able) to restore them with."""
+    """The arrays of every layer's cache by name, and a layout (JSON-able) to restore them with.
+
+    A layer's `state` is a list whose entries are arrays, tuples of arrays (quantized data, scales,
+    biases) or None; "parts" records each entry as 0, the tuple's length, or -1.
+    """
     arrays, layout = {}, []
     for i, c in enumerate(cache):
         parts = []
-        for name, value in zip(("keys", "values"), c.state):
-            if isinstance(value, tuple):  # quantized: (data, scales, biases)
-                for j, part in enumerate(value):
-                    arrays[f"{i}.{name}.{j}"] = part
+        for j, value in enumerate(c.state):
+            if value is None:
+                parts.append(-1)
+            elif isinstance(value, tuple):
+                for k, part in enumerate(value):
+                    arrays[f"{i}.{j}.{k}"] = part
                 parts.append(len(value))
             else:
-                arrays[f"{i}.{name}"] = value
+                arrays[f"{i}.{j}"] = value
                 parts.append(0)
         layout.append({"class": type(c).__name__, "meta": list(c.meta_state), "parts": parts})
     return arrays, layout
@@ -360,13 +380,13 @@ def restore_cache_arrays(arrays: dict[str, mx.array], layout: list, cache: list)
     for i, (entry, c) in enumerate(zip(layout, cache)):
         if entry["class"] != type(c).__name__:
             raise CacheLayoutError(f"layer {i} cache kind {entry['class']} does not match {type(c).__name__}")
-        if not entry["parts"]:
-            c.state = []
-            continue
         try:
-            state = [tuple(arrays[f"{i}.{name}.{j}"] for j in range(n_parts)) if n_parts else arrays[f"{i}.{name}"]
-                     for name, n_parts in zip(("keys", "values"), entry["parts"])]
+            state = [None if n < 0 else tuple(arrays[f"{i}.{j}.{k}"] for k in range(n)) if n else arrays[f"{i}.{j}"]
+                     for j, n in enumerate(entry["parts"])]
         except KeyError as missing:
             raise CacheLayoutError(f"the saved cache lacks array {missing}") from None
-        c.meta_state = entry["meta"]
-        c.state = state
+        try:
+            c.meta_state = entry["meta"]
+            c.state = state
+        except (ValueError, TypeError) as error:
+            raise CacheLayoutError(f"layer {i} of the saved cache does not fit: {error}") from None

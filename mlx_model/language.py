@@ -15,9 +15,16 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from .attention import KVView, attend
 from .cache import KVCache, SlidingKVCache, window_mask
+from .quantized_cache import RECENT_TOKENS, QuantizedKVCache, QuantizedSlidingKVCache
 from .config import FULL, SLIDING, TextConfig
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
+
+def all_sum(x: mx.array, group) -> mx.array:
+    """The sum of the ranks' partial results under tensor parallelism (mlx_model/sharding.py), else x."""
+    return x if group is None else mx.distributed.all_sum(x, group=group)
+
 
 def _norm(config: TextConfig, dims: int) -> nn.Module:
     return OffsetRMSNorm(dims, config.rms_norm_eps) if config.is_gemma3 else RMSNorm(dims, config.rms_norm_eps)
@@ -32,9 +39,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
         self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+        self.group = None  # set by sharding: this rank holds a slice of the width, the ranks sum
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(gated_gelu(self.gate_proj(x), self.up_proj(x)))
+        return all_sum(self.down_proj(gated_gelu(self.gate_proj(x), self.up_proj(x))), self.group)
 
 
 class Attention(nn.Module):
@@ -48,6 +56,7 @@ class Attention(nn.Module):
         self.has_kv = layer_idx < config.first_shared_layer
         self.k_eq_v = config.attention_k_eq_v and not self.is_sliding
         self.attn_softcap = config.attn_logit_softcapping
+        self.window = config.sliding_window if self.is_sliding else None
         # HF:1172 Gemma 4 scales by 1 (the q/k norms do the job); Gemma 3 by query_pre_attn_scalar^-0.5
         self.scale = config.query_pre_attn_scalar ** -0.5 if config.is_gemma3 else 1.0
         dim, bias = config.hidden_size, config.attention_bias
@@ -62,15 +71,20 @@ class Attention(nn.Module):
             self.use_v_norm = not config.is_gemma3
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=bias)
         self.rope = RotaryEmbedding(self.head_dim, config.rope_parameters[self.layer_type])
+        self.group = None  # set by sharding: this rank holds some of the heads, the ranks sum o_proj
 
-    def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0):
-        """Returns the output and this layer's (keys, values) for KV-shared layers to reuse."""
+    def __call__(self, x: mx.array, mask, cache=None, shared_kv=None, offset: int = 0, custom_mask: bool = False):
+        """Returns the output and the `KVView` this layer attended to, for KV-shared layers to reuse.
+
+        `mask` is used where attention runs MLX's fused kernel (see `attention.attend`); a
+        `custom_mask` (images that see all of themselves) always takes that path.
+        """
         B, L, _ = x.shape
         queries = self.q_norm(self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim))
         queries = self.rope(queries.transpose(0, 2, 1, 3), offset=offset)
 
         if shared_kv is not None:
-            keys, values = shared_kv
+            view = shared_kv
         else:
             raw_keys = self.k_proj(x).reshape(B, L, self.n_kv_heads, self.head_dim)
             # HF:1231 k_eq_v: values come from the raw key projection, before k_norm and RoPE
@@ -79,55 +93,21 @@ class Attention(nn.Module):
             if self.use_v_norm:
                 values = mx.fast.rms_norm(values, None, self.k_norm.eps)  # HF:1182 v_norm has no weight
             values = values.transpose(0, 2, 1, 3)
-            if cache is not None:
-                keys, values = cache.update_and_fetch(keys, values)
+            view = _cache_view(cache, keys, values) if cache is not None else KVView.of(keys, values, offset)
 
-        if isinstance(keys, tuple):
-            out = quantized_attention(queries, keys, values, self.scale, mask)
-        elif self.attn_softcap:
-            out = _softcapped_attention(queries, keys, values, self.scale, mask, self.attn_softcap)
-        else:
-            out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
+        out = attend(queries, view, scale=self.scale, query_start=offset, window=self.window, mask=mask,
+                     softcap=self.attn_softcap, custom_mask=custom_mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        return self.o_proj(out), (keys, values)
+        return all_sum(self.o_proj(out), self.group), view
 
 
-def _explicit_mask(mask, n_queries: int, n_keys: int):
-    """Turn the kernel's "causal" shorthand (bottom-right aligned) into a boolean array."""
-    if isinstance(mask, str):
-        return mx.arange(n_keys)[None] <= (mx.arange(n_queries)[:, None] + n_keys - n_queries)
-    return mask
-
-
-def quantized_attention(queries: mx.array, keys: tuple, values: tuple, scale: float, mask) -> mx.array:
-    """Attention over an 8/4-bit KV cache with `mx.quantized_matmul` (no dequantized copy of the cache)."""
-    B, n_heads, L, D = queries.shape
-    n_kv = keys[0].shape[1]
-    group_size = D // keys[1].shape[-1]
-    bits = keys[0].shape[-1] * 32 // D
-    q = (queries * scale).reshape(B, n_kv, n_heads // n_kv, L, D)
-    k = tuple(mx.expand_dims(x, 2) for x in keys)
-    v = tuple(mx.expand_dims(x, 2) for x in values)
-    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
-    mask = _explicit_mask(mask, L, scores.shape[-1])
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-    weights = mx.softmax(scores.astype(mx.float32), axis=-1).astype(queries.dtype)
-    out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
-    return out.reshape(B, n_heads, L, D)
-
-
-def _softcapped_attention(q, k, v, scale, mask, cap):
-    """Plain attention with a logit softcap (Gemma 2/3 option; no Gemma 4 checkpoint uses it)."""
-    n_rep = q.shape[1] // k.shape[1]
-    if n_rep > 1:
-        k, v = mx.repeat(k, n_rep, axis=1), mx.repeat(v, n_rep, axis=1)
-    scores = (q * scale) @ k.swapaxes(-1, -2)
-    scores = mx.tanh(scores / cap) * cap
-    mask = _explicit_mask(mask, *scores.shape[-2:])
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
-    return mx.softmax(scores.astype(mx.float32), axis=-1).astype(q.dtype) @ v
+def _cache_view(cache, keys: mx.array, values: mx.array) -> KVView:
+    """Add keys/values to a layer's cache and return what the layer attends to."""
+    if hasattr(cache, "update_and_view"):
+        return cache.update_and_view(keys, values)
+    # mlx-lm's batch caches (gemma4_mac/batch.py, one token per row per step) return dense keys and values
+    keys, values = cache.update_and_fetch(keys, values)
+    return KVView.of(keys, values)
 
 
 class Router(nn.Module):
@@ -160,8 +140,16 @@ class Experts(nn.Module):
         hidden, inner, n = config.hidden_size, config.moe_intermediate_size, config.num_experts
         self.gate_up_proj = ExpertLinear(hidden, 2 * inner, n)
         self.down_proj = ExpertLinear(inner, hidden, n)
+        # expert parallelism (mlx_model/sharding.py): this rank holds experts first_expert..+local_experts
+        self.first_expert, self.local_experts = 0, None
 
     def __call__(self, x: mx.array, indices: mx.array, weights: mx.array) -> mx.array:
+        if self.local_experts is not None:
+            # routes to other ranks' experts count 0 here (their rank adds them); index 0 keeps gather_mm in
+            # range
+            local = indices - self.first_expert
+            mine = (local >= 0) & (local < self.local_experts)
+            indices, weights = mx.where(mine, local, 0), mx.where(mine, weights, 0.0)
         x = mx.expand_dims(x, (-2, -3))  # [..., 1, 1, H]
         sort = indices.size >= 64  # sorting by expert pays off once many tokens are routed
         if sort:
@@ -203,22 +191,25 @@ class DecoderLayer(nn.Module):
         self.has_layer_scalar = not config.is_gemma3
         if self.has_layer_scalar:
             self.layer_scalar = mx.ones((1,))
+        self.group = None  # set by sharding: sums the MoE block's two partial results and the PLE projection
 
-    def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0):
-        h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset)
+    def __call__(self, x, mask, cache=None, per_layer_input=None, shared_kv=None, offset: int = 0,
+                 custom_mask: bool = False):
+        h, kv = self.self_attn(self.input_layernorm(x), mask, cache, shared_kv, offset, custom_mask)
         x = x + self.post_attention_layernorm(h)
 
         h = self.mlp(self.pre_feedforward_layernorm(x))
         if self.enable_moe:
-            h = self.post_feedforward_layernorm_1(h)
             indices, weights = self.router(x)  # HF:1404 router takes the residual before the norm
             h2 = self.experts(self.pre_feedforward_layernorm_2(x), indices, weights)
-            h = h + self.post_feedforward_layernorm_2(h2)
+            if self.group is not None:  # both halves are partial sums when sharded: one collective for both
+                h, h2 = all_sum(mx.stack([h, h2]), self.group)
+            h = self.post_feedforward_layernorm_1(h) + self.post_feedforward_layernorm_2(h2)
         x = x + self.post_feedforward_layernorm(h)
 
         if self.has_ple:
             gate = gated_gelu(self.per_layer_input_gate(x), per_layer_input)
-            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
+            x = x + self.post_per_layer_input_norm(all_sum(self.per_layer_projection(gate), self.group))
         if self.has_layer_scalar:
             x = x * self.layer_scalar  # HF:1424 scales the whole residual stream
         return x, kv
@@ -240,6 +231,8 @@ class TextModel(nn.Module):
             self.embed_tokens_per_layer = nn.Embedding(config.vocab_size_per_layer_input, total)
             self.per_layer_model_projection = nn.Linear(config.hidden_size, total, bias=False)
             self.per_layer_projection_norm = _norm(config, self.ple_dim)
+        # under sharding each rank holds ple_local of the ple_dim columns of every layer's input
+        self.ple_local, self.ple_group = self.ple_dim, None
 
     def embed(self, input_ids: mx.array) -> mx.array:
         """Scaled token embeddings; the scale is rounded to the weight dtype first (HF:1438)."""
@@ -250,20 +243,25 @@ class TextModel(nn.Module):
         """The token-identity half of PLE, [B, L, layers, ple_dim] (HF:1713)."""
         h = self.embed_tokens_per_layer(input_ids)
         h = h * mx.array(math.sqrt(self.ple_dim), dtype=h.dtype)
-        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_dim)
+        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_local)
 
     def project_per_layer_inputs(self, embeds: mx.array, token_inputs: Optional[mx.array]) -> mx.array:
         """Combine the context projection of the embeddings with the token half (HF:1760-1792)."""
         proj = self.per_layer_model_projection(embeds) * (self.config.hidden_size ** -0.5)
-        proj = self.per_layer_projection_norm(
-            proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_dim)
-        )
+        proj = proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_local)
+        if self.ple_group is None:
+            proj = self.per_layer_projection_norm(proj)
+        else:  # the norm's mean of squares runs over all ranks' columns
+            squares = all_sum(mx.square(proj.astype(mx.float32)).sum(axis=-1, keepdims=True), self.ple_group)
+            norm = self.per_layer_projection_norm
+            proj = (proj * mx.rsqrt(squares / self.ple_dim + norm.eps)).astype(proj.dtype) * norm.weight
         if token_inputs is None:
             return proj
         return (proj + token_inputs) * (2.0 ** -0.5)
 
-    def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> dict:
-        """One mask per layer type, from the first cache of that type (or a plain causal one).
+    def make_masks(self, n_queries: int, cache: list, overrides: Optional[dict] = None) -> tuple[dict, set]:
+        """One mask per layer type, from the first cache of that type (or a plain causal one), and the
+        layer types whose mask is custom (given, or images seeing themselves): attention must use it.
 
         `overrides["vision_blocks"]` ([B, L] block ids, -1 outside images) makes each image attend to all
         of itself. Gemma 4: only sliding layers, inside the window: window AND (causal OR same block);
@@ -286,12 +284,14 @@ class TextModel(nn.Module):
                 masks[kind] = window_mask(n_queries, 0, n_queries, 0, window, return_array=True)
             else:
                 masks[kind] = "causal"
+        custom = set(overrides)
         if blocks is not None and blocks.shape[1] > 1 and bool((blocks >= 0).any()):  # one token sees itself
             kinds = (SLIDING, FULL) if self.config.blocks_on_every_layer else (SLIDING,)
             for kind in kinds:
                 if kind in masks and kind not in overrides:
                     masks[kind] = self._block_mask(kind, blocks, cache)
-        return masks
+                    custom.add(kind)
+        return masks, custom
 
     def _block_mask(self, kind: str, blocks: mx.array, cache: list) -> mx.array:
         """The layer type's causal (or window) mask OR same image block, over the keys its cache returns."""
@@ -330,19 +330,26 @@ class TextModel(nn.Module):
         n_layers = len(self.layers)
         cache = list(cache or []) + [None] * (n_layers - len(cache or []))
         offset = next((c.offset for c in cache if c is not None), 0)
-        masks = self.make_masks(h.shape[1], cache, mask_overrides)
+        masks, custom = self.make_masks(h.shape[1], cache, mask_overrides)
         kvs: list = [None] * n_layers
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             source = self.kv_sources[i]
             shared = kvs[source] if source != i else None
             ple = per_layer_inputs[:, :, i, :] if self.ple_dim else None
-            h, kvs[i] = layer(h, masks[layer.layer_type], c, ple, shared, offset)
+            kind = layer.layer_type
+            h, kvs[i] = layer(h, masks[kind], c, ple, shared, offset, kind in custom)
         return self.norm(h)
 
     def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
-        """One cache per layer that owns keys/values (KV-shared layers get none); 16, 8 or 4-bit."""
-        return [
-            SlidingKVCache(self.config.sliding_window, bits=kv_bits, group_size=kv_group_size)
-            if t == SLIDING else KVCache(bits=kv_bits, group_size=kv_group_size)
-            for t in self.config.layer_types[: self.config.first_shared_layer]
-        ]
+        """One cache per layer that owns keys/values (KV-shared layers get none); 16, 8 or 4-bit.
+
+        8 and 4-bit caches quantize keys per channel and rotated values per token in groups of
+        `kv_group_size`, keeping the newest tokens exact (`quantized_cache.py`); a window no longer
+        than that exact part is simply kept at 16 bits.
+        """
+        window, owners = self.config.sliding_window, self.config.layer_types[: self.config.first_shared_layer]
+        if not kv_bits:
+            return [SlidingKVCache(window) if t == SLIDING else KVCache() for t in owners]
+        sliding = (lambda: QuantizedSlidingKVCache(window, kv_bits, kv_group_size)) if window > RECENT_TOKENS \
+            else (lambda: SlidingKVCache(window))
+        return [sliding() if t == SLIDING else QuantizedKVCache(kv_bits, kv_group_size) for t in owners]

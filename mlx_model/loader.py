@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
 from .config import ModelConfig, ModelConfigError
 from .model import Model
 from .model_folder import IncompleteModelError, ModelLoadError, check_complete, check_model_path, read_config
 from .safetensors_header import SafetensorsHeaderError, read_header
+from .sharding import Cut, ShardingError, cut_tensor, shard_model
 
 __all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
-           "load_model", "read_config", "read_weights", "weight_files"]
+           "load_drafter", "load_model", "read_config", "read_weights", "weight_files"]
+log = logging.getLogger(__name__)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -59,6 +63,66 @@ def read_weights(path: Path) -> dict[str, mx.array]:
     return weights
 
 
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U32": np.uint32, "I32": np.int32,
+                 "U8": np.uint8, "I8": np.int8, "F64": np.float64, "I64": np.int64, "U16": np.uint16}
+
+
+def _file_slice(file: Path, entry: dict, data_start: int):
+    """`take(axis, start, stop)` reading one slice of a tensor straight from the file (memory-mapped): rows
+    come off the disk alone, and a column band is copied out without the rest of the tensor being kept."""
+    shape = tuple(entry["shape"])
+
+    def take(_tensor, axis: int, start: int, stop: int) -> mx.array:
+        mapped = np.memmap(file, dtype=_NUMPY_DTYPES[entry["dtype"]], mode="r", shape=shape,
+                           offset=data_start + entry["data_offsets"][0])
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(start, stop)
+        piece = mx.array(np.ascontiguousarray(mapped[tuple(index)]))
+        del mapped
+        return piece.view(mx.bfloat16) if entry["dtype"] == "BF16" else piece
+
+    return take
+
+
+def _located_tensors(path: Path, model: Model) -> dict[str, tuple]:
+    """Sanitized name -> (file, header entry, data start, lazy array) for every tensor of the checkpoint."""
+    located = {}
+    for file in weight_files(path):
+        try:
+            header, data_start = read_header(file)
+            tensors = mx.load(str(file))  # lazy: nothing is read until evaluated
+        except (RuntimeError, ValueError, OSError, SafetensorsHeaderError) as err:
+            raise ModelLoadError(f"{file} cannot be read ({err}); the file is damaged or "
+                                 "incomplete.") from err
+        for name, value in tensors.items():
+            for new_name, new_value in model.sanitize({name: value}).items():  # sanitize renames key by key
+                located[new_name] = (file, header[name], data_start, new_value)
+    return located
+
+
+def read_sharded_weights(path: Path, model: Model, located: dict[str, tuple],
+                         plan: dict[str, Cut]) -> dict[str, mx.array]:
+    """The checkpoint's tensors with those that `plan` splits read as this rank's slice only, straight from
+    the files (no rank holds the whole model); the rest stay lazy, memory-mapped by MLX."""
+    out = {}
+    for name, (file, entry, data_start, value) in located.items():
+        module_path, kind = name.rsplit(".", 1)
+        cut = plan.get(module_path)
+        if cut is None:
+            out[name] = value
+            continue
+        module = model
+        for part in module_path.split("."):
+            module = module[int(part)] if isinstance(module, list) else getattr(module, part)
+        take = _file_slice(file, entry, data_start) if entry["dtype"] in _NUMPY_DTYPES else None
+        try:
+            out[name] = cut_tensor(value, kind, cut, getattr(module, "bits", None),
+                                   getattr(module, "group_size", None), take)
+        except (ShardingError, ValueError, OSError) as err:
+            raise ModelLoadError(f"{path}: tensor {name} cannot be split for this rank ({err}).") from err
+    return out
+
+
 def _quant_settings(settings: dict, where: str) -> dict:
     """group_size/bits/mode of a quantization entry, checked to be numbers MLX's quantize can take."""
     checked = {k: settings[k] for k in ("group_size", "bits", "mode") if k in settings}
@@ -71,7 +135,8 @@ def _quant_settings(settings: dict, where: str) -> dict:
     return checked
 
 
-def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.array], path: Path) -> None:
+def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str, mx.array],
+                        path: Path) -> None:
     """Quantize exactly the modules whose `.scales` the checkpoint carries, with per-path settings.
 
     Each module's shape is checked against its stored scales first: weights from another model (or a
@@ -113,10 +178,13 @@ def _apply_quantization(model: Model, quantization: dict, weights: dict[str, mx.
                              "config do not belong together. Re-download or re-convert the model.")
 
 
-def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None) -> Model:
+def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
+               group: Optional[mx.distributed.Group] = None) -> Model:
     """Build the model described by `path`/config.json and load its weights.
 
-    Missing or unexpected tensors are an error that names them. `dtype` casts float weights.
+    Missing or unexpected tensors are an error that names them. `dtype` casts float weights. With a
+    `group` of two or more ranks the text decoder is sharded (mlx_model/sharding.py) and this rank reads
+    only its slice of the split tensors.
     """
     path = Path(path).expanduser()
     check_model_path(path)
@@ -127,9 +195,40 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
             KeyError) as err:
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
-    weights = model.sanitize(read_weights(path))
-    if config.quantization:
-        _apply_quantization(model, config.quantization, weights, path)
+    if group is not None and group.size() > 1:
+        _fill_shard(model, config.quantization, group, path, dtype)
+    else:
+        _fill(model, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(model.parameters())
+    return model
+
+
+def _fill_shard(model: nn.Module, quantization: Optional[dict], group, path: Path,
+                dtype: Optional[mx.Dtype]) -> None:
+    """This rank's slice of every split tensor, read from the files; the rest as `_fill` loads it."""
+    located = _located_tensors(path, model)
+    weights = {k: v[3] for k, v in located.items()}
+    if quantization:  # on the whole model, checked against the whole tensors' shapes
+        _apply_quantization(model, quantization, weights, path)
+    try:
+        plan = shard_model(model, group)  # slices the still-lazy initial weights: nothing is computed
+    except ShardingError as err:
+        raise ModelLoadError(f"{path} cannot be split across {group.size()} ranks: {err}") from err
+    _load_checked(model, read_sharded_weights(path, model, located, plan), path, dtype)
+
+
+def _fill(model: nn.Module, quantization: Optional[dict], raw_weights: dict[str, mx.array], path: Path,
+          dtype: Optional[mx.Dtype]) -> None:
+    """Sanitize, quantize as config.json says, check every name and shape, and load the weights."""
+    weights = model.sanitize(raw_weights)
+    if quantization:
+        _apply_quantization(model, quantization, weights, path)
+    _load_checked(model, weights, path, dtype)
+
+
+def _load_checked(model: nn.Module, weights: dict[str, mx.array], path: Path, dtype: Optional[mx.Dtype]) -> None:
+    """Check every name and shape against the model, then load the weights."""
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -147,12 +246,9 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
     _check_shapes(model, weights, path)
     model.load_weights(list(weights.items()), strict=True)
     model.eval()
-    if not lazy:
-        mx.eval(model.parameters())
-    return model
 
 
-def _check_shapes(model: Model, weights: dict[str, mx.array], path: Path) -> None:
+def _check_shapes(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
     for name, param in tree_flatten(model.parameters()):
         if weights[name].shape != param.shape:
             raise ModelLoadError(
@@ -170,10 +266,13 @@ def parse_config(path: Path, raw_config: dict) -> ModelConfig:
                              "re-download or re-convert the model.") from err
 
 
-def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None):
+def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
+         group: Optional[mx.distributed.Group] = None):
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
-    an incomplete folder raises IncompleteModelError saying what is missing."""
+    an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's shard
+    of the text decoder is loaded (mlx_model/sharding.py). The MTP drafter the folder records is loaded
+    beside the model (`mlx_model.assistant.attached_drafter(model)`)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
 
@@ -182,9 +281,51 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     raw_config = read_config(folder)
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
-    model = load_model(folder, lazy=lazy, dtype=dtype)
+    model = load_model(folder, lazy=lazy, dtype=dtype, group=group)
+    if group is None or group.size() == 1:  # a split model decodes without its drafter
+        _load_recorded_drafter(folder, raw_config, model, lazy, dtype)
     try:
         processor = load_processor(folder, model.config)
     except (TokenizerLoadError, ValueError) as err:  # a damaged tokenizer file or processor_config.json
         raise ModelLoadError(str(err)) from err
     return model, processor
+
+
+def load_drafter(path: str | Path, target_config: Optional[ModelConfig] = None, *, lazy: bool = False,
+                 dtype: Optional[mx.Dtype] = None):
+    """The MTP drafter (mlx_model.assistant.Drafter) in folder `path`, checked against the target's config
+    when given. Raises ModelLoadError naming the file and what is wrong."""
+    from .assistant import Drafter
+    from .assistant_config import AssistantConfig
+
+    path = Path(path).expanduser()
+    check_model_path(path)
+    try:
+        config = AssistantConfig.from_dict(read_config(path))
+        if target_config is not None:
+            config.check_target(target_config.text_config)
+        drafter = Drafter(config)
+    except (ModelConfigError, TypeError, ValueError, OverflowError, AttributeError, IndexError,
+            KeyError) as err:
+        raise ModelLoadError(f"{path / 'config.json'}: {err} The drafter does not fit; convert it again with "
+                             "its model.") from err
+    _fill(drafter, config.quantization, read_weights(path), path, dtype)
+    if not lazy:
+        mx.eval(drafter.parameters())
+    return drafter
+
+
+def _load_recorded_drafter(folder: Path, raw_config: dict, model: Model, lazy: bool,
+                           dtype: Optional[mx.Dtype]) -> None:
+    """Load the drafter the folder records and keep it beside the model; a broken one is logged and skipped
+    (the model answers without it, a little slower)."""
+    from .assistant import optional_attach
+    from .assistant_config import recorded_drafter
+
+    drafter_path = recorded_drafter(folder, raw_config)
+    if drafter_path is None:
+        return
+    try:
+        optional_attach(model, load_drafter(drafter_path, model.config, lazy=lazy, dtype=dtype))
+    except ModelLoadError as error:
+        log.warning("the drafter of %s is not used: %s", folder, error)

@@ -18,11 +18,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .config import ModelConfig
+from .config import FULL, ModelConfig
 from .language import TextModel
 from .layers import softcap
 
-UNIFIED_EMBEDDERS = ("model.vision_embedder.", "model.embed_vision.", "model.embed_audio.")
 TEXT_ONLY_PREFIXES = ("model.layers.", "model.embed_tokens", "model.norm.", "model.per_layer_",
                       "model.embed_tokens_per_layer")
 
@@ -182,6 +181,13 @@ class Model(nn.Module):
         """Fresh per-layer caches for one conversation; `kv_bits` 8 or 4 quantizes keys and values."""
         return self.language_model.make_cache(kv_bits, kv_group_size)
 
+    def shard(self, group: Optional[mx.distributed.Group] = None) -> dict:
+        """Split the text decoder across `group`'s ranks (tensor parallel, mlx-lm's convention); towers stay
+        whole. Returns the plan (module path -> Cut) of what this rank keeps (mlx_model/sharding.py)."""
+        from .sharding import shard_model
+
+        return shard_model(self, group or mx.distributed.init())
+
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Map a checkpoint's weights onto our module names. Pure, and idempotent."""
         text = self.config.text_config
@@ -216,17 +222,35 @@ class Model(nn.Module):
 
     @property
     def quant_predicate(self):
-        """Which modules to quantize: the router and Gemma 4 12B's embedders (raw pixels and samples in,
-        0.4% of its weights) at 8 bits, everything quantizable otherwise."""
+        """mlx-lm's quantization hook: Gemma 4's mixed-precision recipe (mlx_model/quant_recipe.py).
 
-        unified = self.config.is_unified
+        True: the requested bits; a dict: this module's bits; False: keep it in float.
+        """
+        from .quant_recipe import group_size_for, module_bits
 
-        def predicate(path: str, module: nn.Module):
-            if path.endswith("router.proj") or (unified and path.startswith(UNIFIED_EMBEDDERS)):
-                return {"group_size": 64, "bits": 8}
-            return hasattr(module, "to_quantized")
+        text, unified = self.config.text_config, self.config.is_unified
+
+        def predicate(path: str, module: nn.Module, bits: int = 4, group_size: int = 64,
+                      uniform: bool = False):
+            if not hasattr(module, "to_quantized"):
+                return False
+            chosen = module_bits(path, bits, text.num_hidden_layers, uniform=uniform, unified=unified,
+                                 values_from_keys=self.values_from_keys_layers)
+            if chosen is None:
+                return False
+            if chosen == bits:
+                return True
+            group = group_size_for(chosen, bits, group_size, module.weight.shape[-1])
+            return {"group_size": group, "bits": chosen}
 
         return predicate
+
+    @property
+    def values_from_keys_layers(self) -> frozenset[int]:
+        """Layers whose k_proj also makes the values (HF:1231 attention_k_eq_v on full-attention layers)."""
+        text = self.config.text_config
+        return frozenset(i for i in range(text.first_shared_layer)
+                         if text.attention_k_eq_v and text.layer_types[i] == FULL)
 
 
 def vision_block_ids(mm_token_type_ids: mx.array) -> mx.array:

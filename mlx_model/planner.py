@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from .attention import KEY_BLOCK, TILE_BYTES, query_tile
 from .config import FULL, SLIDING, TextConfig
 
 GIB = 1024 ** 3
@@ -89,12 +90,55 @@ def count_text_weights(config: TextConfig) -> WeightCount:
     return WeightCount(quantizable, router, floats)
 
 
-def weight_bytes(config: TextConfig, bits: Optional[int] = 4, group_size: int = 64) -> int:
-    """Bytes of the text weights at `bits` (None = bfloat16), router at 8 bits, norms in float."""
+def text_modules(config: TextConfig) -> list[tuple[str, int, int]]:
+    """(module path, input width, parameters) of every quantizable module of our TextModel for `config`."""
+    h, lm = config.hidden_size, "model.language_model."
+    modules = [(f"{lm}embed_tokens", h, config.vocab_size * h)]
+    for i in range(config.num_hidden_layers):
+        p, hd, kv = f"{lm}layers.{i}.", config.layer_head_dims[i], config.layer_kv_heads[i]
+        q_width = config.num_attention_heads * hd
+        modules += [(f"{p}self_attn.q_proj", h, h * q_width), (f"{p}self_attn.o_proj", q_width, q_width * h)]
+        if i < config.first_shared_layer:
+            modules.append((f"{p}self_attn.k_proj", h, h * kv * hd))
+            if not (config.attention_k_eq_v and config.layer_types[i] == FULL):
+                modules.append((f"{p}self_attn.v_proj", h, h * kv * hd))
+        double = config.use_double_wide_mlp and i >= config.first_shared_layer
+        width = config.intermediate_size * (2 if double else 1)
+        modules += [(f"{p}mlp.gate_proj", h, h * width), (f"{p}mlp.up_proj", h, h * width),
+                    (f"{p}mlp.down_proj", width, width * h)]
+        if config.enable_moe_block:
+            experts, inner = config.num_experts, config.moe_intermediate_size
+            modules += [(f"{p}router.proj", h, h * experts),
+                        (f"{p}experts.gate_up_proj", h, experts * 2 * inner * h),
+                        (f"{p}experts.down_proj", inner, experts * h * inner)]
+        if config.hidden_size_per_layer_input:
+            ple = config.hidden_size_per_layer_input
+            modules += [(f"{p}per_layer_input_gate", h, h * ple), (f"{p}per_layer_projection", ple, ple * h)]
+    if config.hidden_size_per_layer_input:
+        total = config.num_hidden_layers * config.hidden_size_per_layer_input
+        modules += [(f"{lm}embed_tokens_per_layer", total, config.vocab_size_per_layer_input * total),
+                    (f"{lm}per_layer_model_projection", h, h * total)]
+    return modules
+
+
+def weight_bytes(config: TextConfig, bits: Optional[int] = 4, group_size: int = 64,
+                 uniform: bool = False) -> int:
+    """Bytes of the text weights at `bits` (None = bfloat16) with Gemma 4's recipe (mlx_model/quant_recipe.py:
+    PLE, router, embeddings and a third of v_proj/down_proj at 8 bits, group 64), or `uniform` (router at 8
+    only), as the converter writes them; a module whose input width is not a multiple of its group stays
+    bfloat16."""
+    from .quant_recipe import group_size_for, module_bits
+
     count = count_text_weights(config)
-    router_bits = 8 if bits else None
-    return (quantized_bytes(count.quantizable, bits, group_size)
-            + quantized_bytes(count.router, router_bits, 64) + count.floats * 2)
+    k_eq_v = frozenset(i for i in range(config.first_shared_layer)
+                       if config.attention_k_eq_v and config.layer_types[i] == FULL)
+    total = count.floats * 2
+    for path, in_features, n in text_modules(config):
+        chosen = (module_bits(path, bits, config.num_hidden_layers, uniform=uniform, values_from_keys=k_eq_v)
+                  if bits else None)
+        group = group_size_for(chosen, bits, group_size, in_features) if chosen else group_size
+        total += quantized_bytes(n, chosen if chosen and in_features % group == 0 else None, group)
+    return total
 
 
 def kv_bytes(config: TextConfig, context: int, kv_bits: Optional[int] = None, group_size: int = 64,
@@ -117,16 +161,17 @@ def kv_bytes_per_token(config: TextConfig, kv_bits: Optional[int] = None, float_
                for i in range(config.first_shared_layer) if config.layer_types[i] == FULL)
 
 
-def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2) -> int:
+def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_bytes: int = 2,
+                          kv_bits: Optional[int] = None) -> int:
     """Peak temporary memory of prefilling `context` tokens, in chunks of `chunk`, into a fresh cache.
 
     Full-attention caches reserve the whole prompt up front, so they never copy themselves while
     growing. Prefill evaluates only what the caches keep: a chunk skips the attention of the last
     layer that owns a cache and every KV-shared layer, and the last prompt token then runs alone
-    for the logits. Terms: the larger of one layer's widest activations and the attention scores
+    for the logits. Terms: the larger of one layer's widest activations and the attention temporaries
     of the layers whose output a later cache needs (full layers: every cached key; sliding layers:
-    the window plus the chunk); the sliding layers' boolean mask made additive; the sliding rings
-    rewritten in the same graph; the LM head for one position. Checked against MLX's measured peak
+    the window plus the chunk), which the block path bounds by its tile; the sliding rings rewritten
+    in the same graph; the vocabulary-sized rows of the answer's first steps. Checked against MLX's measured peak
     by `python -m gemma4_mac.bench`.
     """
     h = config.hidden_size
@@ -139,25 +184,47 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
         activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
     heads, owners = config.num_attention_heads, range(config.first_shared_layer)
     needed_kinds = {config.layer_types[i] for i in range(config.first_shared_layer - 1)}
-    scores = mask = 0
+    scores = 0
     if FULL in needed_kinds:
-        scores = heads * chunk * context * (float_bytes + 1)
+        scores = attention_scratch_bytes(heads, chunk, context, max(config.layer_head_dims), float_bytes, kv_bits)
     if SLIDING in needed_kinds:
         keys = min(context, config.sliding_window + chunk)
-        scores = max(scores, heads * chunk * keys * (float_bytes + 1))
-        mask = 4 * float_bytes * chunk * keys
+        scores = max(scores, attention_scratch_bytes(heads, chunk, keys, config.head_dim, float_bytes, kv_bits))
     # a chunk's graph rewrites every sliding ring before any old one is released
     ring_copy = sum(2 * min(context, config.sliding_window) * config.layer_kv_heads[i] * config.layer_head_dims[i]
                     * float_bytes for i in owners if config.layer_types[i] == SLIDING)
-    logits = config.vocab_size * 4 * 2
-    return max(activations, scores, logits) + mask + ring_copy
+    # the answer's first steps: float32 logits and log-probabilities of a token and of the next, computed ahead
+    answer_logits = 4 * config.vocab_size * 4
+    return max(activations, scores) + ring_copy + answer_logits
 
 
-def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int,
-                         candidates=(2048, 1024, 512, 256, 128)) -> int:
-    """The largest prefill chunk whose scratch fits `budget_bytes`."""
+def attention_scratch_bytes(heads: int, queries: int, keys: int, head_dim: int, float_bytes: int = 2,
+                            kv_bits: Optional[int] = None) -> int:
+    """Temporaries of one layer's attention for `queries` new tokens over `keys` cached ones.
+
+    One tile (attention.py): the fused kernel's scores and mask. More: the block path holds a tile's
+    float32 scores, probabilities and mask, the float32 running output of every query, and for a
+    quantized cache one dequantized key and value block.
+    """
+    if kv_bits is None and queries * keys * heads * 4 <= TILE_BYTES:
+        return heads * queries * keys * (float_bytes + 1)
+    rows = query_tile(heads, queries)
+    block = min(KEY_BLOCK, keys)
+    tile = heads * rows * block * 4
+    dequantized = 2 * block * head_dim * float_bytes * heads if kv_bits else 0
+    return 3 * tile + 2 * heads * queries * head_dim * 4 + dequantized
+
+
+# Block attention makes a chunk's cost per token flat from about 512 tokens on (`python -m gemma4_mac.bench`
+# measured 512 no slower than 2048), while its scratch keeps growing with it: larger chunks buy nothing.
+PREFILL_CHUNKS = (512, 256, 128, 64)
+
+
+def choose_prefill_chunk(config: TextConfig, context: int, budget_bytes: int, candidates=PREFILL_CHUNKS,
+                         float_bytes: int = 2, kv_bits: Optional[int] = None) -> int:
+    """The largest prefill chunk whose scratch fits `budget_bytes`: speed is traded only when memory is short."""
     for chunk in candidates:
-        if prefill_scratch_bytes(config, chunk, context) <= budget_bytes:
+        if prefill_scratch_bytes(config, chunk, context, float_bytes, kv_bits) <= budget_bytes:
             return chunk
     return candidates[-1]
 
@@ -254,4 +321,61 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b"
                      f"{r['weights_gib']:>9.2f}G{r['kv_gib']:>9.2f}G{r['scratch_gib']:>8.2f}G{r['total_gib']:>8.2f}G")
+    return "\n".join(lines)
+
+
+def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Optional[int] = 4,
+               kv_bits: Optional[int] = None, chunk: int = 512, weights: Optional[int] = None) -> MemoryPlan:
+    """Memory on each Mac when the model is split across `macs` (mlx_model/sharding.py): the token embeddings,
+    norms and routers on every Mac, the rest divided; KV heads divided, or one kept per Mac where there are
+    fewer KV heads than Macs. `weights` (bytes on disk) is scaled by the same shares. Scratch is not divided
+    (the logits and the hidden states are whole on every Mac)."""
+    count = count_text_weights(config)
+    embedding = config.vocab_size * config.hidden_size
+    router = quantized_bytes(count.router, 8 if weight_bits else None)
+    whole = quantized_bytes(count.quantizable, weight_bits) + router
+    replicated = quantized_bytes(embedding, weight_bits) + router + count.floats * 2
+    per_mac = replicated + -(-(whole + count.floats * 2 - replicated) // macs)
+    if weights is not None:
+        per_mac = int(weights * per_mac / (whole + count.floats * 2))
+    kv = 0
+    for i in range(config.first_shared_layer):
+        heads = config.layer_kv_heads[i]
+        local = heads // macs if heads % macs == 0 else 1
+        sliding = config.layer_types[i] == SLIDING
+        tokens = min(context, config.sliding_window) if sliding else -(-context // 256) * 256
+        kv += 2 * quantized_bytes(tokens * local * config.layer_head_dims[i], kv_bits)
+    scratch = prefill_scratch_bytes(config, chunk, context)
+    return MemoryPlan(weights=per_mac, kv=kv, scratch=scratch, chunk=chunk)
+
+
+def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) -> list[dict]:
+    """Per variant, context and KV precision: GiB on each of `macs` Macs (4-bit weights) and the smallest Mac
+    memory size (of MAC_MEMORY_GIB) that holds it with the margin left to macOS."""
+    rows = []
+    for name, raw in VARIANT_CONFIGS.items():
+        config = TextConfig.from_dict({**raw, "max_position_embeddings": VARIANT_CONTEXTS[name]})
+        for context in contexts:
+            if context > VARIANT_CONTEXTS[name]:
+                continue
+            for bits in kv_precisions:
+                p = split_plan(config, context, macs, kv_bits=bits)
+                usable = 1 - DEFAULT_SAFETY_MARGIN
+                fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * usable), None)
+                rows.append(dict(variant=name, context=context, kv_bits=bits or 16,
+                                 weights_gib=p.weights / GIB, kv_gib=p.kv / GIB, total_gib=p.total / GIB,
+                                 smallest_mac_gib=fits))
+    return rows
+
+
+def format_split_table(rows: list[dict], macs: int) -> str:
+    """`split_table` as aligned text."""
+    header = (f"{'variant':<9}{'context':>9}{'KV':>5}{'weights':>10}{'KV cache':>10}{'total':>9}"
+              f"{'smallest Mac':>14}")
+    lines = [f"memory on each of {macs} Macs (4-bit weights, the model split across them)", header,
+             "-" * len(header)]
+    for r in rows:
+        smallest = f"{r['smallest_mac_gib']} GB" if r["smallest_mac_gib"] else "-"
+        lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b{r['weights_gib']:>9.2f}G"
+                     f"{r['kv_gib']:>9.2f}G{r['total_gib']:>8.2f}G{smallest:>14}")
     return "\n".join(lines)

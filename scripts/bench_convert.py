@@ -1,6 +1,7 @@
 """Conversion time and peak memory on a synthetic multi-shard checkpoint of several GB.
 
     python scripts/bench_convert.py [--layers 18] [--shard-gb 1.0] [--bits 4] [--no-quantize] [--keep]
+                                    [--skip-quality-check]
 
 Writes a random bfloat16 Gemma 4 text checkpoint (31B-like layout: hidden 2048, MLP 8192, the real
 262,144-token vocabulary; ~3.4 GB with 18 layers) as ~1 GB safetensors shards with an index, like the
@@ -143,6 +144,8 @@ def main() -> int:
     parser.add_argument("--bits", type=int, default=4, choices=(4, 8))
     parser.add_argument("--no-quantize", action="store_true", help="measure a float (bfloat16) conversion")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and the output")
+    parser.add_argument("--skip-quality-check", action="store_true",
+                        help="measure the conversion alone, without the quality check that follows it")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
 
@@ -151,7 +154,8 @@ def main() -> int:
         started = time.perf_counter()
         source = write_checkpoint(work / "source", bench_config(args.layers), int(args.shard_gb * GB))
         source["write_seconds"] = round(time.perf_counter() - started, 1)
-        options = {"bits": args.bits, "group_size": 64, "quantize": not args.no_quantize, "dtype": "bfloat16"}
+        options = {"bits": args.bits, "group_size": 64, "quantize": not args.no_quantize, "dtype": "bfloat16",
+                   "skip_quality_check": args.skip_quality_check}
         child = subprocess.run([sys.executable, "-c", _CHILD, str(REPO), str(work / "source"), str(work / "out"),
                                 json.dumps(options)], capture_output=True, text=True)
         if child.returncode:

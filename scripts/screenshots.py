@@ -4,6 +4,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots   (the committed set)
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py docs/screenshots --add-model
     python scripts/screenshots.py --real docs/screenshots     (the real engine and real models)
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py --tools docs/screenshots
 
 Runs offscreen unless a display is set (under Xvfb it uses the virtual screen). The default set uses the
 scripted engine (no model needed), so its replies and figures are made up: each picture carries a
@@ -13,6 +14,10 @@ model manager, settings, and a dark-mode conversation.
 `--real` runs the real engine: a tiny random Gemma 4 with the real tokenizer reads a long paste (the
 reading-progress bar), and the offline starter model (Gemma 3 270M) answers in the minimum-size window.
 Every figure in these pictures is measured on the machine that made them.
+
+`--tools` runs the real engine with a real MCP server (tests/mcp_servers/notes.py over stdio): the tiny model's
+reply is forced token by token (a random model writes no sensible call), everything after it is the app's own:
+the constrained call, the approval prompt, the MCP call, its result and the answer that follows.
 """
 
 from __future__ import annotations
@@ -413,9 +418,9 @@ def add_model_shots(argv) -> int:
 MOCKUP_LABEL = "Mock-up · scripted engine, figures made up"
 
 
-def label_mockup(path: Path) -> None:
-    """Draw a "Mock-up" badge in the top-right corner (left of the window's header buttons) of a screenshot
-    made with the scripted engine."""
+def label_mockup(path: Path, text: str = MOCKUP_LABEL) -> None:
+    """Draw a "Mock-up" badge (or `text`) in the top-right corner (left of the window's header buttons) of a
+    screenshot made with the scripted engine."""
     from PySide6.QtCore import QRectF, Qt
     from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter
 
@@ -428,13 +433,13 @@ def label_mockup(path: Path) -> None:
     font.setPixelSize(13)
     font.setBold(True)
     painter.setFont(font)
-    width = QFontMetrics(font).horizontalAdvance(MOCKUP_LABEL) + 20
+    width = QFontMetrics(font).horizontalAdvance(text) + 20
     badge = QRectF(image.width() - width - 56, 12, width, 24)
     painter.setPen(Qt.NoPen)
     painter.setBrush(QColor(196, 60, 20, 230))
     painter.drawRoundedRect(badge, 6, 6)
     painter.setPen(QColor("#FFFFFF"))
-    painter.drawText(badge, Qt.AlignCenter, MOCKUP_LABEL)
+    painter.drawText(badge, Qt.AlignCenter, text)
     painter.end()
     image.save(str(path))
 
@@ -518,7 +523,82 @@ def real_main(out: Path) -> int:
     return 0
 
 
+TOOLS_LABEL = "Scripted reply · real engine and MCP server"
+NOTE_CALL = '<|tool_call>call:write_note{title:<|"|>March invoices<|"|>,text:<|"|>The 14 invoices from March ' \
+    'come to 1,240.50 EUR; the largest is from Studio Lumen (380 EUR).<|"|>}<tool_call|>'
+
+
+def tools_main(out: Path) -> int:
+    """A tool call waiting for approval, then done: the real engine and a real MCP server over stdio, with the
+    tiny model's two replies forced token by token (tests.tiny_chat_model.TurnScriptedModel)."""
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="gemma4-tool-shots-"))
+    os.environ["GEMMA4_MAC_HOME"] = str(home)
+    notes = home / "Notes"
+    notes.mkdir()
+
+    from PySide6.QtCore import QEventLoop
+    from PySide6.QtWidgets import QApplication
+
+    from gemma4_mac.settings import AppSettings, save_settings
+    from tests.tiny_chat_model import build_tiny_chat_model, scripted_backend
+    from ui.app import build_app
+
+    tiny = build_tiny_chat_model(home / "tiny-gemma-4")
+    server = {"command": sys.executable, "args": ["-m", "tests.mcp_servers.notes", str(notes)],
+              "env": {"PYTHONPATH": str(ROOT)}}
+    save_settings(AppSettings(model_path=str(tiny), temperature=0.0, max_tokens=120, mcp_servers={"notes": server},
+                              mcp_approval={"notes": "always"}))
+    app, window, controller = build_app(["--theme", "light"], backend=scripted_backend(
+        ["I'll save that as a note." + NOTE_CALL, "Saved. The note **March invoices** now holds the total, "
+         "1,240.50 EUR, and the largest invoice."]))
+    window.resize(*WINDOW_SIZE)
+    window.show()
+    controller.start()
+
+    def wait(predicate, timeout: float = 600.0) -> bool:
+        end = time.time() + timeout
+        while not predicate() and time.time() < end:
+            app.processEvents(QEventLoop.AllEvents, 20)
+            time.sleep(0.005)
+        return predicate()
+
+    def shoot(name: str) -> None:
+        wait(lambda: False, 0.4)
+        path = out / f"{name}.png"
+        window.grab().save(str(path))
+        label_mockup(path, TOOLS_LABEL)
+        print(path)
+
+    wait(lambda: controller.model_state in ("ready", "error"))
+    if controller.model_state != "ready":
+        print("the tiny model did not load", file=sys.stderr)
+        return 1
+    window.banner.dismiss()
+    window.composer.set_text("Keep a note of the March invoices: 14 of them, 1,240.50 EUR in all, the largest "
+                             "from Studio Lumen (380 EUR).")
+    controller.send()
+    answer = window.transcript.messages[-1]
+    if not wait(lambda: bool(answer.tool_cards) and answer.tool_cards[0].call.get("status") == "waiting"):
+        print("the call never asked for approval", file=sys.stderr)
+        return 1
+    window.transcript.scroll_to_bottom()
+    shoot("14-tool-call-approval")
+    answer.tool_cards[0].allow_button.click()
+    if not wait(lambda: controller.stream is None) or not (notes / "March invoices.txt").is_file():
+        print("the call did not run", file=sys.stderr)
+        return 1
+    window.transcript.scroll_to_bottom()
+    shoot("15-tool-call-done")
+    controller.shutdown()
+    QApplication.processEvents()
+    return 0
+
+
 if __name__ == "__main__":
+    if "--tools" in sys.argv[1:]:
+        rest = [a for a in sys.argv[1:] if a != "--tools"]
+        sys.exit(tools_main(Path(rest[0]) if rest else ROOT / ".cache" / "screenshots"))
     if "--real" in sys.argv[1:]:
         rest = [a for a in sys.argv[1:] if a != "--real"]
         sys.exit(real_main(Path(rest[0]) if rest else ROOT / ".cache" / "screenshots"))

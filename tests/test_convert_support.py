@@ -202,7 +202,8 @@ def quality(reference_logits: np.ndarray, logits: np.ndarray, targets: np.ndarra
 
 def mlx_lm_quantized(model_dir: Path, bits: int, group_size: int):
     """Our float model quantized the way mlx-lm quantizes: mlx_lm.utils.quantize_model (nn.quantize,
-    round-to-nearest min/max) with the model's predicate, the same one mlx-lm's gemma4 uses (router at 8 bits)."""
+    round-to-nearest min/max) with the model's quant_predicate (Gemma 4's recipe, as mlx-lm's tools would apply
+    it to our model), so the comparison is of the rounding at the same bits per module."""
     import json
 
     import mlx_lm.utils as mlx_lm_utils

@@ -10,7 +10,7 @@ import mlx.core as mx
 
 from mlx_model import load_model
 from mlx_model.config import TextConfig
-from mlx_model.planner import (VARIANT_CONFIGS, prefill_scratch_bytes, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
+from mlx_model.planner import (PREFILL_CHUNKS, VARIANT_CONFIGS, prefill_scratch_bytes, count_text_weights, format_table, kv_bytes, kv_bytes_per_token,
                                largest_context, variant_table)
 from tests.reference_models import TINY_VOCAB, VARIANTS, build_gemma4
 
@@ -41,7 +41,7 @@ def test_published_kv_per_token_figures():
 
 def test_largest_context_fits_and_grows_with_memory():
     config = TextConfig.from_dict({**VARIANT_CONFIGS["E2B"], "max_position_embeddings": 131072})
-    small = largest_context(config, 4 * 1024 ** 3)
+    small = largest_context(config, 5 * 1024 ** 3)  # the 4-bit recipe's E2B text weights are 3.8 GiB
     large = largest_context(config, 32 * 1024 ** 3)
     assert 0 < small < large <= 131072
     assert largest_context(config, 1 * 1024 ** 3) == 0  # weights alone do not fit
@@ -62,8 +62,18 @@ def test_generation_takes_the_planners_chunk_for_the_memory_it_has():
     config = TextConfig.from_dict({**VARIANT_CONFIGS["31B"], "max_position_embeddings": 262_144})
     model = SimpleNamespace(config=SimpleNamespace(text_config=config))
     roomy = planned_chunk_size(model, 8192, available_bytes=64 << 30)
-    tight = planned_chunk_size(model, 200_000, available_bytes=8 << 30)
+    tight = planned_chunk_size(model, 200_000, available_bytes=1 << 30)
+    assert roomy == PREFILL_CHUNKS[0]  # past it prefill is no faster: plenty of memory buys no bigger chunk
     assert tight < roomy
-    # each chosen chunk's scratch fits the share of free memory it was given (2 GiB at most)
-    assert prefill_scratch_bytes(config, roomy, 8192) <= 2 << 30 < prefill_scratch_bytes(config, 2 * roomy, 8192)
-    assert tight == 128 or prefill_scratch_bytes(config, tight, 200_000) <= (8 << 30) * 0.1
+    # the chunk chosen where memory is short is the largest whose scratch fits its share of free memory
+    budget = (1 << 30) * 0.1
+    assert tight == PREFILL_CHUNKS[-1] or prefill_scratch_bytes(config, tight, 200_000) <= budget \
+        < prefill_scratch_bytes(config, 2 * tight, 200_000)
+
+
+def test_block_attention_keeps_scratch_flat_in_the_context():
+    """Past one tile, attention temporaries no longer grow with the context (only the running outputs do)."""
+    config = TextConfig.from_dict({**VARIANT_CONFIGS["E4B"], "max_position_embeddings": 131_072})
+    short, long = prefill_scratch_bytes(config, 512, 16_384), prefill_scratch_bytes(config, 512, 131_072)
+    assert long == short
+    assert prefill_scratch_bytes(config, 512, 16_384, kv_bits=8) < 1.2 * short

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
+from gemma4_mac.constrained import ReplyShape, build_grammar
 from gemma4_mac.server.app import main
 from gemma4_mac.worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
 from mlx_model.chat_format.call_grammar import CallRules
-from gemma4_mac.server.constrained import ReplyShape, build_grammar
 from gemma4_mac.server.errors import BadRequest
 from gemma4_mac.server.messages import MediaFolder, convert_messages
 from gemma4_mac.server.replies import ChatReply

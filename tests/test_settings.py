@@ -22,7 +22,8 @@ def test_round_trip(tmp_path):
     assert loaded == original and warnings == []
     assert json.loads(path.read_text())["kv_precision"] == 8
     assert loaded.kv_bits == 8 and AppSettings().kv_bits is None
-    assert loaded.sampling_kwargs() == {"temperature": 0.3, "top_p": 0.9, "top_k": 64, "max_tokens": 512}
+    assert loaded.sampling_kwargs() == {"temperature": 0.3, "top_p": 0.9, "top_k": 64, "max_tokens": 512,
+                                      "draft": "auto"}
 
 
 def test_unreadable_json_gives_defaults_and_a_warning(tmp_path):

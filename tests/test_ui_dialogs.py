@@ -30,6 +30,7 @@ def test_settings_dialog_persists_every_field(harness, qtbot):
     dialog.context.setCurrentIndex(dialog.context.findData(32768))
     dialog.kv.setCurrentIndex(dialog.kv.findData(8))
     dialog.image_budget.setCurrentIndex(dialog.image_budget.findData(1120))
+    dialog.draft.setCurrentIndex(dialog.draft.findData("lookup"))
     dialog.model_combo.setCurrentIndex(dialog.model_combo.findData(str(harness.home / "models" / "e2b")))
     dialog.hotkey.setText("ctrl+shift+g")
     dialog.menu_bar_only.setChecked(True)
@@ -40,13 +41,15 @@ def test_settings_dialog_persists_every_field(harness, qtbot):
     assert (saved.system_prompt, saved.thinking, saved.temperature, saved.top_p, saved.max_tokens) == \
         ("Answer in French.", True, 0.4, 0.8, 1024)
     assert (saved.context_size, saved.kv_precision, saved.image_token_budget) == (32768, 8, 1120)
+    assert saved.draft == "lookup"
     assert saved.model_path == str(harness.home / "models" / "e2b")
     assert (saved.hotkey, saved.menu_bar_only) == ("ctrl+shift+g", True)
     assert harness.window.composer.think_button.isChecked()
     harness.type_and_send("Bonjour")
     request = harness.backend.requests[-1]
     assert request.messages[0] == {"role": "system", "content": "Answer in French."}
-    assert request.sampling == {"temperature": 0.4, "top_p": 0.8, "top_k": 64, "max_tokens": 1024}
+    assert request.sampling == {"temperature": 0.4, "top_p": 0.8, "top_k": 64, "max_tokens": 1024,
+                                "draft": "lookup"}
     assert request.kv_bits == 8 and request.image_token_budget == 1120 and request.enable_thinking
     assert harness.window.composer.token_label.text().endswith("/ 32.8K tokens")
 

@@ -1,5 +1,6 @@
 """A tiny random Gemma 4 with the real 262,144-token vocabulary and the real tokenizer files,
-and a scripted wrapper whose logits force a chosen reply (for deterministic streams)."""
+and scripted wrappers whose logits force a chosen reply (for deterministic streams): `ScriptedModel` one
+stream of tokens, `TurnScriptedModel` one reply per turn of a conversation (the agent's turns)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,66 @@ class ScriptedModel:
         self.step += 1
         forced = mx.zeros(logits.shape[-1]).at[token].add(100.0)
         return logits * 0 + forced
+
+
+class _Reading:
+    """The language model, noting the prompt tokens it reads (the chunks of a prompt before its last token)."""
+
+    def __init__(self, inner, read: list):
+        self.inner, self.read = inner, read
+
+    def __call__(self, inputs, *args, **kwargs):
+        if inputs is not None:
+            self.read[-1] += inputs.reshape(-1).tolist()
+        return self.inner(inputs, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class TurnScriptedModel:
+    """A real tiny model whose logits force one scripted reply per turn. Reading a prompt ends with a call
+    for the logits of its last token (`logits_to_keep=1`): that starts the next reply; each call of the
+    generation loop moves one token on. It keeps the prompt tokens each turn read, to see what the model
+    was given."""
+
+    def __init__(self, model, replies: list[list[int]]):
+        self.model, self.replies, self.config = model, replies, model.config
+        self.turn, self.position = -1, 0
+        self.read: list[list[int]] = [[]]
+        self.language_model = _Reading(model.language_model, self.read)
+
+    def make_cache(self, *args, **kwargs):
+        return self.model.make_cache(*args, **kwargs)
+
+    def __call__(self, inputs, cache=None, logits_to_keep=0, **kwargs):
+        logits = self.model(inputs, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
+        if logits_to_keep == 1:  # the end of a prompt: the next reply starts
+            self.read[-1] += inputs.reshape(-1).tolist()
+            self.read.append([])
+            self.turn, self.position = self.turn + 1, 0
+        else:
+            self.position += 1
+        reply = self.replies[min(self.turn, len(self.replies) - 1)]
+        forced = mx.zeros(logits.shape[-1]).at[reply[min(self.position, len(reply) - 1)]].add(100.0)
+        return logits * 0 + forced
+
+
+TURN_END, TOOL_RESPONSE = 106, 50  # <turn|> ends an answer; <|tool_response> follows a tool call
+
+
+def scripted_backend(replies: list[str]):
+    """The app's real backend (gemma4_mac.engine.MlxBackend) whose loaded model writes `replies`, one per turn
+    (a reply ending in a tool call is followed by <|tool_response>, any other by <turn|>)."""
+    from gemma4_mac.engine import MlxBackend
+
+    class ScriptedReplies(MlxBackend):
+        def load(self, path):
+            slot = super().load(path)
+            encode = slot.processor.tokenizer.encode
+            tokens = [encode(reply, add_special_tokens=False)
+                      + [TOOL_RESPONSE if reply.endswith("<tool_call|>") else TURN_END] for reply in replies]
+            slot.model = TurnScriptedModel(slot.model, tokens)
+            return slot
+
+    return ScriptedReplies()

@@ -257,6 +257,7 @@ class Composer(QFrame):
     recordStopClicked = Signal()
     recordCancelClicked = Signal()
     thinkingToggled = Signal(bool)
+    toolsClicked = Signal()
     textEdited = Signal(str)
 
     def __init__(self, max_record_seconds: float = 30.0, parent: Optional[QWidget] = None):
@@ -300,6 +301,11 @@ class Composer(QFrame):
         self.think_button.setCursor(Qt.PointingHandCursor)
         self.think_button.setToolTip("Let the model think before it answers")
         self.think_button.setIconSize(QSize(14, 14))
+        self.tools_button = QPushButton("Tools")  # shown when tools are set up in Settings
+        self.tools_button.setObjectName("pill")
+        self.tools_button.setCursor(Qt.PointingHandCursor)
+        self.tools_button.setToolTip("Choose the tools the model may use in this chat")
+        self.tools_button.hide()
         self.token_label = QLabel()
         self.token_label.setObjectName("tokenCount")
         self.send_button = QToolButton()
@@ -311,6 +317,7 @@ class Composer(QFrame):
         bottom.addWidget(self.mic_button)
         bottom.addSpacing(4)
         bottom.addWidget(self.think_button)
+        bottom.addWidget(self.tools_button)
         bottom.addStretch(1)
         bottom.addWidget(self.token_label)
         bottom.addSpacing(8)
@@ -326,6 +333,7 @@ class Composer(QFrame):
         self.attach_button.clicked.connect(self.attachClicked)
         self.mic_button.clicked.connect(self.recordClicked)
         self.think_button.toggled.connect(self._on_think_toggled)
+        self.tools_button.clicked.connect(self.toolsClicked)
         self.recording_bar.stopClicked.connect(self.recordStopClicked)
         self.recording_bar.cancelClicked.connect(self.recordCancelClicked)
         self.apply_palette(current_palette())
@@ -345,6 +353,9 @@ class Composer(QFrame):
     def set_generating(self, generating: bool) -> None:
         self.generating = generating
         self._update_send_button()
+
+    def set_tools_available(self, available: bool) -> None:
+        self.tools_button.setVisible(available)
 
     def set_thinking(self, on: bool) -> None:
         self.think_button.blockSignals(True)

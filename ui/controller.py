@@ -34,6 +34,7 @@ from .settings_dialog import SettingsDialog
 from .stream_controller import StreamingMixin, StreamState
 from .theme import ThemeManager
 from .token_meter import TokenMeterMixin
+from .tools_controller import ToolsMixin
 
 PARTIAL_SAVE_MS = 2000
 QUIT_WAIT_S = 0.25  # how long quitting waits for the model thread to stop (an answer stops in milliseconds)
@@ -47,8 +48,8 @@ SUGGESTION_PROMPTS = {
 OVERFLOW_NEW_CHAT, OVERFLOW_TRIM, OVERFLOW_CANCEL = "new_chat", "trim", "cancel"
 
 
-class ChatController(ModelsMixin, StreamingMixin, TokenMeterMixin, QObject):
-    """The main window's controller; models and settings, generation and the token meter are mixins."""
+class ChatController(ModelsMixin, StreamingMixin, TokenMeterMixin, ToolsMixin, QObject):
+    """The main window's controller; models and settings, generation, the token meter and tools are mixins."""
 
     settingsChanged = Signal(object, object)  # (old, new) AppSettings, after they were saved
     startupSettled = Signal()  # the first model load and the server start have ended, well or not
@@ -87,6 +88,7 @@ class ChatController(ModelsMixin, StreamingMixin, TokenMeterMixin, QObject):
         self._token_timer = QTimer(self, singleShot=True, interval=120, timeout=self.update_token_count)
         self._init_token_meter()
         self._wire()
+        self._init_tools()
         window.composer.set_thinking(settings.thinking)
         self.refresh_sidebar()
         self.update_token_count()

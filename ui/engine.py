@@ -6,25 +6,34 @@ model, taking turns fairly with the window. `cancel()` sets an event that genera
 tokens. A conversion downloads on its own thread (no MLX) and converts on the model thread, letting
 waiting generations run between tensors. The backend (`gemma4_mac.engine.MlxBackend`, or
 `gemma4_mac.fake_backend.FakeBackend` in tests and demos) does the work.
+
+A request with tools (`request.agent`) runs the agent loop (gemma4_mac.agent) on a thread of its own: each
+model turn is a job on the model thread, the tool calls run on the MCP client's thread, and the person's
+approval is waited for there too, so neither the window nor the model thread ever waits for a tool.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from PySide6.QtCore import QObject, Signal
 
 from gemma4_mac.engine import (CANCELLED_DOWNLOAD, Backend, EngineError, GenerationRequest, MlxBackend,
                                error_message, stats_dict)
+from gemma4_mac.agent import AgentRun, StepResult
 from gemma4_mac.documents import estimate_tokens
+from gemma4_mac.mcp_client import McpCancelled
+from gemma4_mac.mcp_config import ServerConfig
 from gemma4_mac.runtime import import_runtime
 from gemma4_mac.token_count import CountRequest, TokenCounter
+from gemma4_mac.toolbox import ToolBox, ToolCallRecord, ToolRegistry
 from gemma4_mac.worker import ModelSlot, ModelWorker, WorkerError, WorkerJob
 
 from . import qt_signal_fix
@@ -58,6 +67,12 @@ class Engine(QObject):
     busyChanged = Signal(bool)
     runtimeReady = Signal()  # the model thread has imported MLX and the rest: other threads may start now
     tokensCounted = Signal(int, object)  # (the id count_prompt returned, a gemma4_mac.token_count.TokenCount)
+    # (request id, a ToolCallRecord as a dict) for each call of the agent and each change of it; status
+    # "waiting" asks the person to allow it (answer with `answer_approval`)
+    toolCallUpdated = Signal(int, object)  # a plain dict: its keys keep their order (a QVariantMap sorts them)
+    toolsListed = Signal(object)  # {"tools": [ToolInfo], "problems": {server: why it has none}}
+    toolsUnavailable = Signal(object)  # {server: why}: servers of the turn just started that offer no tools
+    APPROVAL_POLL_S = 0.1
 
     THREAD_NAME = "gemma-engine"
     CONVERT_THREAD_NAME = "gemma-convert"
@@ -78,6 +93,8 @@ class Engine(QObject):
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.runtime_ready = False
+        self.tools: Optional[ToolRegistry] = None  # the configured MCP servers and built-in tools
+        self._approvals: dict[str, tuple[threading.Event, list[bool]]] = {}
         self.worker.submit("window", self._announce_runtime, label="runtime")  # runs once the imports are done
         self._token_counter = TokenCounter(self._counter, self.tokensCounted.emit)
 
@@ -103,10 +120,16 @@ class Engine(QObject):
         self._submit(lambda slot: self._load(folder), label="load", failed=self.modelLoadFailed)
 
     def generate(self, request: GenerationRequest) -> int:
-        """Queue a turn; returns its request id (also sent with generationStarted)."""
+        """Queue a turn; returns its request id (also sent with generationStarted). A request with `agent`
+        options runs with the configured tools (see the module docstring)."""
         request.request_id = next(self._ids)
         cancel = self._generation_cancel = threading.Event()
         self._request_cancels[request.request_id] = cancel
+        if request.agent is not None and self.tools:
+            self._begin()
+            threading.Thread(target=self._run_agent, args=(request, cancel), name="gemma-agent",
+                             daemon=True).start()
+            return request.request_id
         self._submit(lambda slot: self._generate(slot, request, cancel), cancel=cancel, label="window generation",
                      failed=self.generationFailed, on_dropped=lambda: self._generation_dropped(request))
         return request.request_id
@@ -130,6 +153,42 @@ class Engine(QObject):
             self._convert_thread.start()
         self._conversions.put((repo_id, Path(destination), label, base_model, cancel))
 
+    def configure_tools(self, servers: Iterable[ServerConfig], *, approval: Optional[dict[str, str]] = None,
+                        builtins: Iterable[str] = ()) -> None:
+        """Use these MCP servers and built-in tools from now on (servers start when first needed); the old
+        servers are stopped in the background."""
+        old = self.tools
+        registry = ToolRegistry(servers, approval=approval, builtins=builtins)
+        self.tools = registry if registry else None
+        if old is not None:
+            threading.Thread(target=old.close, name="gemma-mcp-close", daemon=True).start()
+
+    def list_tools(self, preview: Optional[tuple[list[ServerConfig], list[str]]] = None) -> None:
+        """List every configured tool on a thread of its own (servers start); `toolsListed` carries them.
+        `preview` (servers, built-in names): list those instead, as the tools editor has them (not yet saved;
+        their servers are stopped again after)."""
+        registry = self.tools if preview is None else ToolRegistry(preview[0], builtins=preview[1])
+        if not registry:
+            self.toolsListed.emit({"tools": [], "problems": {}, "preview": preview is not None})
+            return
+
+        def run() -> None:
+            try:
+                tools, problems = registry.available()
+            finally:
+                if preview is not None:
+                    registry.close()
+            self.toolsListed.emit({"tools": tools, "problems": problems, "preview": preview is not None})
+
+        threading.Thread(target=run, name="gemma-mcp-list", daemon=True).start()
+
+    def answer_approval(self, call_id: str, granted: bool) -> None:
+        """The person's answer to a call waiting for approval (any thread; an unknown id is ignored)."""
+        waiting = self._approvals.get(call_id)
+        if waiting is not None:
+            waiting[1].append(bool(granted))
+            waiting[0].set()
+
     def cancel_conversion(self) -> None:
         self._conversion_cancel.set()
 
@@ -144,6 +203,10 @@ class Engine(QObject):
         self._stopping = True
         self._token_counter.close(timeout=0.2)
         self._generation_cancel.set()
+        for cancel in list(self._request_cancels.values()):
+            cancel.set()  # agent runs too: each stops at its next step, call or approval
+        if self.tools is not None:  # the servers get their orderly shutdown without holding up quitting
+            threading.Thread(target=self.tools.close, name="gemma-mcp-close", daemon=True).start()
         self._conversion_cancel.set()
         if self._convert_thread is not None:
             self._conversions.put(None)
@@ -240,6 +303,126 @@ class Engine(QObject):
             stats["finish_reason"] = "cancelled"
         self.generationFinished.emit(stats)
 
+    # the agent's thread
+
+    def _run_agent(self, request: GenerationRequest, cancel: threading.Event) -> None:
+        options, registry = request.agent, self.tools
+        notices: list[dict] = []  # the servers' problems, told to the window with the first turn
+        try:
+            try:
+                toolbox, problems = registry.toolbox(options.tools_off, cancel)
+            except McpCancelled:
+                toolbox, problems = ToolBox([]), {}
+            if problems:
+                notices.append(problems)
+            slot = self.worker.slot
+            run = AgentRun(toolbox, step=lambda messages, allow: self._agent_step(request, toolbox, notices,
+                                                                                   messages, allow, cancel),
+                           approve=lambda record: self._wait_for_approval(request.request_id, record, cancel),
+                           report=lambda _kind, record: self.toolCallUpdated.emit(request.request_id, record),
+                           cancel=cancel, max_steps=options.max_steps, person_texts=options.person_texts,
+                           can_see=bool(slot and slot.info.get("can_see")),
+                           image_dir=Path(options.image_dir) if options.image_dir else None,
+                           approved=options.approved)
+            outcome = run.run(request.messages)
+            self._on_model_thread(lambda: self._agent_finished(request.request_id, outcome.stats))
+        except _StepEnded:
+            pass  # the step reported the failure (or its cancellation) itself
+        except Exception as error:  # a bug must not leave the window waiting: report it and log the trace
+            log.exception("the agent failed")
+            failure = error
+            self._on_model_thread(lambda: self._agent_failed(request.request_id, failure))
+        finally:
+            self._request_cancels.pop(request.request_id, None)
+            self._end()
+
+    def _agent_step(self, request: GenerationRequest, toolbox: ToolBox, notices: list[dict], messages: list[dict],
+                    allow_calls: bool, cancel: threading.Event) -> StepResult:
+        """One model turn as a job on the model thread (streamed to the window); waits for it."""
+        step = dataclasses.replace(request, messages=messages, tools=toolbox.offered() or None,
+                                   tool_schemas=toolbox.shapes() or None,
+                                   ban_tool_calls=bool(toolbox) and not allow_calls, agent=None)
+
+        def run(slot: Optional[ModelSlot]) -> StepResult:
+            # announced at each turn: a job of the quick-ask panel may have run since the last one
+            self.generationStarted.emit(request.request_id)
+            for problems in notices:
+                self.toolsUnavailable.emit(problems)
+            notices.clear()
+            if slot is None:
+                self.generationFailed.emit("No model is loaded. Choose one in the model manager.")
+                raise _StepEnded()
+            result = StepResult()
+            try:
+                for event in self.backend.generate(slot, step, cancel):
+                    if event.kind == "tool_call":
+                        result.calls.append(dict(event.tool_call or {}))
+                    elif event.kind == "done":
+                        result.stats = stats_dict(event.stats)
+                    else:
+                        self._emit_event(event, result)
+            except (EngineError, MemoryError, ValueError, RuntimeError) as error:
+                self.generationFailed.emit(error_message(error))
+                raise _StepEnded() from error
+            return result
+
+        def dropped() -> None:  # cancelled while queued
+            self.generationStarted.emit(request.request_id)
+            self.generationFinished.emit({"finish_reason": "cancelled", "prompt_tokens": 0,
+                                          "generation_tokens": 0})
+
+        try:
+            job = self.worker.submit("window", run, cancel=cancel, label="window agent step", on_dropped=dropped)
+        except WorkerError as error:
+            self.generationFailed.emit(str(error))
+            raise _StepEnded() from error
+        result = job.wait()
+        if job.skipped:
+            raise _StepEnded()
+        return result
+
+    def _emit_event(self, event: Any, result: StepResult) -> None:
+        """A streamed event of an agent's turn, to the window (answer and thought kept for the history)."""
+        if event.kind == "progress":
+            self.readingProgress.emit(*event.progress)
+        elif event.kind == "answer":
+            result.answer += event.text
+            self.answerDelta.emit(event.text)
+        elif event.kind == "thought":
+            result.thought += event.text
+            self.thoughtDelta.emit(event.text)
+        elif event.kind == "notice":
+            self.noticeReceived.emit(event.text)
+
+    def _wait_for_approval(self, request_id: int, record: ToolCallRecord, cancel: threading.Event) -> bool:
+        """Block the agent's thread until the person answers (the window got the "waiting" record)."""
+        event, answer = threading.Event(), []
+        self._approvals[record.id] = (event, answer)
+        try:
+            while not event.wait(self.APPROVAL_POLL_S):
+                if cancel.is_set() or self._stopping:
+                    return False
+            return bool(answer and answer[0])
+        finally:
+            self._approvals.pop(record.id, None)
+
+    def _on_model_thread(self, emit: Callable[[], None]) -> None:
+        """Run `emit` as a job on the model thread, so its signals never land inside another job's stream."""
+        try:
+            self.worker.submit("window", lambda _slot: emit(), label="agent end")
+        except WorkerError:
+            emit()
+
+    def _agent_finished(self, request_id: int, stats: dict) -> None:
+        self.generationStarted.emit(request_id)
+        self.generationFinished.emit(stats)
+
+    def _agent_failed(self, request_id: int, error: Exception) -> None:
+        self.generationStarted.emit(request_id)
+        why = str(error) or type(error).__name__
+        self.generationFailed.emit(f"Answering with tools stopped on an unexpected error ({why}). Try again, or "
+                                   "switch the tools off for this chat; the log has the details.")
+
     def _generation_dropped(self, request: GenerationRequest) -> None:
         """Cancelled before its turn came: the window still hears it start and end, as a cancelled answer."""
         self._request_cancels.pop(request.request_id, None)
@@ -303,3 +486,7 @@ class Engine(QObject):
             self.conversionFailed.emit(CANCELLED_DOWNLOAD)
             return
         self.conversionFinished.emit(str(result))
+
+
+class _StepEnded(Exception):
+    """An agent's turn ended the run (it failed or was cancelled, and said so to the window)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,6 +19,7 @@ from .attachment_views import AnnotatedImage, AttachmentView
 from .boxes import parse_boxes
 from .markdown import Block, code_html, markdown_html, plain_html, split_blocks
 from .theme import Palette, current_palette
+from .tool_views import ToolCallCard
 from .widgets import IconButton, ReadingBar, RichLabel
 
 RENDER_INTERVAL_MS = 40  # streaming text is re-rendered at most this often
@@ -229,38 +229,6 @@ class ThinkingSection(QWidget):
             self._render()
 
 
-class ToolCallCard(QFrame):
-    """A tool call the model asked for: name and arguments."""
-
-    def __init__(self, call: dict, parent: Optional[QWidget] = None):
-        super().__init__(parent)
-        self.setObjectName("toolCard")
-        self.call = call
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(12, 8, 12, 10)
-        layout.setSpacing(6)
-        top = QHBoxLayout()
-        top.setSpacing(6)
-        self.glyph = IconButton("wrench", size=14)
-        self.glyph.setEnabled(False)
-        self.title = QLabel(f"Tool call · {call.get('name', '?')}")
-        self.title.setObjectName("toolTitle")
-        top.addWidget(self.glyph)
-        top.addWidget(self.title)
-        top.addStretch(1)
-        self.arguments = QLabel()
-        self.arguments.setTextFormat(Qt.RichText)
-        self.arguments.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.arguments.setWordWrap(True)
-        layout.addLayout(top)
-        layout.addWidget(self.arguments)
-        self.apply_palette(current_palette())
-
-    def apply_palette(self, palette: Palette) -> None:
-        text = json.dumps(self.call.get("arguments", {}), indent=2, ensure_ascii=False)
-        self.arguments.setText(code_html(text, "json", palette, 12))
-
-
 class UserMessage(QWidget):
     """The person's message: attachments and a rounded bubble on the right."""
 
@@ -332,9 +300,11 @@ class UserMessage(QWidget):
 
 
 class AssistantMessage(QWidget):
-    """One answer: avatar, thinking, tool calls, Markdown, boxes on the image, stats and actions."""
+    """One answer: avatar, thinking, Markdown and tool calls in the order they came, boxes on the image,
+    stats and actions. Text written after a tool call goes below its card (a new Markdown segment)."""
 
     regenerateRequested = Signal()
+    approvalAnswered = Signal(str, bool)  # (call id, allowed) from a tool call's Allow / Deny
 
     def __init__(self, parent: Optional[QWidget] = None, source_image: Optional[Path] = None):
         super().__init__(parent)
@@ -346,6 +316,8 @@ class AssistantMessage(QWidget):
         self.annotated: Optional[AnnotatedImage] = None
         self.thinking: Optional[ThinkingSection] = None
         self.tool_cards: list[ToolCallCard] = []
+        self.segments: list[MarkdownView] = []  # the answer's text before the last tool call, in order
+        self._segment_start = 0  # where the text of the current segment (self.markdown) starts in the answer
         outer = QHBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.setSpacing(14)
@@ -416,10 +388,46 @@ class AssistantMessage(QWidget):
             self.column.insertWidget(0, self.thinking)
         return self.thinking
 
-    def add_tool_call(self, call: dict) -> None:
+    def add_tool_call(self, call: dict) -> ToolCallCard:
+        """A card for a new call, after the text so far; later text goes below it."""
         card = ToolCallCard(call)
+        card.answered.connect(self.approvalAnswered)
         self.tool_cards.append(card)
-        self.column.insertWidget(self.column.indexOf(self.markdown) + 1, card)
+        if self.answer[self._segment_start:].strip():
+            self.markdown.set_markdown(self.answer[self._segment_start:])  # this segment is complete
+            self.markdown.setVisible(True)
+            self.segments.append(self.markdown)
+            self.column.insertWidget(self.column.indexOf(self.markdown) + 1, card)
+            self.markdown = MarkdownView()
+            self.column.insertWidget(self.column.indexOf(card) + 1, self.markdown)
+            self._segment_start = len(self.answer)
+        else:
+            self.column.insertWidget(self.column.indexOf(self.markdown), card)
+        return card
+
+    def show_tool_call(self, call: dict) -> ToolCallCard:
+        """Add the call's card, or bring the card of a call already shown up to date."""
+        for card in self.tool_cards:
+            if call.get("id") and card.call_id == call.get("id"):
+                card.update_call(call)
+                return card
+        return self.add_tool_call(call)
+
+    def load(self, answer: str, calls: list[dict]) -> None:
+        """Show a stored answer with its calls where they came (each record's "at": the answer's length
+        when it was made; calls without one come first)."""
+        for card in self.tool_cards:
+            card.setParent(None)
+            card.deleteLater()
+        for view in self.segments:
+            view.setParent(None)
+            view.deleteLater()
+        self.tool_cards, self.segments, self._segment_start, self.answer = [], [], 0, ""
+        for call in sorted(calls, key=lambda c: int(c.get("at") or 0) if isinstance(c, dict) else 0):
+            at = max(len(self.answer), min(int(call.get("at") or 0), len(answer)))
+            self.answer = answer[:at]
+            self.add_tool_call(call)
+        self.answer = answer
 
     def finish(self, stats: Optional[dict], partial: bool = False) -> None:
         self.streaming = False
@@ -446,7 +454,7 @@ class AssistantMessage(QWidget):
 
     def _render(self) -> None:
         cursor = self.streaming and (self.answer or self.reading.isHidden())  # else the bar says it reads
-        text = self.answer + (STREAM_CURSOR if cursor else "")
+        text = self.answer[self._segment_start:] + (STREAM_CURSOR if cursor else "")
         self.markdown.set_markdown(text)
         self.markdown.setVisible(bool(text.strip()))
         if not self.streaming:

@@ -18,7 +18,8 @@ from .theme import Palette, current_palette
 from .widgets import IconButton
 
 STAGE_NAMES = {"download": "Downloading", "unpack": "Unpacking", "convert": "Converting to 4-bit",
-               "tokenizer": "Copying the tokenizer", "finalize": "Finishing", "done": "Done"}
+               "tokenizer": "Copying the tokenizer", "finalize": "Finishing",
+               "quality": "Checking quality against the original", "calibrate": "Calibrating", "done": "Done"}
 KIND_NAMES = {CHECKPOINT: "Hugging Face checkpoint", GGUF: "GGUF file"}
 
 
@@ -53,6 +54,10 @@ class ModelRow(QFrame):
         self.facts.setWordWrap(True)
         text.addWidget(self.name)
         text.addWidget(self.facts)
+        self.quality = QLabel(entry.quality_summary)
+        self.quality.setObjectName("chipMeta")
+        self.quality.setVisible(bool(entry.quality_summary))
+        text.addWidget(self.quality)
         layout.addLayout(text, 1)
         self.fit_dot = QLabel()
         self.fit_dot.setFixedSize(8, 8)

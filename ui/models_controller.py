@@ -138,6 +138,7 @@ class ModelsMixin(AddModelsMixin):
         dialog = SettingsDialog(self.settings, models, auto, self.window)
         dialog.accepted.connect(lambda: self.apply_settings(dialog.settings()))
         dialog.manageModelsClicked.connect(self.open_model_manager)
+        dialog.checkToolsRequested.connect(self.check_tools)  # ui/tools_controller.py
         self.settings_dialog = dialog
         dialog.open()
         return dialog

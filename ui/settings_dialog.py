@@ -1,4 +1,5 @@
-"""The settings dialog: model, system prompt, thinking, sampling, context, KV precision, image budget, quick ask."""
+"""The settings dialog: model, system prompt, thinking, sampling, context, KV precision, image budget, quick ask,
+the local server and tools (edited in ui/tools_dialog.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from gemma4_mac.hotkey import default_hotkey
 from gemma4_mac.model_manager import ModelEntry, format_size
 from gemma4_mac.settings import IMAGE_TOKEN_BUDGETS, KV_PRECISIONS, AppSettings
 
+from .tools_dialog import ToolsDialog
+
 CONTEXT_CHOICES = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 IMAGE_BUDGET_HINTS = {70: "fastest", 140: "fast", 280: "balanced", 560: "detailed", 1120: "small text, documents"}
+DRAFT_CHOICES = (("auto", "Automatic (drafts only where it pays)"), ("mtp", "The model's drafter only"),
+                 ("lookup", "Quotes of the conversation only"), ("off", "Off"))
 
 
 def _section(title: str) -> QLabel:
@@ -24,8 +29,20 @@ def _section(title: str) -> QLabel:
     return label
 
 
+def tools_summary(values: dict) -> str:
+    """"2 MCP servers · 1 built-in tool", or that there are none."""
+    servers, builtins = len(values["mcp_servers"]), len(values["builtin_tools"])
+    if not servers and not builtins:
+        return "No tools: Gemma answers from what it knows and what you attach."
+    parts = [f"{servers} MCP server{'s' if servers != 1 else ''}"] if servers else []
+    if builtins:
+        parts.append(f"{builtins} built-in tool{'s' if builtins != 1 else ''}")
+    return " · ".join(parts)
+
+
 class SettingsDialog(QDialog):
     manageModelsClicked = Signal()
+    checkToolsRequested = Signal(list, list)  # (ServerConfig list, built-in names) from the tools editor
 
     def __init__(self, settings: AppSettings, models: list[ModelEntry], auto_context: int,
                  parent: Optional[QWidget] = None):
@@ -91,6 +108,12 @@ class SettingsDialog(QDialog):
         for budget in IMAGE_TOKEN_BUDGETS:
             self.image_budget.addItem(f"{budget} tokens · {IMAGE_BUDGET_HINTS[budget]}", budget)
         self.image_budget.setCurrentIndex(max(0, self.image_budget.findData(settings.image_token_budget)))
+        self.draft = QComboBox()
+        for value, label in DRAFT_CHOICES:
+            self.draft.addItem(label, value)
+        self.draft.setCurrentIndex(max(0, self.draft.findData(settings.draft)))
+        self.draft.setToolTip("Drafts the next tokens and checks them in one step: the same answer, faster "
+                              "when the answer quotes the conversation or the model has its drafter")
         self.theme = QComboBox()
         for value, label in (("system", "Follow the system"), ("light", "Light"), ("dark", "Dark")):
             self.theme.addItem(label, value)
@@ -103,6 +126,7 @@ class SettingsDialog(QDialog):
         form.addRow("Context size", self.context)
         form.addRow("KV cache", self.kv)
         form.addRow("Image detail", self.image_budget)
+        form.addRow("Faster answers", self.draft)
         form.addRow("Appearance", self.theme)
         # the quick-ask rows share the form so their labels line up with the ones above
         form.addRow(_section("Quick Ask"))
@@ -135,7 +159,26 @@ class SettingsDialog(QDialog):
         self.server_allow_local_files = QCheckBox("Let API requests open image files on this Mac by path")
         self.server_allow_local_files.setChecked(settings.server_allow_local_files)
         server_form.addRow("", self.server_allow_local_files)
+        self.server_mcp_tools = QCheckBox("Let API requests use my read-only tools (\"mcp_tools\": true)")
+        self.server_mcp_tools.setToolTip("Programs calling the server may ask for the tools of your MCP servers "
+                                         "that only read; tools that change things are never offered to them.")
+        self.server_mcp_tools.setChecked(settings.server_mcp_tools)
+        server_form.addRow("", self.server_mcp_tools)
         layout.addLayout(server_form)
+
+        layout.addWidget(_section("Tools"))
+        self.tool_values = {"mcp_servers": dict(settings.mcp_servers), "mcp_approval": dict(settings.mcp_approval),
+                            "builtin_tools": list(settings.builtin_tools), "tools_off": list(settings.tools_off)}
+        self.tools_dialog: Optional[ToolsDialog] = None
+        tools_row = QHBoxLayout()
+        self.tools_summary = QLabel(tools_summary(self.tool_values))
+        self.tools_summary.setWordWrap(True)
+        self.tools_button = QPushButton("Set up…")
+        self.tools_button.setAutoDefault(False)
+        self.tools_button.clicked.connect(self.open_tools)
+        tools_row.addWidget(self.tools_summary, 1)
+        tools_row.addWidget(self.tools_button)
+        layout.addLayout(tools_row)
 
         rule = QFrame()
         rule.setObjectName("rule")
@@ -147,6 +190,26 @@ class SettingsDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
 
+    def open_tools(self) -> ToolsDialog:
+        """The tools editor; Save there keeps its values for this dialog's Save."""
+        values = self.tool_values
+        dialog = ToolsDialog(values["mcp_servers"], values["mcp_approval"], values["builtin_tools"],
+                             values["tools_off"], self)
+        dialog.checkRequested.connect(self.checkToolsRequested)
+        dialog.accepted.connect(lambda: self._tools_edited(dialog.values()))
+        self.tools_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _tools_edited(self, values: dict) -> None:
+        self.tool_values = values
+        self.tools_summary.setText(tools_summary(values))
+
+    def show_tools(self, tools: list, problems: dict) -> None:
+        """Tools listed for the editor's "Check servers"."""
+        if self.tools_dialog is not None and self.tools_dialog.isVisible():
+            self.tools_dialog.show_tools(tools, problems)
+
     def settings(self) -> AppSettings:
         """The edited settings (the original object is left as it was)."""
         return dataclasses.replace(
@@ -155,8 +218,9 @@ class SettingsDialog(QDialog):
             temperature=round(self.temperature.value(), 2), top_p=round(self.top_p.value(), 2),
             max_tokens=self.max_tokens.value(), context_size=int(self.context.currentData()),
             kv_precision=int(self.kv.currentData()), image_token_budget=int(self.image_budget.currentData()),
-            theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
+            draft=self.draft.currentData(), theme=self.theme.currentData(), hotkey=self.hotkey.text().strip(),
             menu_bar_only=self.menu_bar_only.isChecked(), server_enabled=self.server_enabled.isChecked(),
             server_port=self.server_port.value(),
             server_cors_origins=" ".join(self.server_cors_origins.text().replace(",", " ").split()),
-            server_allow_local_files=self.server_allow_local_files.isChecked())
+            server_allow_local_files=self.server_allow_local_files.isChecked(),
+            server_mcp_tools=self.server_mcp_tools.isChecked(), **self.tool_values)

@@ -27,6 +27,7 @@ class StreamState:
     answer: str = ""
     thought: str = ""
     tool_calls: list[dict] = field(default_factory=list)
+    changes: int = 0  # counts changes of the tool calls (a call's status changes in place)
     thought_started: Optional[float] = None
     thought_seconds: Optional[float] = None
     reading: ReadingProgress = field(default_factory=ReadingProgress)
@@ -69,6 +70,8 @@ class StreamingMixin:
             kv_bits=self.settings.kv_bits, image_token_budget=self.settings.image_token_budget)
         if self.model_info is not None and not self.model_info.get("chat", True):
             request.raw_prompt = raw_prompt(messages[-1])  # a base model continues the text as written
+        else:
+            request.agent = self.agent_options(stream.conversation_id, messages)  # None without tools
         notice = left_out_notice(messages, self.model_info)
         if notice:  # never a silent cut: the person learns what this model does not receive
             self.window.banner.show_message(notice, "warning")
@@ -162,9 +165,11 @@ class StreamingMixin:
             self.stream.widget.append_thought(text)
 
     def _on_tool_call(self, call: dict) -> None:
+        """A call written by a model answering without tools (the agent's calls come by `_on_tool_update`)."""
         if not self._streaming_ours():
             return
         self.stream.tool_calls.append(call)
+        self.stream.changes += 1
         if self.stream.widget is not None:
             self.stream.widget.add_tool_call(call)
 
@@ -181,7 +186,7 @@ class StreamingMixin:
         if stream is None:
             self._save_timer.stop()
             return
-        written = (len(stream.answer), len(stream.thought), len(stream.tool_calls))
+        written = (len(stream.answer), len(stream.thought), stream.changes)
         if written != stream.saved:
             self.history.update_message(stream.message_id, content=stream.answer, thought=stream.thought,
                                         tool_calls=stream.tool_calls, partial=True)
@@ -236,7 +241,7 @@ class StreamingMixin:
         self.stream.widget = widget
         if self.stream.thought:
             widget.append_thought(self.stream.thought)
-        widget.answer = self.stream.answer
+        widget.load(self.stream.answer, self.stream.tool_calls)
         widget.start_streaming()
         reading = self.stream.reading
         if reading.shown and not reading.done and not (self.stream.answer or self.stream.thought):

@@ -103,6 +103,7 @@ class TranscriptView(QScrollArea):
     regenerateRequested = Signal()
     editRequested = Signal()
     playbackFailed = Signal(str)  # an attached clip cannot be played: the window says why
+    approvalAnswered = Signal(str, bool)  # (tool call id, allowed): the person's answer on a tool call's card
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__(parent)
@@ -154,6 +155,7 @@ class TranscriptView(QScrollArea):
     def add_assistant(self, source_image: Optional[Path] = None) -> AssistantMessage:
         widget = AssistantMessage(source_image=source_image)
         widget.regenerateRequested.connect(self.regenerateRequested)
+        widget.approvalAnswered.connect(self.approvalAnswered)
         self._add(widget)
         return widget
 
@@ -176,11 +178,9 @@ class TranscriptView(QScrollArea):
                 last_image = Path(images[-1]) if images else last_image
             else:
                 widget = self.add_assistant(last_image)
-                for call in message.tool_calls:
-                    widget.add_tool_call(call)
                 if message.thought:
                     widget.append_thought(message.thought)
-                widget.answer = message.content
+                widget.load(message.content, message.tool_calls)
                 widget.finish(message.stats, message.partial)
                 if widget.thinking is not None:
                     widget.thinking.finish(message.stats.get("thinking_seconds") if message.stats else 0)

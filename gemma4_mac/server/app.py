@@ -93,6 +93,20 @@ def options_for(host: str, **fields) -> ServerOptions:
     return ServerOptions(allowed_hosts=accepted_hosts(host, extra_hosts), **fields)
 
 
+def _tools_of(config: Optional[str], worker: ModelWorker):
+    """The ToolRegistry of `serve --mcp CONFIG.json` (servers start on the first request that asks), or None."""
+    if not config:
+        return None
+    from ..mcp_config import McpConfigError, load_config_file
+    from ..toolbox import ToolRegistry
+
+    try:
+        return ToolRegistry(load_config_file(config))
+    except McpConfigError as error:
+        worker.stop()
+        raise ServeError(f"--mcp: {error}") from error
+
+
 class ServerHandle:
     """uvicorn serving an app on a thread; `start()` returns once it accepts connections."""
 
@@ -167,14 +181,25 @@ def check_binding(host: str, api_key: Optional[str]) -> None:
                          f"{DEFAULT_HOST}.")
 
 
-def load_slot(path: Path) -> ModelSlot:
+def load_slot(path: Path, group=None) -> ModelSlot:
     """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
-    folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so."""
+    folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so.
+    With a `group` (serve --hosts) it is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py).
+    """
     from mlx_model import load
 
     from .library import describe_folder
 
-    model, processor = load(path)
+    model, processor = load(path, group=group)
+    if group is not None:
+        from mlx_model import ModelLoadError
+
+        from ..distributed import LeaderModel, PeerLostError
+
+        try:
+            model = LeaderModel(model, group)
+        except PeerLostError as error:  # a follower could not load its shard
+            raise ModelLoadError(str(error)) from error
     described = describe_folder(path)
     info = {"path": str(path), "name": path.name, "id": described.id, "chat": described.chat}
     if described.context_length:
@@ -208,11 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request accepted, in MB (default %(default)s)")
     parser.add_argument("--allow-local-files", action="store_true",
                         help="let requests name image files on this computer by path (off: data URLs only)")
+    parser.add_argument("--mcp", metavar="CONFIG.json",
+                        help="MCP servers (Claude Desktop's JSON) whose read-only tools requests may ask for "
+                             "with \"mcp_tools\": true")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="a web origin (scheme://host[:port]) whose pages may call the server; "
                              "repeatable")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="another Host name to answer to (e.g. this Mac's .local name) besides loopback")
+    parser.add_argument("--hosts", metavar="HOSTS.JSON",
+                        help="split --model across the Macs of this MLX hostfile, this Mac first; the others "
+                             "follow this one (docs/distributed.md)")
+    parser.add_argument("--ring-port", type=int, default=32323,
+                        help="first port of the Macs' ring with --hosts (one per Mac; default %(default)s)")
     return parser
 
 
@@ -270,12 +303,20 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
     """`python -m gemma4_mac serve ...`: load the model, serve until Ctrl-C; returns the exit status
     (2: cannot start as asked, 3: the app's server already runs)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    cluster = None
     try:
         path = _validated(args)
+        if args.hosts and path is None:
+            raise ServeError("--hosts needs --model PATH: the model to split across the Macs")
         if _already_serving(err):
             return 3
+        loader, keep_alive = load_slot, args.keep_alive
+        if args.hosts:
+            cluster, loader = _start_group(args, path, err)
+            keep_alive = -1  # the other Macs hold their shards for as long as this server runs
         worker = ModelWorker()
-        library = ModelLibrary(worker, owns_model=True, loader=load_slot, keep_alive=args.keep_alive,
+        tools = _tools_of(args.mcp, worker)  # a bad configuration is reported before a model loads
+        library = ModelLibrary(worker, owns_model=True, loader=loader, keep_alive=keep_alive,
                                extra_paths=(path,) if path else (), alias=args.model_id)
         if path is None and not library.known():
             worker.stop()
@@ -286,14 +327,14 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
             from mlx_model import ModelLoadError
 
             try:
-                worker.load(lambda: load_slot(path), source="server").wait()
+                worker.load(lambda: loader(path), source="server").wait()
             except (ModelLoadError, OSError, ValueError) as error:
                 worker.stop()
                 raise ServeError(str(error)) from error
         service = GenerationService(worker, sessions=args.sessions, library=library, max_batch=args.max_batch)
         options = options_for(args.host, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2 ** 20),
                               allow_local_files=args.allow_local_files, cors_origins=tuple(args.cors_origin),
-                              extra_hosts=tuple(args.allowed_host))
+                              extra_hosts=tuple(args.allowed_host), tools=(lambda: tools) if tools else None)
         handle = ServerHandle(create_app(service, options), args.host, args.port, log_level="info")
         loaded = service.model_id()
         err.write(f"serving {loaded!r} at {handle.base_url}" if loaded else f"serving at {handle.base_url}"
@@ -306,9 +347,44 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
             registry.forget(handle.base_url)
             service.close()
             worker.stop()
+            if tools is not None:
+                tools.close()
         return 0
     except ServeError as error:
         err.write(f"error: {error}\n")
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if cluster is not None:
+            _stop_group(cluster, loader)
+
+
+def _start_group(args, path: Path, err: TextIO):
+    """Start the other Macs of --hosts (they load their shards); returns them and a loader that gives rank 0's
+    slot for --model."""
+    from ..cluster import ClusterError, start
+
+    err.write(f"starting the Macs of {args.hosts} ...\n")
+    try:
+        cluster = start(args.hosts, path, port=args.ring_port)
+    except ClusterError as error:
+        raise ServeError(str(error)) from error
+    slots: dict = {}
+
+    def loader(folder: Path) -> ModelSlot:
+        if Path(folder) != path:
+            return load_slot(folder)  # other models of the library run on this Mac alone
+        if "group" not in slots:
+            slots["group"] = load_slot(path, group=cluster.group)
+        return slots["group"]
+
+    loader.slots = slots
+    return cluster, loader
+
+
+def _stop_group(cluster, loader) -> None:
+    slot = getattr(loader, "slots", {}).get("group")
+    if slot is not None:
+        slot.model.close()
+    cluster.close()

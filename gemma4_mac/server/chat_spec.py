@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..constrained import ReplyShape
 from ..generate import SamplingSettings
-from .constrained import ReplyShape
 from .errors import BadRequest
 from .messages import MediaFolder, convert_messages
 from .service import GenerationJob
@@ -96,7 +96,7 @@ def chat_job(spec: ChatSpec, *, allow_local_files: bool) -> GenerationJob:
 def sampling_from(*, temperature: Optional[float], top_p: Optional[float], top_k: Optional[int] = None,
                   min_p: Optional[float] = None, repetition_penalty: Optional[float] = None,
                   seed: Optional[int] = None, max_tokens: Optional[int], default_max_tokens: int,
-                  stop: tuple[str, ...] = ()) -> tuple[SamplingSettings, bool]:
+                  stop: tuple[str, ...] = (), draft: Optional[str] = None) -> tuple[SamplingSettings, bool]:
     """Sampling settings from a request (Gemma's defaults where it is silent); and whether max_tokens
     was given."""
     defaults = SamplingSettings()
@@ -109,4 +109,5 @@ def sampling_from(*, temperature: Optional[float], top_p: Optional[float], top_k
         seed=seed,
         max_tokens=max_tokens or default_max_tokens,
         stop_strings=stop,
+        draft=defaults.draft if draft is None else draft,
     ), max_tokens is not None

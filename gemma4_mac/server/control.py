@@ -32,13 +32,15 @@ class ServerConfig:
     api_key: str = ""
     cors_origins: tuple[str, ...] = ()
     allow_local_files: bool = False
+    mcp_tools: bool = False  # requests may ask for the person's read-only MCP tools (server/mcp_tools.py)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ServerConfig":
         """The server fields of an `AppSettings`."""
         return cls(settings.server_host, settings.server_port, settings.server_api_key,
                    tuple(split_origins(getattr(settings, "server_cors_origins", ""))),
-                   bool(getattr(settings, "server_allow_local_files", False)))
+                   bool(getattr(settings, "server_allow_local_files", False)),
+                   bool(getattr(settings, "server_mcp_tools", False)))
 
 
 def split_origins(text: str) -> list[str]:
@@ -51,6 +53,7 @@ class LocalServer:
 
     def __init__(self, owner: Any):
         self.worker = getattr(owner, "worker", owner)
+        self.owner = owner  # an Engine's `tools` (its ToolRegistry) are what requests with mcp_tools get
         self.config: Optional[ServerConfig] = None
         self._handle = None
         self._service = None
@@ -87,7 +90,8 @@ class LocalServer:
         try:
             options = options_for(config.host, api_key=config.api_key or None,
                                   cors_origins=config.cors_origins,
-                                  allow_local_files=config.allow_local_files)
+                                  allow_local_files=config.allow_local_files,
+                                  tools=(lambda: getattr(self.owner, "tools", None)) if config.mcp_tools else None)
             handle = ServerHandle(create_app(service, options), config.host, config.port).start()
         except OriginError as error:
             service.close()

@@ -81,5 +81,11 @@ class NoModelLoaded(APIError):
     status, error_type, code = 503, "service_unavailable", "model_not_loaded"
 
 
+class GroupDegraded(APIError):
+    """A Mac of the group a split model runs on stopped answering (gemma4_mac/distributed.py)."""
+
+    status, error_type, code = 503, "service_unavailable", "group_degraded"
+
+
 class ServerError(APIError):
     status, error_type, code = 500, "server_error", "internal_error"

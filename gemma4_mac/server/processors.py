@@ -59,6 +59,8 @@ class TokenTap:
     open (so a call cut off by max_tokens is not reported as a call), and, with `top` set, the
     log-probability of each token and of the `top` likeliest ones at its step (OpenAI's logprobs)."""
 
+    observes_only = True  # returns the logits unchanged: answers may be drafted beside it (speculative.py)
+
     def __init__(self, *, top: Optional[int] = None, describe: Optional[Callable[[int], tuple]] = None,
                  call_open: Optional[int] = None, call_close: Optional[int] = None):
         self.top = None if top is None else max(0, min(int(top), MAX_TOP_LOGPROBS))

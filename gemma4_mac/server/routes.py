@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -38,6 +38,9 @@ class ServerOptions:
     keepalive_seconds: float = 10.0  # SSE comments while a stream waits
     stored_responses: int = 64  # /v1/responses kept for previous_response_id
     stored_bytes: int = 32 * 1024 * 1024
+    # the person's MCP tools for requests with "mcp_tools": true (server/mcp_tools.py): returns the current
+    # gemma4_mac.toolbox.ToolRegistry, or None; None here: programs get none
+    tools: Optional[Callable[[], Any]] = None
 
 
 class Endpoint:
@@ -128,9 +131,14 @@ class ModelRoutes(Endpoint):
         return JSONResponse(known.card(self.service.created, known.id == self.service.model_id()))
 
     async def health(self, request: Request) -> JSONResponse:
-        """Liveness and who this is (the serve command asks it before starting a second server)."""
-        return JSONResponse({"status": "ok", "server": SERVER_NAME, "pid": os.getpid(),
-                             "model": self.service.model_id(), "queued": self.service.waiting()})
+        """Liveness and who this is (the serve command asks it before starting a second server); "degraded"
+        with the reason when the model is split across Macs and one of them stopped answering."""
+        body = {"status": "ok", "server": SERVER_NAME, "pid": os.getpid(), "model": self.service.model_id(),
+                "queued": self.service.waiting()}
+        lost = getattr(getattr(self.service.slot, "model", None), "lost", None)
+        if isinstance(lost, str):
+            body.update(status="degraded", error=lost)
+        return JSONResponse(body)
 
 
 def _iso(timestamp: int) -> str:

@@ -20,7 +20,7 @@ from .anthropic_items import (MessageBuilder, anthropic_usage, block_id, chat_me
                               chat_tools)
 from .chat_spec import ChatSpec, chat_job, sampling_from
 from .errors import APIError, BadRequest
-from .schemas import MAX_STOP_STRINGS, Lenient
+from .schemas import MAX_STOP_STRINGS, DraftMode, Lenient
 from .streaming import collect, event_stream, outputs, sse
 from .routes import Endpoint
 
@@ -56,6 +56,7 @@ class MessagesRequest(CountTokensRequest):
     temperature: Optional[float] = Field(default=None, ge=0.0, le=1.0)
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(default=None, ge=0)
+    draft: Optional[DraftMode] = None  # speculative decoding (ours): auto, mtp, lookup or off
     metadata: Optional[dict[str, Any]] = None
 
 
@@ -67,7 +68,7 @@ class AnthropicRoutes(Endpoint):
         sampling, explicit = sampling_from(
             temperature=getattr(body, "temperature", None), top_p=getattr(body, "top_p", None),
             top_k=getattr(body, "top_k", None), max_tokens=getattr(body, "max_tokens", None),
-            default_max_tokens=self.options.default_max_tokens, stop=stop)
+            default_max_tokens=self.options.default_max_tokens, stop=stop, draft=getattr(body, "draft", None))
         choice, parallel = chat_tool_choice(body.tool_choice)
         return ChatSpec(model=body.model, messages=chat_messages(body.system, body.messages),
                         sampling=sampling, max_tokens_explicit=explicit, tools=chat_tools(body.tools),

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from .chat_spec import ChatSpec, chat_job, sampling_from
 from .errors import APIError, BadRequest
+from .mcp_tools import answer_with_tools, check_request, with_tools
 from .replies import ChatReply
 from .routes import Endpoint
 from .schemas import (ChatCompletionRequest, CompletionRequest, chat_choice, chat_chunk, chat_completion,
@@ -30,7 +31,7 @@ def chat_spec_of(body: ChatCompletionRequest, default_max_tokens: int) -> ChatSp
         temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, seed=body.seed,
         max_tokens=body.max_completion_tokens or body.max_tokens, default_max_tokens=default_max_tokens,
-        stop=body.stop_strings())
+        stop=body.stop_strings(), draft=body.draft)
     schema, param = None, "response_format"
     fmt = body.response_format
     if fmt is not None and fmt.type == "json_object":
@@ -79,6 +80,8 @@ class OpenAIRoutes(Endpoint):
         self.authorize(request)
         body = await self.read_json(request, ChatCompletionRequest)
         spec = chat_spec_of(body, self.options.default_max_tokens)
+        if body.mcp_tools:
+            return await self.chat_with_mcp_tools(request, body, spec)
         job = await asyncio.to_thread(chat_job, spec, allow_local_files=self.options.allow_local_files)
         opening = await self.begin(job, body.model, body.stream)
         completion_id = new_id("chatcmpl")
@@ -94,6 +97,24 @@ class OpenAIRoutes(Endpoint):
         answer = [chat_choice(i, choices.replies[i].message(), choices.finish_reason(i),
                               choices.logprobs[i] if with_logprobs else None) for i in range(spec.n)]
         return JSONResponse(chat_completion(completion_id, model_id, answer, choices.usage()))
+
+    async def chat_with_mcp_tools(self, request: Request, body: ChatCompletionRequest, spec: ChatSpec):
+        """A chat completion with the person's MCP tools, run by the server between turns (mcp_tools.py)."""
+        registry = self.options.tools() if self.options.tools is not None else None
+        check_request(spec, body.stream, registry)
+
+        async def turn(messages: list[dict], tools: Optional[list[dict]]) -> Choices:
+            job = await asyncio.to_thread(chat_job, with_tools(spec, messages, tools),
+                                          allow_local_files=self.options.allow_local_files)
+            choices = Choices(1)
+            for output in await collect(await self.begin(job, body.model, False), request):
+                choices.add(output)
+            return choices
+
+        message, reason, total, calls, added = await answer_with_tools(spec, registry, turn)
+        model_id = self.service.library.find(body.model).id
+        reply = chat_completion(new_id("chatcmpl"), model_id, [chat_choice(0, message, reason, None)], total)
+        return JSONResponse({**reply, "mcp_calls": calls, "mcp_messages": added})
 
     async def events(self, opening, render: Callable[[Output], list[dict]],
                      tail: Callable[[], list[dict]]) -> AsyncIterator[str]:
@@ -157,7 +178,7 @@ class OpenAIRoutes(Endpoint):
         sampling, explicit = sampling_from(
             temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
             repetition_penalty=body.repetition_penalty, seed=body.seed, max_tokens=body.max_tokens,
-            default_max_tokens=self.options.default_max_tokens, stop=body.stop_strings())
+            default_max_tokens=self.options.default_max_tokens, stop=body.stop_strings(), draft=body.draft)
         job = GenerationJob(sampling=sampling, raw_prompt=prompt, max_tokens_explicit=explicit, n=body.n,
                             logprobs=body.logprobs, frequency_penalty=body.frequency_penalty or 0.0,
                             presence_penalty=body.presence_penalty or 0.0)

@@ -21,7 +21,7 @@ from .errors import APIError, BadRequest
 from .responses_items import (ResponseBuilder, ResponseStore, chat_tool_choice, chat_tools, input_messages,
                               item_id)
 from .routes import Endpoint, ServerOptions
-from .schemas import Lenient
+from .schemas import DraftMode, Lenient
 from .service import GenerationService
 from .streaming import collect, event_stream, keepalive_comment, outputs, sse
 
@@ -42,6 +42,7 @@ class ResponsesRequest(Lenient):
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     top_k: Optional[int] = Field(default=None, ge=0)
     seed: Optional[int] = None
+    draft: Optional[DraftMode] = None  # speculative decoding (ours): auto, mtp, lookup or off
     max_output_tokens: Optional[int] = Field(default=None, ge=1)
     reasoning: Optional[dict[str, Any]] = None
     text: Optional[dict[str, Any]] = None
@@ -81,7 +82,8 @@ class ResponsesRoutes(Endpoint):
                              param="input")
         sampling, explicit = sampling_from(
             temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed,
-            max_tokens=body.max_output_tokens, default_max_tokens=self.options.default_max_tokens)
+            max_tokens=body.max_output_tokens, default_max_tokens=self.options.default_max_tokens,
+            draft=body.draft)
         spec = ChatSpec(model=body.model, messages=messages, sampling=sampling, max_tokens_explicit=explicit,
                         tools=chat_tools(body.tools), tool_choice=chat_tool_choice(body.tool_choice),
                         parallel_tool_calls=body.parallel_tool_calls, json_schema=body.answer_schema(),

@@ -14,6 +14,11 @@ load for another request, a cache cleanup) no request joins, so that job runs as
 replies end (a load never swaps the model under them). A request prepared for another model joins
 only an empty batch (the service then loads its model again where it may).
 
+A model that cannot batch (a split model, whose caches the other Macs mirror: `supports_batching = False`)
+decodes one request at a time on its own cache, through `run_prompt` (the "solo" path); so does a lone
+request that may be drafted (speculative decoding: nothing else running or waiting when it starts), and
+requests that arrive meanwhile wait for it to end. Batched rows decode plainly, never drafted.
+
 Memory: a request joins only while (rows after joining) x (the longest row, or its prompt) stays within
 the context this Mac can hold for one request (the planner's figure); an empty batch takes any request.
 """
@@ -28,10 +33,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Optional
 
 from ..batch import BatchRow, DecodeBatch
+from .. import speculative
+from ..distributed import PeerLostError
 from ..generate import GenerationError, GenerationEvent, GenerationStats, ReplyDecoder, SamplingSettings, \
-    TokenPicker
+    TokenPicker, run_prompt
 from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerJob, WorkerStoppedError
-from .errors import APIError, BadRequest, NoModelLoaded, ServerError
+from .errors import APIError, BadRequest, GroupDegraded, NoModelLoaded, ServerError
 from .library import ModelConflict
 from .processors import TokenTap, token_piece
 
@@ -102,6 +109,7 @@ class BatchScheduler:
         self._batch: Optional[DecodeBatch] = None
         self._batch_slot: Optional[ModelSlot] = None
         self._joining: Optional[tuple[Request, Generator]] = None
+        self._solo: Optional[tuple[Request, Generator]] = None  # a request decoded on its own (see above)
 
     # -- any thread ----------------------------------------------------------------------------------------
 
@@ -117,8 +125,8 @@ class BatchScheduler:
 
     def active(self) -> int:
         """Rows being decoded now."""
-        batch = self._batch
-        return len(batch) if batch is not None else 0
+        batch, solo = self._batch, self._solo
+        return (len(batch) if batch is not None else 0) + (solo is not None)
 
     def submit(self, request: Request) -> None:
         """Queue a prepared request; QueueFullError past `queue_limit` waiting, WorkerStoppedError when the
@@ -175,10 +183,14 @@ class BatchScheduler:
                 self._admit(self.worker.slot)
                 if self._joining is not None:
                     self._read_chunk()
+                if self._solo is not None:
+                    self._solo_step()
+                    decoded = True
                 if self._batch is not None and len(self._batch):
                     self._decode()
                     decoded = True
-                idle = self._joining is None and not (self._batch is not None and len(self._batch))
+                idle = self._joining is None and self._solo is None and not (self._batch is not None
+                                                                             and len(self._batch))
                 if idle:
                     with self._lock:
                         if not self._pending:
@@ -205,11 +217,16 @@ class BatchScheduler:
             self._joining = None
             reading.close()
             self._fail(request, conflict)
+        if self._solo is not None and self._solo[0].slot is not None and self._solo[0].slot is not slot:
+            request, steps = self._solo
+            self._solo = None
+            steps.close()
+            self._fail(request, conflict)
 
     def _admit(self, slot: Optional[ModelSlot]) -> None:
         """Start reading the next waiting request's prompt when it may join now (not while a load or
         another server job waits: that one goes first once the running replies end)."""
-        if self._joining is not None or self.worker.queued("server"):
+        if self._joining is not None or self._solo is not None or self.worker.queued("server"):
             return
         rows = len(self._batch) if self._batch is not None else 0
         with self._lock:
@@ -217,6 +234,7 @@ class BatchScheduler:
                 return
             request = self._pending[0]
             job = request.job
+            solo = not rows and self._decodes_alone(slot, job, lone=len(self._pending) == 1)
             if rows:
                 if job.prepared_for is not None and job.prepared_for is not slot:
                     return  # prepared for another model: it waits for an empty batch
@@ -226,7 +244,20 @@ class BatchScheduler:
         if request.stream.cancel_event.is_set():
             request.dropped()
             return
-        self._joining = (request, self._reading(slot, request))
+        if solo:
+            self._solo = (request, self._solo_run(slot, request))
+        else:
+            self._joining = (request, self._reading(slot, request))
+
+    @staticmethod
+    def _decodes_alone(slot: Optional[ModelSlot], job, lone: bool) -> bool:
+        """A model that cannot batch decodes every request alone; a lone request that may draft does too."""
+        if slot is None or (job.prepared_for is not None and job.prepared_for is not slot):
+            return False  # prepared afresh for its model once it runs: it goes the batch's way
+        if not getattr(slot.model, "supports_batching", True):
+            return True
+        processors = job.processors[0] if job.processors else []
+        return lone and speculative.applicable(slot.model, job.sampling, processors)
 
     def _fits(self, slot: Optional[ModelSlot], job, rows: int) -> bool:
         context = self.service._context(slot) if slot is not None else None
@@ -288,6 +319,52 @@ class BatchScheduler:
             self._batch, self._batch_slot = DecodeBatch(slot.model), slot
         self._batch.add(rows, [session.cache] * len(rows))
         request.rows_left = len(rows)
+
+    def _solo_step(self) -> None:
+        request, steps = self._solo
+        try:
+            next(steps)
+            return
+        except StopIteration:
+            pass
+        except Exception as error:  # its prompt, its attachments, its grammar, or a Mac of the group lost
+            self._fail(request, error)
+        self._solo = None
+
+    def _solo_run(self, slot: ModelSlot, request: Request) -> Generator[None, None, None]:
+        """One request's choices one after another through `run_prompt` on a pooled session's own cache
+        (mirrored to the other Macs for a split model), an event per step."""
+        service, job, stream = self.service, request.job, request.stream
+        request.started, request.slot = time.monotonic(), slot
+        if job.prepared is None:
+            service.prepare(slot, job)
+        if service.observer is not None:
+            service.observer(job.prepared, job)
+        stream.push(READY, len(job.prepared.tokens))
+        tokenizer = slot.processor.tokenizer
+        digests = job.conversation.media_digests if job.conversation else []
+        for index in range(job.n):
+            tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
+                           call_open=tokenizer.token_id("<|tool_call>"),
+                           call_close=tokenizer.token_id("<tool_call|>"))
+            processors = (job.processors[index] if index < len(job.processors) else []) + [tap]
+            sampling = job.sampling
+            if index and sampling.seed is not None:
+                sampling = replace(sampling, seed=sampling.seed + index)
+            choice = Choice(request, index, tap, sampling, 0.0, 0.0, 0)
+            session = service.pool.acquire(slot.model, job.prepared.keys, digests)
+            for event in run_prompt(slot.model, slot.processor, job.prepared, sampling, session=session,
+                                    cancel=stream.cancel_event, logits_processors=processors):
+                if event.kind != "done":
+                    self._push(choice, event)
+                else:
+                    for output in settle(choice.held, event, tap, tokenizer, index):
+                        stream.push(EVENT, output)
+                    stop = stop_sequence(event, tap, tokenizer, sampling)
+                    service.finished.append(event.stats)
+                    stream.push(EVENT, Output(event, index, stop_sequence=stop))
+                yield
+        self._finish(request)
 
     def _row(self, slot: ModelSlot, request: Request, choice: int, logits, started: float, prompt_done: float,
              reused: int) -> BatchRow:
@@ -372,6 +449,10 @@ class BatchScheduler:
         if self._batch is not None:
             requests += [row.owner.request for row in self._batch.rows]
             self._batch = None
+        if self._solo is not None:
+            requests.append(self._solo[0])
+            self._solo[1].close()
+            self._solo = None
         for request in {id(r): r for r in requests}.values():
             self._fail(request, error)
 
@@ -390,6 +471,8 @@ def as_api_error(error: BaseException) -> APIError:
     """What the client is told about a failure of its request."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, PeerLostError):  # the model is split across Macs and one of them is gone
+        return GroupDegraded(str(error))
     if isinstance(error, (GenerationError, ValueError)):  # the chat format's, attachments', MLX's complaints
         return BadRequest(str(error))
     if isinstance(error, MemoryError):

@@ -17,6 +17,8 @@ from .errors import BadRequest
 
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 8
+# speculative decoding per request (gemma4_mac/speculative.py): same answer, drafted where it pays
+DraftMode = Literal["auto", "mtp", "lookup", "off"]
 
 
 class Lenient(BaseModel):
@@ -75,6 +77,7 @@ class _SamplingFields(Lenient):
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     seed: Optional[int] = None
+    draft: Optional[DraftMode] = None
     stop: Optional[Union[str, list[str]]] = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     user: Optional[str] = None
@@ -90,6 +93,7 @@ class _SamplingFields(Lenient):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[dict[str, Any]] = Field(min_length=1)
+    mcp_tools: bool = False  # this app's extension: the person's MCP tools too, run by the server
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     tools: Optional[list[Tool]] = None
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 from ..generate import GenerationError, PreparedPrompt, SamplingSettings, prepare_prompt
-from .constrained import ConstraintFactory, ConstraintUnavailable, ReplyShape
+from ..constrained import ConstraintError, ConstraintFactory, ConstraintUnavailable, ReplyShape
 from .errors import BadRequest, NoModelLoaded, RateLimited, ServerError
 from .library import KnownModel, ModelConflict, ModelLibrary, model_accepts
 from .limits import ContextExceeded, check_prompt_size, texts_of
@@ -257,9 +257,11 @@ class GenerationService:
             shape = replace(job.shape, in_thought=bool(job.prepared and job.prepared.opens_thought))
             try:
                 processors.append(self._factory(slot).grammar_processor(shape, param=job.shape_param))
-            except ConstraintUnavailable:
-                if not shape.free_text:
-                    raise  # asked for calls the vocabulary cannot write; "auto" simply goes unconstrained
+            except ConstraintUnavailable as error:
+                if not shape.free_text:  # asked for calls the vocabulary cannot write; "auto" goes unconstrained
+                    raise BadRequest(str(error), param=error.param, code=error.code) from error
+            except ConstraintError as error:
+                raise BadRequest(str(error), param=error.param, code=error.code) from error
         if job.ban_tool_calls:
             processors.append(self._factory(slot).banned(["<|tool_call>"]))
         return processors

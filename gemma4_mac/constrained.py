@@ -1,5 +1,8 @@
 """Constrained decoding: tokens that would break a JSON schema or a tool's parameters are masked.
 
+Used by the server's endpoints (gemma4_mac.server) and by the app's agent (gemma4_mac.agent); Qt-free and
+server-free: a grammar that cannot be built raises `ConstraintError`, which the server answers as a 400.
+
 The grammar engine is llguidance (Rust; the one vLLM, SGLang and llama.cpp use). A grammar is written
 in its Lark dialect, where `%json {...}` embeds a JSON schema and `<[id]>` names a special token, so a
 reply can be "an optional thought, then JSON that fits the schema", "one or more tool calls to these
@@ -23,7 +26,6 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_model.chat_format.call_grammar import CallRules, text_terminal
-from .errors import BadRequest
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,15 @@ MARKERS = {"call_open": "<|tool_call>", "call_close": "<tool_call|>", "string": 
            "thought_open": "<|channel>", "thought_close": "<channel|>"}
 
 
-class ConstraintUnavailable(BadRequest):
+class ConstraintError(ValueError):
+    """A constraint that cannot be enforced; `param` names the request field at fault, `code` says why."""
+
+    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = "invalid_schema"):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class ConstraintUnavailable(ConstraintError):
     """The model's vocabulary lacks what the constraint needs (Gemma 3 has no tool-call tokens)."""
 
 
@@ -184,7 +194,8 @@ class ConstraintFactory:
         missing = [MARKERS[k] for k, v in ids.items() if v is None]
         if missing:
             raise ConstraintUnavailable(f"the loaded model has no {', '.join(missing)} token(s): tool calls "
-                                        "and thoughts cannot be constrained with it (is it a Gemma 3 model?)")
+                                        "and thoughts cannot be constrained with it (is it a Gemma 3 model?)",
+                                        code=None)
         return ids
 
     def ll_tokenizer(self):
@@ -196,7 +207,7 @@ class ConstraintFactory:
 
     def grammar_processor(self, shape: ReplyShape, *,
                           param: str = "response_format") -> GrammarLogitsProcessor:
-        """A fresh processor for one reply; BadRequest (naming `param`) when the grammar cannot be built.
+        """A fresh processor for one reply; ConstraintError (naming `param`) when the grammar cannot be built.
 
         A tool schema whose patterns the engine cannot compile is enforced without its patterns and
         formats (agents do not choose their tools' schemas; refusing them would refuse the agent)."""
@@ -211,14 +222,34 @@ class ConstraintFactory:
             grammar = llguidance.LLMatcher.grammar_from_lark(build_grammar(shape, ids, lenient=True))
             problem = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if problem:
-            raise BadRequest(f"{param}: the schema cannot be enforced: {problem.strip()}", param=param,
-                             code="invalid_schema")
+            raise ConstraintError(f"{param}: the schema cannot be enforced: {problem.strip()}", param=param)
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if matcher.is_error():
-            raise BadRequest(f"{param}: the schema cannot be enforced: {matcher.get_error()}", param=param,
-                             code="invalid_schema")
+            raise ConstraintError(f"{param}: the schema cannot be enforced: {matcher.get_error()}", param=param)
         return GrammarLogitsProcessor(matcher, self.tokenizer.eos_token_ids)
 
     def banned(self, texts: Sequence[str]) -> BannedTokensProcessor:
         ids = [self.tokenizer.token_id(t) for t in texts]
         return BannedTokensProcessor([i for i in ids if i is not None], self.vocab_size)
+
+
+def factory_for(model, tokenizer) -> ConstraintFactory:
+    """A ConstraintFactory for a loaded model (its vocabulary size comes from its config)."""
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    vocab = getattr(text_config, "vocab_size", None)
+    return ConstraintFactory(tokenizer, int(vocab or tokenizer.vocab_size))
+
+
+def agent_processors(factory: ConstraintFactory, tools: Sequence[tuple[str, Optional[dict]]], *,
+                     allow_calls: bool, in_thought: bool) -> list:
+    """Logits processors for one turn of the app's agent: free text, then (optionally) calls to `tools` whose
+    arguments fit their schemas; or, with `allow_calls` false, no call at all. A vocabulary without the
+    markers (Gemma 3) or a schema the engine cannot compile leaves the turn unconstrained."""
+    if not allow_calls:
+        return [factory.banned([MARKERS["call_open"]])]
+    shape = ReplyShape(tools=list(tools), free_text=True, allow_thought=True, in_thought=in_thought)
+    try:
+        return [factory.grammar_processor(shape, param="tools")]
+    except ConstraintError as error:
+        log.warning("tool calls left unconstrained: %s", error)
+        return []

@@ -1,0 +1,168 @@
+"""Starting a group of Macs for one model: `serve`/`ask --hosts hosts.json`.
+
+hosts.json is MLX's hostfile (what `mlx.distributed_config` writes): a list of
+`{"ssh": "name-or-address", "ips": ["address on the shared link"]}`, this Mac first. This process becomes
+rank 0; the other Macs are started through `mlx.launch` (ssh, ring backend) as followers
+(`python -m gemma4_mac.cluster --model PATH`) that load their shard and repeat rank 0's model calls
+(gemma4_mac/distributed.py). Rank 0 stays outside the launcher so that a follower that dies ends the request
+with a clear error and leaves the server up, instead of the launcher stopping every rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+RING_ENV = "GEMMA4_MAC_RING"  # the ring's addresses, given to the followers by mlx.launch
+DEFAULT_PORT = 32323  # mlx.launch's own default first port
+CONNECT_TIMEOUT = 120.0
+
+
+class ClusterError(RuntimeError):
+    """The group of Macs cannot be started: the message says which file, host or connection is wrong."""
+
+
+def read_hosts(path: str | Path) -> list[dict]:
+    """The hosts of `path` (MLX's hostfile: the list, or mlx.distributed_config's {"hosts": [...], ...}),
+    checked: at least two, each with an ssh name and an IP (the ring uses each host's first IP)."""
+    path = Path(path).expanduser()
+    try:
+        hosts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ClusterError(f"cannot read the hosts file {path} ({error}).") from error
+    if isinstance(hosts, dict):
+        hosts = hosts.get("hosts")
+    valid = isinstance(hosts, list) and all(
+        isinstance(h, dict) and isinstance(h.get("ssh"), str) and isinstance(h.get("ips"), list)
+        and h["ips"] and all(isinstance(ip, str) for ip in h["ips"]) for h in hosts)
+    if not valid:
+        raise ClusterError(f"{path} is not a hosts file: expected a list like "
+                           '[{"ssh": "mac-a.local", "ips": ["10.0.0.1"]}, '
+                           '{"ssh": "mac-b.local", "ips": ["10.0.0.2"]}] '
+                           "with this Mac first (mlx.distributed_config writes one).")
+    if len(hosts) < 2:
+        raise ClusterError(f"{path} names {len(hosts)} Mac; a split model needs at least two.")
+    return hosts
+
+
+def ring_addresses(hosts: list[dict], port: int) -> list[list[str]]:
+    """The ring backend's hostfile: one `ip:port` per rank, rank 0 first."""
+    return [[f"{host['ips'][0]}:{port + rank}"] for rank, host in enumerate(hosts)]
+
+
+def _use_ring(ring: list, rank: int) -> None:
+    """Point this process's MLX at the ring as `rank` (what mlx.launch does for the ranks it starts)."""
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gemma4-ring-", delete=False)
+    with handle:
+        json.dump(ring, handle)
+    os.environ["MLX_HOSTFILE"] = handle.name
+    os.environ["MLX_RANK"] = str(rank)
+
+
+def _init_group(timeout: float, followers: Optional[subprocess.Popen] = None):
+    """`mx.distributed.init` on the ring, given up (with a ClusterError) after `timeout` seconds."""
+    import mlx.core as mx
+
+    result: dict = {}
+
+    def connect() -> None:
+        try:
+            result["group"] = mx.distributed.init(strict=True, backend="ring")
+        except RuntimeError as error:
+            result["error"] = error
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "group" in result:
+        return result["group"]
+    if followers is not None and followers.poll() is not None:
+        raise ClusterError(f"the other Macs could not be started (mlx.launch exited with "
+                           f"{followers.returncode}); check that this Mac can `ssh` to each host without a "
+                           "password and that the model folder and this program are at the same paths there.")
+    reason = result.get("error", f"no answer in {timeout:.0f} s")
+    raise ClusterError(f"could not connect the Macs' ring ({reason}); "
+                       "check the IPs in the hosts file and that the port is not blocked.")
+
+
+class Cluster:
+    """Rank 0's view of the group: its `mx.distributed` group and the launcher running the followers."""
+
+    def __init__(self, group, followers: subprocess.Popen, hostfile: Path):
+        self.group, self.followers, self._hostfile = group, followers, hostfile
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait for the followers to end (after `LeaderModel.close`), stopping them if they do not."""
+        try:
+            self.followers.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.followers.terminate()
+            self.followers.wait(timeout)
+        self._hostfile.unlink(missing_ok=True)
+
+
+def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT,
+          timeout: float = CONNECT_TIMEOUT) -> Cluster:
+    """Start the followers on the other hosts through `mlx.launch` and join the ring as rank 0."""
+    hosts = read_hosts(hosts_file)
+    ring = ring_addresses(hosts, port)
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
+    if launcher is None:
+        raise ClusterError("mlx.launch is not installed with this Python; install mlx.")
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gemma4-followers-", delete=False)
+    with handle:
+        json.dump(hosts[1:], handle)
+    env = [f"{RING_ENV}={json.dumps(ring)}"]
+    if os.environ.get("PYTHONPATH"):
+        env.append(f"PYTHONPATH={os.environ['PYTHONPATH']}")
+    command = [launcher, "--backend", "ring", "--hostfile", handle.name, "--cwd", os.getcwd(),
+               "--python", sys.executable]
+    for item in env:
+        command += ["--env", item]
+    command += ["--", "-m", "gemma4_mac.cluster", "--model", str(Path(model).expanduser().resolve())]
+    followers = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    _use_ring(ring, 0)
+    try:
+        group = _init_group(timeout, followers)
+    except ClusterError:
+        followers.terminate()
+        raise
+    return Cluster(group, followers, Path(handle.name))
+
+
+def follower_main(argv: Optional[Sequence[str]] = None) -> int:
+    """A follower (started by `start` through mlx.launch): load this rank's shard, repeat rank 0's calls."""
+    parser = argparse.ArgumentParser(prog="python -m gemma4_mac.cluster")
+    parser.add_argument("--model", required=True)
+    args = parser.parse_args(argv)
+    ring = json.loads(os.environ[RING_ENV])
+    _use_ring(ring, int(os.environ.get("MLX_RANK", "0")) + 1)  # mlx.launch numbers the followers from 0
+    from mlx_model import ModelLoadError, load_model
+
+    from .distributed import follow
+
+    group = _init_group(CONNECT_TIMEOUT)
+    try:
+        model = load_model(args.model, group=group)
+    except ModelLoadError as error:
+        sys.stderr.write(f"error on rank {group.rank()}: {error}\n")
+        return 2
+    try:
+        follow(model, group)
+    except RuntimeError as error:  # rank 0 went away: nothing left to follow
+        sys.stderr.write(f"rank {group.rank()}: rank 0 is gone ({error}); stopping.\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(follower_main())

@@ -1,0 +1,277 @@
+"""One model across several Macs: rank 0 runs the app's code as usual, the other ranks follow its model calls.
+
+The model is sharded (mlx_model/sharding.py), so every forward pass must run on every rank at once, in the
+same order, with the same caches. Rank 0 wraps its model in `LeaderModel`: each forward call, each new cache
+and each cache operation (reserve, trim, checkpoint, restore) is first sent to the followers, which repeat it
+on their own shard (`follow`). Messages go over MLX's collectives (an `all_sum` where only rank 0 adds
+anything), so the same ring that carries the activations carries the commands.
+
+Followers are started through `mlx.launch` (hosts.json: MLX's hostfile, this Mac first). Rank 0 itself is not
+under the launcher, so a follower that dies ends the request with `PeerLostError` instead of the launcher
+killing the server; the model then refuses further requests with the same clear error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import weakref
+from typing import Any, Optional
+
+import mlx.core as mx
+
+from .prefill import GenerationError
+
+STOP = "stop"
+TEXT_ONLY = "images, audio and video are not supported yet when a model is split across Macs; send text only."
+
+
+class PeerLostError(GenerationError):
+    """A Mac of the group stopped answering (it quit, crashed or its link dropped)."""
+
+
+class Channel:
+    """Rank 0 -> every rank: a JSON header plus named arrays, carried by `all_sum` (MLX has no broadcast)."""
+
+    def __init__(self, group: mx.distributed.Group):
+        self.group = group
+        self.leader = group.rank() == 0
+
+    def barrier(self) -> None:
+        """Wait until every rank got here (each has loaded its shard)."""
+        mx.eval(mx.distributed.all_sum(mx.ones((1,)), group=self.group))
+
+    def _share(self, value: mx.array) -> mx.array:
+        out = mx.distributed.all_sum(value if self.leader else mx.zeros_like(value), group=self.group)
+        mx.eval(out)
+        return out
+
+    def send(self, header: dict, arrays: dict[str, mx.array]) -> None:
+        """(rank 0) Send a message; followers get it from `receive`."""
+        header = {**header, "arrays": [[name, str(a.dtype).split(".")[-1], list(a.shape)]
+                                       for name, a in arrays.items()]}
+        raw = mx.array(list(json.dumps(header).encode("utf-8")), dtype=mx.uint8)
+        self._share(mx.array([raw.size], dtype=mx.int32))
+        self._share(raw)
+        for array in arrays.values():
+            self._share(array.astype(mx.uint8) if array.dtype == mx.bool_ else array)
+
+    def receive(self) -> tuple[dict, dict[str, mx.array]]:
+        """(followers) The next message from rank 0."""
+        size = int(self._share(mx.zeros((1,), dtype=mx.int32)).item())
+        header = json.loads(bytes(self._share(mx.zeros((size,), dtype=mx.uint8)).tolist()).decode("utf-8"))
+        arrays = {}
+        for name, dtype, shape in header.pop("arrays"):
+            wire = mx.uint8 if dtype == "bool" else getattr(mx, dtype)
+            value = self._share(mx.zeros(shape, dtype=wire))
+            arrays[name] = value.astype(mx.bool_) if dtype == "bool" else value
+        return header, arrays
+
+
+def _split_arguments(kwargs: dict) -> tuple[dict, dict[str, mx.array]]:
+    """Keyword arguments as JSON values plus arrays (also inside one level of dicts, e.g. mask overrides)."""
+    plain, arrays = {}, {}
+    for key, value in kwargs.items():
+        if isinstance(value, mx.array):
+            arrays[key] = value
+        elif isinstance(value, dict):
+            plain[key] = {"__dict__": [k for k in value]}
+            for inner, item in value.items():
+                if isinstance(item, mx.array):
+                    arrays[f"{key}/{inner}"] = item
+                else:
+                    plain[key].setdefault("__plain__", {})[inner] = item
+        else:
+            plain[key] = value
+    return plain, arrays
+
+
+def _join_arguments(plain: dict, arrays: dict[str, mx.array]) -> dict:
+    kwargs = {}
+    for key, value in plain.items():
+        if isinstance(value, dict) and "__dict__" in value:
+            kwargs[key] = {inner: arrays.get(f"{key}/{inner}", value.get("__plain__", {}).get(inner))
+                           for inner in value["__dict__"]}
+        else:
+            kwargs[key] = value
+    kwargs.update({k: v for k, v in arrays.items() if "/" not in k})
+    return kwargs
+
+
+class _Handle:
+    """A cache checkpoint on rank 0, with the id under which every follower keeps its own."""
+
+    def __init__(self, handle_id: int, value: Any):
+        self.id, self.value = handle_id, value
+
+
+_MIRROR_CLASSES: dict[type, type] = {}
+
+
+def _mirror_class(base: type) -> type:
+    """`base` with its state-changing methods sent to the followers first (KVCache, SlidingKVCache)."""
+    if base in _MIRROR_CLASSES:
+        return _MIRROR_CLASSES[base]
+    methods = {}
+    if hasattr(base, "reserve"):
+        def reserve(self, n_tokens):
+            self._leader.cache_op(self, "reserve", n_tokens)
+            return base.reserve(self, n_tokens)
+        methods["reserve"] = reserve
+
+    def trim(self, n):
+        self._leader.cache_op(self, "trim", n)
+        return base.trim(self, n)
+
+    def checkpoint(self):
+        handle = self._leader.new_handle(base.checkpoint(self))
+        self._leader.cache_op(self, "checkpoint", handle.id)
+        return handle
+
+    def restore(self, handle):
+        self._leader.cache_op(self, "restore", handle.id)
+        return base.restore(self, handle.value)
+
+    methods.update(trim=trim, checkpoint=checkpoint, restore=restore)
+    _MIRROR_CLASSES[base] = type(f"Mirrored{base.__name__}", (base,), methods)
+    return _MIRROR_CLASSES[base]
+
+
+class _LeaderLanguageModel:
+    """`model.language_model` on rank 0: calls are mirrored, everything else is the real decoder's."""
+
+    def __init__(self, leader: "LeaderModel"):
+        self._leader = leader
+
+    def __getattr__(self, name):
+        return getattr(self._leader._model.language_model, name)
+
+    def __call__(self, inputs=None, cache=None, **kwargs):
+        return self._leader._run("language_model", inputs, cache, kwargs)
+
+
+class LeaderModel:
+    """Rank 0's model: the sharded model; the followers repeat its every forward pass and cache change."""
+
+    # the server's batch caches (mlx-lm's) are not mirrored to the followers: one request at a time, on ours
+    supports_batching = False
+
+    def __init__(self, model, group: mx.distributed.Group):
+        self._model = model
+        self._channel = Channel(group)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._forgotten: list = []
+        self.lost: Optional[str] = None
+        self.ranks = group.size()
+        try:
+            self._channel.barrier()  # ready once every Mac holds its shard
+        except RuntimeError as error:
+            raise self._peer_lost(error) from error
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    @property
+    def language_model(self):
+        return _LeaderLanguageModel(self)
+
+    def _send(self, header: dict, arrays: Optional[dict] = None) -> None:
+        if self.lost:
+            raise PeerLostError(self.lost)
+        forgotten, self._forgotten = self._forgotten, []
+        try:
+            with self._lock:
+                self._channel.send({**header, "forget": forgotten}, arrays or {})
+        except RuntimeError as error:  # MLX's ring: "connection to a peer was lost"
+            raise self._peer_lost(error) from error
+
+    def _peer_lost(self, error: BaseException) -> PeerLostError:
+        self.lost = (f"a Mac of the {self.ranks}-Mac group stopped answering ({error}); the model is split "
+                     "across the Macs, so it cannot answer until `serve` (or `ask`) is started again on all "
+                     "of them.")
+        return PeerLostError(self.lost)
+
+    def _run(self, target: str, inputs, cache, kwargs):
+        plain, arrays = _split_arguments(kwargs)
+        if inputs is not None:
+            arrays["__inputs__"] = inputs
+        ids = [layer._mirror_id for layer in cache] if cache else None
+        self._send({"op": "forward", "target": target, "cache": ids, "kwargs": plain}, arrays)
+        module = self._model.language_model if target == "language_model" else self._model
+        out = module(inputs, cache=cache, **kwargs)
+        try:
+            mx.eval(out)  # here, so that a lost peer is reported as such and not deep inside generation
+        except RuntimeError as error:
+            raise self._peer_lost(error) from error
+        return out
+
+    def __call__(self, inputs=None, cache=None, **kwargs):
+        if any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "input_features")):
+            raise GenerationError(TEXT_ONLY)
+        return self._run("model", inputs, cache, kwargs)
+
+    def embed_multimodal(self, *args, **kwargs):
+        raise GenerationError(TEXT_ONLY)
+
+    image_features = audio_features = embed_multimodal
+
+    def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
+        list_id = next(self._ids)
+        self._send({"op": "make_cache", "id": list_id, "kv_bits": kv_bits, "kv_group_size": kv_group_size})
+        caches = self._model.make_cache(kv_bits=kv_bits, kv_group_size=kv_group_size)
+        for index, layer in enumerate(caches):
+            layer.__class__ = _mirror_class(type(layer))
+            layer._leader, layer._mirror_id = self, [list_id, index]
+        if caches:
+            weakref.finalize(caches[0], self._forgotten.append, ["cache", list_id])
+        return caches
+
+    def new_handle(self, value) -> _Handle:
+        handle = _Handle(next(self._ids), value)
+        weakref.finalize(handle, self._forgotten.append, ["handle", handle.id])
+        return handle
+
+    def cache_op(self, layer, op: str, argument) -> None:
+        self._send({"op": "cache", "cache": layer._mirror_id, "call": op, "argument": argument})
+
+    def close(self) -> None:
+        """Let the followers exit (they would also end once this process's connections close)."""
+        if not self.lost:
+            try:
+                self._send({"op": STOP})
+            except PeerLostError:
+                pass
+
+
+def follow(model, group: mx.distributed.Group) -> None:
+    """(ranks 1..N-1) Repeat rank 0's model calls on this rank's shard until it says stop or goes away."""
+    channel = Channel(group)
+    channel.barrier()
+    caches: dict[int, list] = {}
+    handles: dict[int, Any] = {}
+    while True:
+        header, arrays = channel.receive()
+        for kind, key in header.get("forget", []):
+            (caches if kind == "cache" else handles).pop(key, None)
+        op = header["op"]
+        if op == STOP:
+            return
+        if op == "make_cache":
+            caches[header["id"]] = model.make_cache(kv_bits=header["kv_bits"],
+                                                    kv_group_size=header["kv_group_size"])
+        elif op == "cache":
+            list_id, index = header["cache"]
+            layer = caches[list_id][index]
+            if header["call"] == "checkpoint":
+                handles[header["argument"]] = layer.checkpoint()
+            elif header["call"] == "restore":
+                layer.restore(handles[header["argument"]])
+            else:
+                getattr(layer, header["call"])(header["argument"])
+        elif op == "forward":
+            cache = [caches[list_id][index] for list_id, index in header["cache"] or []] or None
+            inputs = arrays.pop("__inputs__", None)
+            module = model.language_model if header["target"] == "language_model" else model
+            mx.eval(module(inputs, cache=cache, **_join_arguments(header["kwargs"], arrays)))

@@ -1,0 +1,50 @@
+"""One rank of tests/test_distributed.py, started by `mlx.launch --backend ring`: loads each checkpoint
+sharded across the group and saves its logits (full forward, then cached prefill and greedy decode) for
+the test to compare with the single-process model.
+
+Usage: distributed_worker.py OUT_DIR PROMPT_LEN DECODE_STEPS CASE... where a CASE is NAME=CHECKPOINT:KV_BITS
+(KV_BITS 16 or 8).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import mlx.core as mx
+
+from mlx_model import load_model
+
+
+def run_case(model, prompt: np.ndarray, steps: int, kv_bits):
+    """(full-forward logits, cached logits per step, greedy tokens) for one prompt."""
+    full = model(mx.array(prompt[None]))
+    cache = model.make_cache(kv_bits=kv_bits, kv_group_size=32)
+    logits = model(mx.array(prompt[None]), cache=cache, logits_to_keep=1)
+    cached, tokens = [], []
+    for _ in range(steps):
+        cached.append(np.array(logits[0, -1]))
+        tokens.append(int(mx.argmax(logits[0, -1]).item()))
+        logits = model(mx.array([[tokens[-1]]]), cache=cache)
+    return np.array(full[0]), np.stack(cached), np.array(tokens)
+
+
+def main(argv: list[str]) -> int:
+    out_dir, prompt_len, steps, *cases = argv
+    group = mx.distributed.init(strict=True)
+    prompt = np.random.default_rng(0).integers(3, 512, int(prompt_len))
+    results = {"ranks": np.array(group.size())}
+    for case in cases:
+        name, spec = case.split("=", 1)
+        path, bits = spec.rsplit(":", 1)
+        model = load_model(path, group=group)
+        full, cached, tokens = run_case(model, prompt, int(steps), None if bits == "16" else int(bits))
+        results.update({f"{name}/full": full, f"{name}/cached": cached, f"{name}/tokens": tokens})
+    np.savez(Path(out_dir) / f"rank{group.rank()}.npz", prompt=prompt, **results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
