@@ -207,3 +207,13 @@ def test_a_queued_stream_gets_headers_at_once_and_leaves_the_queue_when_its_clie
     finally:
         release.set()
         blocker.wait(60)
+
+
+def test_a_lost_mac_of_a_split_model_is_a_503_group_degraded():
+    from gemma4_mac.distributed import LeaderModel, PeerLostError
+    from gemma4_mac.server.errors import GroupDegraded
+    from gemma4_mac.server.scheduler import as_api_error
+
+    error = as_api_error(PeerLostError("a Mac of the 2-Mac group stopped answering"))
+    assert isinstance(error, GroupDegraded) and error.status == 503 and "stopped answering" in str(error)
+    assert LeaderModel.supports_batching is False  # its followers mirror its own caches, not a batch's
