@@ -154,6 +154,9 @@ class _LeaderLanguageModel:
 class LeaderModel:
     """Rank 0's model: the sharded model; the followers repeat its every forward pass and cache change."""
 
+    # the server's batch caches (mlx-lm's) are not mirrored to the followers: one request at a time, on ours
+    supports_batching = False
+
     def __init__(self, model, group: mx.distributed.Group):
         self._model = model
         self._channel = Channel(group)

@@ -22,8 +22,9 @@ from .prefill import GenerationError
 from .prompt import PreparedPrompt, prepare_prompt
 from .session import ChatSession
 
-__all__ = ["GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt", "SamplingSettings", "TokenStep",
-           "generate_tokens", "prepare_prompt", "run_prompt", "stream_generate"]
+__all__ = ["GenerationError", "GenerationEvent", "GenerationStats", "PreparedPrompt", "ReplyDecoder",
+           "SamplingSettings", "TokenPicker", "TokenStep", "generate_tokens", "prepare_prompt", "run_prompt",
+           "stream_generate"]
 
 
 @dataclass
@@ -81,6 +82,26 @@ class TokenStep:
     logprobs: Optional[mx.array] = None
 
 
+class TokenPicker:
+    """Logits processors (plus the repetition penalty) and the sampler of one reply: `picker(history, logits)`
+    gives (token, logprobs). `history` is the prompt and the tokens sampled so far (needed only when
+    `processors` is not empty)."""
+
+    def __init__(self, sampling: SamplingSettings, logits_processors: Optional[list[Callable]] = None):
+        self.sampler = make_sampler(temp=sampling.temperature,
+                                    top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
+                                    min_p=sampling.min_p, top_k=sampling.top_k or 0)
+        self.processors = list(logits_processors or [])
+        if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
+            self.processors += make_logits_processors(repetition_penalty=sampling.repetition_penalty)
+
+    def __call__(self, history: mx.array, logits: mx.array) -> tuple[mx.array, mx.array]:
+        for processor in self.processors:
+            logits = processor(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return self.sampler(logprobs), logprobs
+
+
 def generate_tokens(model, first_logits: mx.array, cache: list, sampling: SamplingSettings, *,
                     history: Sequence[int] = (), cancel: Optional[threading.Event] = None,
                     logits_processors: Optional[list[Callable]] = None) -> Iterator[TokenStep]:
@@ -91,23 +112,16 @@ def generate_tokens(model, first_logits: mx.array, cache: list, sampling: Sampli
     """
     if sampling.seed is not None:
         mx.random.seed(sampling.seed)
-    sampler = make_sampler(temp=sampling.temperature, top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
-                           min_p=sampling.min_p, top_k=sampling.top_k or 0)
-    processors = list(logits_processors or [])
-    if sampling.repetition_penalty and sampling.repetition_penalty != 1.0:
-        processors += make_logits_processors(repetition_penalty=sampling.repetition_penalty)
+    picker = TokenPicker(sampling, logits_processors)
     seen = mx.array(list(history), dtype=mx.int32)
 
     def pick(logits: mx.array):
-        for processor in processors:
-            logits = processor(seen, logits)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        return sampler(logprobs), logprobs
+        return picker(seen, logits)
 
     token, logprobs = pick(first_logits)
     for _ in range(sampling.max_tokens):
         next_logits = model(token.reshape(1, 1), cache=cache)[:, -1, :]
-        if processors:
+        if picker.processors:
             seen = mx.concatenate([seen, token.reshape(-1).astype(mx.int32)])
         next_token, next_logprobs = pick(next_logits)
         mx.async_eval(next_token, next_logprobs)
@@ -158,6 +172,68 @@ def _events_from_parser(parsed) -> Iterator[GenerationEvent]:
             yield GenerationEvent("tool_call", tool_call=item.as_dict())
 
 
+class ReplyDecoder:
+    """Sampled tokens in, answer/thought/tool-call events out: end of turn, stop strings, the streaming
+    detokenizer and the output parser of one reply. Shared by `run_prompt` and the server's batches."""
+
+    def __init__(self, tokenizer, prepared: PreparedPrompt, sampling: SamplingSettings,
+                 stats: GenerationStats):
+        self.eos_ids = set(tokenizer.eos_token_ids)
+        self.detokenizer = tokenizer.detokenizer
+        self.detokenizer.reset()
+        self.parser = OutputParser(in_thought=prepared.opens_thought) if prepared.parse_output else None
+        self.stops = StopStringWatcher(sampling.stop_strings)
+        self.stats = stats
+        self.finish = "length"  # until a token says otherwise
+        self.saw_tool_call = self.hit_stop = False
+
+    def feed(self, token: int) -> tuple[list[GenerationEvent], bool]:
+        """The events one sampled token completes, and whether the reply ended with it."""
+        if token in self.eos_ids:
+            self.finish = "stop"
+            return [], True
+        self.stats.generation_tokens += 1
+        self.detokenizer.add_token(token)
+        text, self.hit_stop = self.stops.feed(self.detokenizer.last_segment)
+        events = list(self._emit(text))
+        if self.hit_stop:
+            self.finish = "stop"
+        return events, self.hit_stop
+
+    def close(self) -> list[GenerationEvent]:
+        """The text still held back (none after a stop string) and the parser's last events."""
+        self.detokenizer.finalize()
+        events = []
+        if not self.hit_stop:  # text after a stop string is dropped, everything else is flushed
+            tail_text, _ = self.stops.feed(self.detokenizer.last_segment)
+            events += self._emit(tail_text + self.stops.flush())
+        if self.parser is not None:
+            events += self._count_calls(_events_from_parser(self.parser.finish()))
+        called = self.saw_tool_call and self.finish == "stop"
+        self.stats.finish_reason = "tool_calls" if called else self.finish
+        return events
+
+    def time(self, started: float, prompt_done: float, first_token_at: float, ended: float,
+             reused: int) -> GenerationEvent:
+        """Fill in the figures of the reply (perf_counter times) and return its "done" event."""
+        stats = self.stats
+        stats.time_to_first_token = first_token_at - started
+        stats.prompt_tps = (stats.prompt_tokens - reused) / max(prompt_done - started, 1e-9)
+        stats.generation_tps = max(stats.generation_tokens - 1, 0) / max(ended - first_token_at, 1e-9)
+        stats.peak_memory_bytes = int(mx.get_peak_memory())
+        return GenerationEvent("done", stats=stats)
+
+    def _emit(self, text: str) -> list[GenerationEvent]:
+        if self.parser is None:
+            return [GenerationEvent("answer", text)] if text else []
+        return self._count_calls(_events_from_parser(self.parser.feed(text)))
+
+    def _count_calls(self, events: Iterable[GenerationEvent]) -> list[GenerationEvent]:
+        events = list(events)
+        self.saw_tool_call |= any(event.kind == "tool_call" for event in events)
+        return events
+
+
 def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSettings, *,
                session=None, cancel: Optional[threading.Event] = None,
                logits_processors: Optional[list[Callable]] = None,
@@ -193,25 +269,8 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
         return
     prompt_done = time.perf_counter()
 
-    eos_ids = set(tokenizer.eos_token_ids)
-    detokenizer = tokenizer.detokenizer
-    detokenizer.reset()
-    parser = OutputParser(in_thought=prepared.opens_thought) if prepared.parse_output else None
-    stops = StopStringWatcher(sampling.stop_strings)
+    reply = ReplyDecoder(tokenizer, prepared, sampling, stats)
     first_token_at = None
-    finish = "length"
-    saw_tool_call = hit_stop = False
-
-    def emit(text: str) -> Iterator[GenerationEvent]:
-        nonlocal saw_tool_call
-        if parser is None:
-            if text:
-                yield GenerationEvent("answer", text)
-            return
-        for event in _events_from_parser(parser.feed(text)):
-            saw_tool_call |= event.kind == "tool_call"
-            yield event
-
     if speculative.applicable(model, sampling, logits_processors):
         steps = speculative.speculative_tokens(model, logits, session, sampling, TokenStep, history=tokens,
                                                cancel=cancel, stats=stats, media=prepared.media,
@@ -223,37 +282,18 @@ def run_prompt(model, processor, prepared: PreparedPrompt, sampling: SamplingSet
         session.append([step.token])
         if first_token_at is None:
             first_token_at = time.perf_counter()
-        if step.token in eos_ids:
-            finish = "stop"
-            break
-        stats.generation_tokens += 1
-        detokenizer.add_token(step.token)
-        text, hit_stop = stops.feed(detokenizer.last_segment)
-        yield from emit(text)
-        if hit_stop:
-            finish = "stop"
+        events, ended = reply.feed(step.token)
+        yield from events
+        if ended:
             break
         if cancel is not None and cancel.is_set():
-            finish = "cancelled"
+            reply.finish = "cancelled"
             break
     steps.close()  # a speculative step may hold tokens the answer did not take: they leave the cache now
     session.mark()
-    detokenizer.finalize()
-    if not hit_stop:  # text after a stop string is dropped, everything else is flushed
-        tail_text, _ = stops.feed(detokenizer.last_segment)
-        yield from emit(tail_text + stops.flush())
-    if parser is not None:
-        for event in _events_from_parser(parser.finish()):
-            saw_tool_call |= event.kind == "tool_call"
-            yield event
+    yield from reply.close()
     ended = time.perf_counter()
-    first_token_at = first_token_at or ended
-    stats.time_to_first_token = first_token_at - started
-    stats.prompt_tps = (len(tokens) - reused) / max(prompt_done - started, 1e-9)
-    stats.generation_tps = max(stats.generation_tokens - 1, 0) / max(ended - first_token_at, 1e-9)
-    stats.peak_memory_bytes = int(mx.get_peak_memory())
-    stats.finish_reason = "tool_calls" if (saw_tool_call and finish == "stop") else finish
-    yield GenerationEvent("done", stats=stats)
+    yield reply.time(started, prompt_done, first_token_at or ended, ended, reused)
 
 
 def stream_generate(model, processor, messages: Optional[list[dict]] = None, *, prompt: Optional[str] = None,

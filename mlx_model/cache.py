@@ -217,6 +217,14 @@ class SlidingKVCache(_LayerCache):
             runs.append(Span(self.keys[:, :, :split], self.values[:, :, :split], self.offset - split, split))
         return runs
 
+    def in_order(self):
+        """(keys, values) of the cached positions, oldest first (at most `window` of them)."""
+        runs = self._runs()
+        if not runs:
+            return None, None
+        return (mx.concatenate([r.keys for r in runs], axis=2),
+                mx.concatenate([r.values for r in runs], axis=2))
+
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Add [B, H, L, D] keys/values; return the keys/values the new queries attend to."""
         return self.update_and_view(keys, values).dense()

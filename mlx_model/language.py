@@ -93,12 +93,21 @@ class Attention(nn.Module):
             if self.use_v_norm:
                 values = mx.fast.rms_norm(values, None, self.k_norm.eps)  # HF:1182 v_norm has no weight
             values = values.transpose(0, 2, 1, 3)
-            view = cache.update_and_view(keys, values) if cache is not None else KVView.of(keys, values, offset)
+            view = _cache_view(cache, keys, values) if cache is not None else KVView.of(keys, values, offset)
 
         out = attend(queries, view, scale=self.scale, query_start=offset, window=self.window, mask=mask,
                      softcap=self.attn_softcap, custom_mask=custom_mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, -1)
         return all_sum(self.o_proj(out), self.group), view
+
+
+def _cache_view(cache, keys: mx.array, values: mx.array) -> KVView:
+    """Add keys/values to a layer's cache and return what the layer attends to."""
+    if hasattr(cache, "update_and_view"):
+        return cache.update_and_view(keys, values)
+    # mlx-lm's batch caches (gemma4_mac/batch.py, one token per row per step) return dense keys and values
+    keys, values = cache.update_and_fetch(keys, values)
+    return KVView.of(keys, values)
 
 
 class Router(nn.Module):

@@ -2,8 +2,11 @@
 
     python scripts/bench_server.py [--model PATH] [--tokens 8192]
     python scripts/bench_server.py --limits [--model PATH]
+    python scripts/bench_server.py --concurrency [--model PATH] [--streams 1 4 8] [--rounds 3]
 
-With --limits it measures what the largest requests cost instead (see `limits` below).
+With --limits it measures what the largest requests cost instead (see `limits` below); with
+--concurrency, the total tokens/s of concurrent streams against the same requests one after another
+(see `concurrency` below).
 
 Starts the server in this process on a free port and talks to it with the `openai` client, as an
 agent would: it sends a conversation of about `--tokens` tokens, appends the reply and a new question,
@@ -199,11 +202,102 @@ def limits(path: Path, scratch: Path) -> dict:
         process.wait(30)
 
 
+def concurrency(client, model_id: str, streams: tuple[int, ...], rounds: int, max_tokens: int,
+                seed: int) -> dict:
+    """Total generated tokens/s of `n` streams at once against the same `n` requests one after another,
+    for each `n` in `streams`: `rounds` paired rounds (the order of the two alternates), greedy raw-prompt
+    completions of different lengths. Reports the median ratio and its spread (min, max) over rounds."""
+    import statistics
+    import threading
+
+    rng = random.Random(seed)
+    prompts = [filler(rng, rng.randint(5, 120)) for _ in range(max(streams))]
+
+    def one(prompt: str) -> int:
+        reply = client.completions.create(model=model_id, prompt=prompt, max_tokens=max_tokens, temperature=0)
+        return reply.usage.completion_tokens
+
+    def one_after_another(batch: list[str]) -> tuple[int, float]:
+        started = time.perf_counter()
+        tokens = sum(one(prompt) for prompt in batch)
+        return tokens, time.perf_counter() - started
+
+    def at_once(batch: list[str]) -> tuple[int, float]:
+        counts = [0] * len(batch)
+
+        def send(index: int) -> None:
+            counts[index] = one(batch[index])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(batch))]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(counts), time.perf_counter() - started
+
+    one(prompts[0])  # warm up
+    results = {}
+    for n in streams:
+        batch = prompts[:n]
+        ratios, sequential_tps, concurrent_tps = [], [], []
+        for round_index in range(rounds):
+            runs = {}
+            order = ("sequential", "concurrent") if round_index % 2 == 0 else ("concurrent", "sequential")
+            for kind in order:
+                tokens, seconds = (one_after_another if kind == "sequential" else at_once)(batch)
+                runs[kind] = tokens / seconds
+            sequential_tps.append(runs["sequential"])
+            concurrent_tps.append(runs["concurrent"])
+            ratios.append(runs["concurrent"] / runs["sequential"])
+        results[f"{n}_streams"] = {
+            "sequential_tokens_per_s": round(statistics.median(sequential_tps), 1),
+            "concurrent_tokens_per_s": round(statistics.median(concurrent_tps), 1),
+            "ratio_median": round(statistics.median(ratios), 2),
+            "ratio_min": round(min(ratios), 2), "ratio_max": round(max(ratios), 2),
+        }
+    return results
+
+
+def forward_ms_by_batch(slot, sizes: tuple[int, ...], steps: int = 5) -> dict:
+    """One decode step's forward pass (milliseconds) for each batch size, on the model thread: where it grows
+    in proportion to the batch, the machine is compute-bound and batching cannot add throughput."""
+    import mlx.core as mx
+
+    from gemma4_mac.batch import batch_caches
+
+    model, figures = slot.model, {}
+    for size in sizes:
+        caches = []
+        for row in range(size):
+            cache = model.make_cache()
+            mx.eval(model(mx.array([list(range(10, 20 + 7 * row))]), cache=cache))
+            caches.append(cache)
+        batched, inputs = batch_caches(caches), mx.array([[7]] * size)
+        mx.eval(model(inputs, cache=batched))
+        started = time.perf_counter()
+        for _ in range(steps):
+            mx.eval(model(inputs, cache=batched))
+        figures[str(size)] = round((time.perf_counter() - started) / steps * 1000, 1)
+    return figures
+
+
+def _mlx_device() -> str:
+    import mlx.core as mx
+
+    return str(mx.default_device())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="a converted model folder (default: random weights, real vocabulary)")
     parser.add_argument("--limits", action="store_true",
                         help="measure the cost of the largest requests instead")
+    parser.add_argument("--concurrency", action="store_true",
+                        help="measure concurrent streams against the same requests one after another instead")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8], help="with --concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds, with --concurrency")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per reply, with --concurrency")
     parser.add_argument("--tokens", type=int, default=8192, help="length of the resent conversation")
     parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -229,6 +323,21 @@ def main(argv=None) -> int:
         handle = ServerHandle(create_app(service), "127.0.0.1", 0).start()
         client = openai.OpenAI(base_url=handle.base_url, api_key="unused", max_retries=0, timeout=3600)
         model_id = service.model_id()
+        if args.concurrency:
+            import platform
+
+            figures = concurrency(client, model_id, tuple(args.streams), args.rounds, args.max_tokens,
+                                  args.seed)
+            streams = tuple(args.streams)
+            figures["forward_ms_by_batch_size"] = worker.submit(
+                "server", lambda slot: forward_ms_by_batch(slot, streams)).wait()
+            handle.stop()
+            worker.stop()
+            described = str(path) if args.model else "random weights, real vocabulary (bench shape)"
+            machine = f"{platform.machine()} {platform.system()}, MLX on {_mlx_device()}"
+            print(json.dumps({"model": described, "max_tokens": args.max_tokens, "rounds": args.rounds,
+                              "machine": machine, **figures}, indent=2))
+            return 0
         tokenizer = slot.processor.tokenizer if hasattr(slot.processor, "tokenizer") else slot.processor
         rng = random.Random(args.seed)
         messages = conversation_of(tokenizer, args.tokens, rng)

@@ -39,7 +39,7 @@ class SourceReplies:
         self.model, self.worker = model, worker
         self.language_model, self.config = model.language_model, model.config
         self.scripts = {k: tokenizer.encode(v, add_special_tokens=False) + [END_OF_TURN] for k, v in REPLIES.items()}
-        self.current, self.step = None, 0
+        self.replies: dict[str, list] = {}  # source -> [its script, tokens forced so far]
         self.order: list[str] = []
         self.hold = threading.Event()
 
@@ -50,15 +50,17 @@ class SourceReplies:
         import mlx.core as mx
 
         logits = self.model(inputs, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
+        source = self.worker.current.source
         if logits_to_keep:  # the prompt's last prefill chunk: a reply starts
-            source = self.worker.current.source
             self.order.append(source)
-            self.current, self.step = self.scripts[source], 0
-        if self.current is None:
+            self.replies[source] = [self.scripts[source], 0]
+        if source not in self.replies:
             return logits
-        token = self.current[min(self.step, len(self.current) - 1)]
-        self.step += 1
-        if self.step == 3 and self.order == ["window"]:
+        # each source's reply goes on where it stopped: a window turn may come between two API steps
+        script, step = self.replies[source]
+        token = script[min(step, len(script) - 1)]
+        self.replies[source][1] = step = step + 1
+        if step == 3 and self.order == ["window"]:
             assert self.hold.wait(30), "the test never released the first window reply"
         return logits * 0 + mx.zeros(logits.shape[-1]).at[token].add(100.0)
 

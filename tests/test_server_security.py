@@ -188,18 +188,18 @@ def test_queued_streams_get_headers_at_once_and_leave_when_their_client_goes(ser
         connection, response = _open_stream(served.base_url)
         assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
         assert response.readline() == b": keep-alive\n"  # at once, while the request waits
-        assert _wait(lambda: served.worker.queued("server") == 1)
+        assert _wait(lambda: served.service.scheduler.waiting() == 1)
         connection.close()
-        assert _wait(lambda: served.worker.queued("server") == 0, 3.0)  # gone while the model is still busy
+        assert _wait(lambda: served.service.scheduler.waiting() == 0, 3.0)  # gone while the model is busy
 
         impatient = openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=1.0)
         with pytest.raises(openai.APITimeoutError):
             impatient.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}])
-        assert _wait(lambda: served.worker.queued("server") == 0, 3.0)
+        assert _wait(lambda: served.service.scheduler.waiting() == 0, 3.0)
 
         served.worker.queue_limit = 1
         connection, response = _open_stream(served.base_url)
-        assert response.status == 200 and _wait(lambda: served.worker.queued("server") == 1)
+        assert response.status == 200 and _wait(lambda: served.service.scheduler.waiting() == 1)
         status, body, headers = raw_request(served.base_url, "POST", "/chat/completions", chat_body())
         assert status == 429 and body["error"]["type"] == "rate_limit_error"
         assert int(headers["retry-after"]) >= 1
@@ -207,7 +207,7 @@ def test_queued_streams_get_headers_at_once_and_leave_when_their_client_goes(ser
             {"model": MODEL_ID, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).encode())
         assert status == 429 and body["error"]["type"] == "rate_limit_error" and "retry-after" in headers
         connection.close()
-        assert _wait(lambda: served.worker.queued("server") == 0, 3.0)
+        assert _wait(lambda: served.service.scheduler.waiting() == 0, 3.0)
     finally:
         served.worker.queue_limit = 64
         gate.set()

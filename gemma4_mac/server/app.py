@@ -27,6 +27,7 @@ from .routes import DEFAULT_MAX_BODY_BYTES, ModelRoutes, ServerOptions, json_err
 from .routes_anthropic import AnthropicRoutes
 from .routes_openai import OpenAIRoutes
 from .routes_responses import ResponsesRoutes
+from .scheduler import DEFAULT_MAX_BATCH
 from .service import GenerationService
 from .sessions import DEFAULT_SESSIONS
 from ..worker import ModelSlot, ModelWorker
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default %(default)s; negative: never)")
     parser.add_argument("--sessions", type=int, default=DEFAULT_SESSIONS,
                         help="conversation caches kept for resent conversations (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="most replies decoded together (default %(default)s; 1: one at a time)")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2 ** 20,
                         help="largest request accepted, in MB (default %(default)s)")
     parser.add_argument("--allow-local-files", action="store_true",
@@ -257,6 +260,8 @@ def _validated(args) -> Optional[Path]:
     check_binding(args.host, args.api_key)
     if args.sessions < 1:
         raise ServeError("--sessions must be at least 1")
+    if args.max_batch < 1:
+        raise ServeError("--max-batch must be at least 1")
     if not (0 <= args.port <= 65535):
         raise ServeError("--port must be from 0 to 65535")
     if args.max_body_mb <= 0:
@@ -326,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None, err: TextIO = sys.stderr) -> int:
             except (ModelLoadError, OSError, ValueError) as error:
                 worker.stop()
                 raise ServeError(str(error)) from error
-        service = GenerationService(worker, sessions=args.sessions, library=library)
+        service = GenerationService(worker, sessions=args.sessions, library=library, max_batch=args.max_batch)
         options = options_for(args.host, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2 ** 20),
                               allow_local_files=args.allow_local_files, cors_origins=tuple(args.cors_origin),
                               extra_hosts=tuple(args.allowed_host), tools=(lambda: tools) if tools else None)

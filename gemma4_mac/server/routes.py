@@ -134,7 +134,7 @@ class ModelRoutes(Endpoint):
         """Liveness and who this is (the serve command asks it before starting a second server); "degraded"
         with the reason when the model is split across Macs and one of them stopped answering."""
         body = {"status": "ok", "server": SERVER_NAME, "pid": os.getpid(), "model": self.service.model_id(),
-                "queued": self.service.worker.queued()}
+                "queued": self.service.waiting()}
         lost = getattr(getattr(self.service.slot, "model", None), "lost", None)
         if isinstance(lost, str):
             body.update(status="degraded", error=lost)

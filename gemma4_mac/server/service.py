@@ -2,9 +2,10 @@
 
 `open(job, model)` gets the named model loaded (ModelLibrary), then prepares the prompt on a worker
 thread of the event loop, not the model thread: the size bound, rendering, tokenizing, attachments and
-grammar compilation never hold up another client's generation. Only then is the generation queued on
-the ModelWorker's thread. The job reports to an asyncio queue: first "ready" (it started; the prompt's
-token count), or "error" (an APIError with its status), then "event" items (`Output`), then "end".
+grammar compilation never hold up another client's generation. Only then is the generation queued for
+the BatchScheduler, which decodes the server's requests together on the ModelWorker's thread
+(scheduler.py). The job reports to an asyncio queue: first "ready" (it started; the prompt's token
+count), or "error" (an APIError with its status), then "event" items (`Output`), then "end".
 Cancelling the stream cancels the job: a queued one leaves the queue at once, a running one stops at
 its next token.
 """
@@ -20,21 +21,20 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
+from ..generate import GenerationError, PreparedPrompt, SamplingSettings, prepare_prompt
 from ..constrained import ConstraintError, ConstraintFactory, ConstraintUnavailable, ReplyShape
-from ..generate import (GenerationError, GenerationEvent, PreparedPrompt, SamplingSettings, prepare_prompt,
-                        run_prompt)
-from ..distributed import PeerLostError
-from .errors import APIError, BadRequest, GroupDegraded, NoModelLoaded, RateLimited, ServerError
+from .errors import BadRequest, NoModelLoaded, RateLimited, ServerError
 from .library import KnownModel, ModelConflict, ModelLibrary, model_accepts
 from .limits import ContextExceeded, check_prompt_size, texts_of
 from .messages import Conversation, MediaFolder
-from .processors import PenaltyProcessor, TokenTap, token_piece
+from .processors import PenaltyProcessor
+from .scheduler import DEFAULT_MAX_BATCH, END, ERROR, EVENT, READY, BatchScheduler, Output, Request
 from .sessions import DEFAULT_SESSIONS, SessionPool
 from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerStoppedError
 
 log = logging.getLogger(__name__)
 
-READY, EVENT, ERROR, END = "ready", "event", "error", "end"
+__all__ = ["END", "ERROR", "EVENT", "READY", "GenerationJob", "GenerationService", "Output", "Stream"]
 NO_MODEL = "no model is loaded: open one in the app, or start the server with --model PATH"
 
 
@@ -61,21 +61,6 @@ class GenerationJob:
     prepared: Optional[PreparedPrompt] = None
     prepared_for: Any = None  # the ModelSlot the prompt was prepared with
     processors: list[list] = field(default_factory=list)  # per choice
-
-
-@dataclass
-class Output:
-    """One piece of one choice: a generation event, the logprobs of its tokens, and on "done" which stop
-    sequence ended it (None for end of turn, max_tokens or cancel)."""
-
-    event: GenerationEvent
-    choice: int = 0
-    logprobs: list[dict] = field(default_factory=list)
-    stop_sequence: Optional[str] = None
-
-    @property
-    def kind(self) -> str:
-        return self.event.kind
 
 
 class Stream:
@@ -115,8 +100,9 @@ class GenerationService:
 
     def __init__(self, worker: ModelWorker, *, sessions: int = DEFAULT_SESSIONS,
                  model_id: Optional[str] = None, context_limit: Optional[int] = None, observer=None,
-                 library: Optional[ModelLibrary] = None):
+                 library: Optional[ModelLibrary] = None, max_batch: int = DEFAULT_MAX_BATCH):
         self.worker = worker
+        self.scheduler = BatchScheduler(self, worker, max_batch=max_batch)
         self.pool = SessionPool(sessions)
         self.library = library or ModelLibrary(worker, owns_model=False, alias=model_id)
         self.context_limit = context_limit
@@ -154,7 +140,12 @@ class GenerationService:
     def retry_after(self) -> int:
         """Seconds a client refused for a full queue should wait: the queue times a recent job's length."""
         mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
-        return max(1, min(600, math.ceil(mean * max(1, self.worker.queued("server")))))
+        waiting = self.scheduler.waiting() / self.scheduler.max_batch  # batches of waiting requests
+        return max(1, min(600, math.ceil(mean * max(1.0, waiting))))
+
+    def waiting(self) -> int:
+        """Requests not generating yet (queued for the batch, or any other job on the model thread)."""
+        return self.scheduler.waiting() + self.worker.queued()
 
     async def open(self, job: GenerationJob, requested: str) -> Stream:
         """Load the model `requested` names if needed, prepare the prompt off the model thread, then queue
@@ -221,10 +212,9 @@ class GenerationService:
             stream.push(ERROR, NoModelLoaded("the model thread stopped before this request ran"))
             stream.push(END)
 
+        request = Request(job, stream, dropped)
         try:
-            worker_job = self.worker.submit("server", lambda slot: self._run(slot, job, stream),
-                                            cancel=stream.cancel_event, label="server generation",
-                                            on_dropped=dropped)
+            self.scheduler.submit(request)
         except (QueueFullError, WorkerStoppedError) as error:
             if not held:  # else the caller, who took the hold, gives it back
                 self.library.release()
@@ -233,7 +223,7 @@ class GenerationService:
                 raise RateLimited(str(error), headers={"Retry-After": str(self.retry_after())}) from error
             raise NoModelLoaded(str(error)) from error
         stream.prompt_tokens = len(job.prepared.tokens) if job.prepared is not None else 0
-        stream.withdraw = lambda: self.worker.withdraw(worker_job)
+        stream.withdraw = lambda: self.scheduler.withdraw(request)
         return stream
 
     # -- preparing (a worker thread, or the model thread when the model changed meanwhile) ----------------
@@ -304,37 +294,6 @@ class GenerationService:
         factory = self._factory(slot)
         threading.Thread(target=factory.ll_tokenizer, name="gemma-grammar-warm-up", daemon=True).start()
 
-    def _run(self, slot: Optional[ModelSlot], job: GenerationJob, stream: Stream) -> None:
-        started = time.monotonic()
-        try:
-            if slot is None or (job.prepared_for is not None and slot is not job.prepared_for):
-                slot = self._model_changed(slot, job)
-            if job.prepared is None:
-                self.prepare(slot, job)
-            if self.observer is not None:
-                self.observer(job.prepared, job)
-            stream.push(READY, len(job.prepared.tokens))
-            for choice in range(job.n):
-                self._generate(slot, job, stream, choice)
-        except APIError as error:
-            stream.push(ERROR, error)
-        except PeerLostError as error:  # the model is split across Macs and one of them is gone
-            stream.push(ERROR, GroupDegraded(str(error)))
-        except (GenerationError, ValueError) as error:
-            # ValueError covers the chat format's, the attachments' and MLX's complaints about the input
-            stream.push(ERROR, BadRequest(str(error)))
-        except MemoryError:
-            stream.push(ERROR, ServerError("out of memory: load a smaller model or send a shorter "
-                                           "conversation"))
-        except Exception as error:  # reported to the client as a 500 and logged with its traceback
-            log.exception("generation failed")
-            stream.push(ERROR, ServerError(f"generation failed: {type(error).__name__}: {error}"))
-        finally:
-            job.media.cleanup()
-            self._durations.append(time.monotonic() - started)
-            self.library.release()
-            stream.push(END)
-
     def _model_changed(self, slot: Optional[ModelSlot], job: GenerationJob) -> ModelSlot:
         """Another model was loaded while this job waited: load its own again (when this server may) and
         prepare the prompt afresh, here."""
@@ -353,58 +312,6 @@ class GenerationService:
         self.worker.set_slot(slot)
         job.prepared = None
         return slot
-
-    def _generate(self, slot: ModelSlot, job: GenerationJob, stream: Stream, choice: int) -> None:
-        tokenizer = slot.processor.tokenizer
-        tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
-                       call_open=tokenizer.token_id("<|tool_call>"),
-                       call_close=tokenizer.token_id("<tool_call|>"))
-        processors = (job.processors[choice] if choice < len(job.processors) else []) + [tap]
-        sampling = job.sampling
-        if choice and sampling.seed is not None:
-            sampling = replace(sampling, seed=sampling.seed + choice)
-        digests = job.conversation.media_digests if job.conversation else []
-        session = self.pool.acquire(slot.model, job.prepared.keys, digests)
-        held: list[GenerationEvent] = []  # calls whose block was still open: cut off, unless the turn ended
-        for event in run_prompt(slot.model, slot.processor, job.prepared, sampling, session=session,
-                                cancel=stream.cancel_event, logits_processors=processors):
-            if event.kind == "tool_call" and tap.call_is_open:
-                held.append(event)
-                continue
-            if event.kind == "done":
-                for output in self._settle(held, event, tap, tokenizer, choice):
-                    stream.push(EVENT, output)
-                stop = self._stop_sequence(event, tap, tokenizer, sampling)
-                self.finished.append(event.stats)
-                stream.push(EVENT, Output(event, choice, stop_sequence=stop))
-                continue
-            entries = tap.take_logprobs()
-            stream.push(EVENT, Output(event, choice, entries if event.kind == "answer" else []))
-
-    @staticmethod
-    def _settle(held: list[GenerationEvent], done: GenerationEvent, tap: TokenTap, tokenizer,
-                choice: int) -> list[Output]:
-        """A call cut off by max_tokens (or a cancel) is not a call: its text is answer text."""
-        if not held:
-            return []
-        if done.stats is None or done.stats.finish_reason not in ("length", "cancelled"):
-            return [Output(event, choice) for event in held]
-        opener = tokenizer.token_id("<|tool_call>")
-        start = max(i for i, t in enumerate(tap.tokens) if t == opener) if opener in tap.tokens else 0
-        text = tokenizer.decode(tap.tokens[start:])
-        return [Output(GenerationEvent("answer", text), choice)]
-
-    @staticmethod
-    def _stop_sequence(done: GenerationEvent, tap: TokenTap, tokenizer,
-                       sampling: SamplingSettings) -> Optional[str]:
-        """Which stop string ended the reply (None when it ended otherwise)."""
-        if not sampling.stop_strings or done.stats is None or done.stats.finish_reason != "stop":
-            return None
-        if tap.ended_with(tokenizer.eos_token_ids):
-            return None
-        text = tokenizer.decode(tap.tokens)
-        found = [(text.find(s), s) for s in sampling.stop_strings if s in text]
-        return min(found)[1] if found else None
 
 
 def _check_media(model, conversation: Conversation) -> None:
