@@ -330,14 +330,25 @@ def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Opti
     norms and routers on every Mac, the rest divided; KV heads divided, or one kept per Mac where there are
     fewer KV heads than Macs. `weights` (bytes on disk) is scaled by the same shares. Scratch is not divided
     (the logits and the hidden states are whole on every Mac)."""
+    from .quant_recipe import group_size_for, module_bits
+
     count = count_text_weights(config)
-    embedding = config.vocab_size * config.hidden_size
-    router = quantized_bytes(count.router, 8 if weight_bits else None)
-    whole = quantized_bytes(count.quantizable, weight_bits) + router
-    replicated = quantized_bytes(embedding, weight_bits) + router + count.floats * 2
-    per_mac = replicated + -(-(whole + count.floats * 2 - replicated) // macs)
+    k_eq_v = frozenset(i for i in range(config.first_shared_layer)
+                       if config.attention_k_eq_v and config.layer_types[i] == FULL)
+    replicated, divided = count.floats * 2, 0  # norms and scalars stay whole on every Mac
+    for path, in_features, n in text_modules(config):  # at the bits the recipe gives them, as weight_bytes
+        chosen = (module_bits(path, weight_bits, config.num_hidden_layers, values_from_keys=k_eq_v)
+                  if weight_bits else None)
+        group = group_size_for(chosen, weight_bits, 64, in_features) if chosen else 64
+        size = quantized_bytes(n, chosen if chosen and in_features % group == 0 else None, group)
+        if path.endswith(".embed_tokens") or ".router." in path:  # replicated (mlx_model/sharding.py)
+            replicated += size
+        else:
+            divided += size
+    whole = replicated + divided
+    per_mac = replicated + -(-divided // macs)
     if weights is not None:
-        per_mac = int(weights * per_mac / (whole + count.floats * 2))
+        per_mac = int(weights * per_mac / whole)
     kv = 0
     for i in range(config.first_shared_layer):
         heads = config.layer_kv_heads[i]
