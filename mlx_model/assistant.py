@@ -151,9 +151,10 @@ class Drafter(nn.Module):
 
     @property
     def quant_predicate(self):
-        """Every linear and the embedding table, as the target's own (the token order is not a module)."""
+        """Every linear and the embedding table at the requested bits (the token order is not a module); takes
+        the converter's keywords as `Model.quant_predicate` does."""
 
-        def predicate(path: str, module: nn.Module):
+        def predicate(path: str, module: nn.Module, bits: int = 4, group_size: int = 64, uniform: bool = False):
             return hasattr(module, "to_quantized")
 
         return predicate
