@@ -75,16 +75,7 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
         out.write(format_table(variant_table(contexts)) + "\n\n")
         out.write(format_mac_table(mac_table() + mac_table(kv_bits=8)) + "\n")
         return 0
-    from mlx_model.config import ModelConfig
-    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
-
-    path = Path(args.model).expanduser()
-    try:
-        check_model_path(path)
-        config = ModelConfig.from_dict(read_config(path)).text_config
-        weights = sum(f.stat().st_size for f in weight_files(path))
-    except (ModelLoadError, ValueError) as error:
-        raise CliError(str(error)) from error
+    config, weights = _folder_text_config(args.model)
     import psutil
 
     from .model_manager import format_size
@@ -101,6 +92,20 @@ def run_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _folder_text_config(folder: str):
+    """(text config, weight bytes on disk) of a converted model folder, for `plan --model`."""
+    from mlx_model.config import ModelConfig
+    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
+
+    path = Path(folder).expanduser()
+    try:
+        check_model_path(path)
+        config = ModelConfig.from_dict(read_config(path)).text_config
+        return config, sum(f.stat().st_size for f in weight_files(path))
+    except (ModelLoadError, ValueError) as error:
+        raise CliError(str(error)) from error
+
+
 def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> int:
     """`plan --macs N`: memory on each Mac with the model split across N of them."""
     from mlx_model.planner import format_split_table, split_plan, split_table
@@ -111,16 +116,7 @@ def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> i
         rows = split_table(args.macs, tuple(args.context or (32768, 262144)))
         out.write(format_split_table(rows, args.macs) + "\n")
         return 0
-    from mlx_model.config import ModelConfig
-    from mlx_model.loader import ModelLoadError, check_model_path, read_config, weight_files
-
-    path = Path(args.model).expanduser()
-    try:
-        check_model_path(path)
-        config = ModelConfig.from_dict(read_config(path)).text_config
-        weights = sum(f.stat().st_size for f in weight_files(path))
-    except (ModelLoadError, ValueError) as error:
-        raise CliError(str(error)) from error
+    config, weights = _folder_text_config(args.model)
     for context in contexts:
         for bits in (None, 8, 4):
             p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights)
