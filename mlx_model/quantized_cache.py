@@ -89,6 +89,19 @@ class _QuantizedLayerCache:
         self.offset, self.quantized = start + n_new, q_new
         return spans, flushed, q_old
 
+    def _trim_to(self, target: int) -> None:
+        """Hold `target` tokens: quantized groups that become recent again come back exact (dequantized)."""
+        keep = self.boundary.at(target)
+        if keep < self.quantized:
+            back = self._dequantized_from(keep)  # positions keep..quantized-1, oldest first
+            self.exact_keys = _concat(*[k for k, _ in back], self.exact_keys)
+            self.exact_values = _concat(*[v for _, v in back], self.exact_values)
+            self.quantized = keep
+        kept = target - self.quantized
+        self.exact_keys = self.exact_keys[:, :, :kept] if kept else None
+        self.exact_values = self.exact_values[:, :, :kept] if kept else None
+        self.offset = target
+
     def _view(self, spans: list) -> KVView:
         return KVView(spans, boundary=self.boundary, rotated=bool(self.rotated))
 
@@ -242,25 +255,14 @@ class QuantizedKVCache(_QuantizedLayerCache):
     def trim(self, n: int) -> int:
         """Forget the last `n` tokens; groups that become recent again come back dequantized."""
         n = min(self.offset, n)
-        target = self.offset - n
-        keep = self.boundary.at(target)
-        if keep < self.quantized:
-            span = Span(
-                self._slice_keys(keep, self.quantized),
-                tuple(x[:, :, keep : self.quantized] for x in self.values),
-                keep,
-                self.quantized - keep,
-                self.spec,
-            )
-            back_k, back_v = span.dense()
-            self.exact_keys = _concat(back_k, self.exact_keys)
-            self.exact_values = _concat(back_v, self.exact_values)
-            self.quantized = keep
-        kept = target - self.quantized
-        self.exact_keys = self.exact_keys[:, :, :kept] if kept else None
-        self.exact_values = self.exact_values[:, :, :kept] if kept else None
-        self.offset = target
+        self._trim_to(self.offset - n)
         return n
+
+    def _dequantized_from(self, keep: int) -> list[tuple[mx.array, mx.array]]:
+        span = Span(self._slice_keys(keep, self.quantized),
+                    tuple(x[:, :, keep : self.quantized] for x in self.values),
+                    keep, self.quantized - keep, self.spec)
+        return [span.dense()]
 
     def checkpoint(self):
         """A restore point: the store is only written past `quantized`, so the tail handles suffice."""
@@ -402,20 +404,16 @@ class QuantizedSlidingKVCache(_QuantizedLayerCache):
         if not self.is_trimmable():
             return 0
         n = min(self.offset, n)
-        target = self.offset - n
-        keep = self.boundary.at(target)
-        if keep < self.quantized:
-            back = [s for s in self._runs() if s.end > keep]
-            back_k = _concat(*[s.dense()[0][:, :, max(0, keep - s.start) :] for s in back])
-            back_v = _concat(*[s.dense()[1][:, :, max(0, keep - s.start) :] for s in back])
-            self.exact_keys = _concat(back_k, self.exact_keys)
-            self.exact_values = _concat(back_v, self.exact_values)
-            self.quantized = keep
-        kept = target - self.quantized
-        self.exact_keys = self.exact_keys[:, :, :kept] if kept else None
-        self.exact_values = self.exact_values[:, :, :kept] if kept else None
-        self.offset = target
+        self._trim_to(self.offset - n)
         return n
+
+    def _dequantized_from(self, keep: int) -> list[tuple[mx.array, mx.array]]:
+        back = []
+        for span in (s for s in self._runs() if s.end > keep):
+            keys, values = span.dense()
+            cut = max(0, keep - span.start)
+            back.append((keys[:, :, cut:], values[:, :, cut:]))
+        return back
 
     def checkpoint(self):
         """A restore point: handles on the ring (copied lazily on the next write) and on the tail."""
