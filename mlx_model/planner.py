@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import mlx.core as mx
+
 from .attention import KEY_BLOCK, TILE_BYTES, query_tile
 from .config import FULL, SLIDING, TextConfig
 
@@ -171,8 +173,9 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
     for the logits. Terms: the larger of one layer's widest activations and the attention temporaries
     of the layers whose output a later cache needs (full layers: every cached key; sliding layers:
     the window plus the chunk), which the block path bounds by its tile; the sliding rings rewritten
-    in the same graph; the vocabulary-sized rows of the answer's first steps. Checked against MLX's measured peak
-    by `python -m gemma4_mac.bench`.
+    in the same graph. The vocabulary-sized rows of the answer's first steps come after the last chunk's
+    scratch was released (the last token runs alone), so the larger of the two counts, not their sum.
+    Checked against MLX's measured peak by `python -m gemma4_mac.bench`.
     """
     h = config.hidden_size
     widest_mlp = config.intermediate_size * (2 if config.use_double_wide_mlp else 1)
@@ -180,6 +183,8 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
         widest_mlp = max(widest_mlp, 2 * config.top_k_experts * config.moe_intermediate_size)
     q_width = config.num_attention_heads * max(config.layer_head_dims)
     activations = chunk * (4 * h + 3 * widest_mlp + 2 * q_width) * float_bytes
+    if unfused_norm_and_rope():
+        activations += chunk * q_width * 4 * UNFUSED_QUERY_COPIES
     if config.hidden_size_per_layer_input:
         activations += chunk * config.num_hidden_layers * config.hidden_size_per_layer_input * 3 * float_bytes
     heads, owners = config.num_attention_heads, range(config.first_shared_layer)
@@ -195,7 +200,18 @@ def prefill_scratch_bytes(config: TextConfig, chunk: int, context: int, float_by
                     * float_bytes for i in owners if config.layer_types[i] == SLIDING)
     # the answer's first steps: float32 logits and log-probabilities of a token and of the next, computed ahead
     answer_logits = 4 * config.vocab_size * 4
-    return max(activations, scores) + ring_copy + answer_logits
+    return max(max(activations, scores) + ring_copy, answer_logits)
+
+
+# MLX's CPU backend runs `mx.fast.rms_norm` and `mx.fast.rope` as composed float32 ops (Metal and CUDA fuse
+# them): a chunk's query norm and RoPE then hold about three float32 copies of its queries (measured with
+# `mx.get_peak_memory` on the bench model: 6.8 MB for 2.1 MB of float32 queries).
+UNFUSED_QUERY_COPIES = 3
+
+
+def unfused_norm_and_rope() -> bool:
+    """Whether MLX runs on its CPU backend here, where the norm and RoPE kernels are not fused."""
+    return mx.default_device() == mx.cpu
 
 
 def attention_scratch_bytes(heads: int, queries: int, keys: int, head_dim: int, float_bytes: int = 2,
