@@ -5,7 +5,9 @@ Each row is one reply with its own sampling, logits processors and stop conditio
 cache (a `ChatSession`'s: prefix reuse, attachments and chunked prefill stay the single path's);
 `batch_caches` copies those caches into mlx-lm's left-padded batch caches (`BatchKVCache` for full-attention
 layers, `BatchRotatingKVCache` for sliding-window ones; KV-shared layers have none, as in a single cache),
-and their `extend` / `filter` add and drop rows between steps. Everything here runs on the model thread.
+and their `extend` / `filter` add and drop rows between steps. When a row ends, `copy_reply` puts what it
+added (its reply's keys and values) back into the per-request cache it came from, so that cache is what
+decoding the reply on it alone would have left. Everything here runs on the model thread.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class BatchRow:
         self.token: Optional[mx.array] = None  # sampled, not yet in the cache
         self.logprobs: Optional[mx.array] = None
         self.count = 0  # tokens handed to the decoder
+        self.reply: list[int] = []  # those tokens: each is in the batch cache once handed over
         self.prompt_length = int(self.history.size)
         self.error: Optional[Exception] = None  # a processor failed: the row leaves, its owner reports it
         self.first_token_at: Optional[float] = None
@@ -109,6 +112,7 @@ class BatchRow:
             self.first_token_at = time.perf_counter()
         events, ended = self.decoder.feed(token)
         self.count += 1
+        self.reply.append(token)
         if not ended and self.count >= self.max_tokens:
             ended = True  # the decoder's finish stays "length"
         elif not ended and self.cancel is not None and self.cancel.is_set():
@@ -175,6 +179,36 @@ class DecodeBatch:
         indices = mx.array(keep)
         for layer in self.cache:
             layer.filter(indices)
+
+    def copy_reply(self, row: BatchRow, cache: list) -> bool:
+        """Write what `row` added to the batch (its reply so far: `row.reply`) into `cache`, the per-request
+        cache its prompt was read into, which must still hold just that prompt; call it before the row leaves.
+        Full-attention layers get the reply's positions appended; sliding-window rings become the row's last
+        `window` positions (mlx-lm's `extract`), wrapped or not. Returns False, `cache` untouched, when the
+        row and `cache` do not line up (another prompt in `cache`)."""
+        index = next(i for i, r in enumerate(self.rows) if r is row)
+        total = row.prompt_length + row.count
+        writes = []
+        for batch_layer, ours in zip(self.cache, cache):
+            if int(batch_layer.offset[index].item()) != total or ours.offset != row.prompt_length:
+                return False
+            if isinstance(ours, KVCache):
+                keys, values = batch_layer.keys_and_values()  # every row ends at the batch's last position
+                reply = slice(keys.shape[2] - row.count, keys.shape[2])
+                writes.append((ours, keys[index:index + 1, :, reply], values[index:index + 1, :, reply]))
+            else:
+                taken = batch_layer.extract(index)  # temporal order, a copy of at most `window` positions
+                if taken.offset != total or taken.keys.shape[2] != min(total, ours.window):
+                    return False
+                writes.append((ours, taken.keys, taken.values))
+        for ours, keys, values in writes:
+            if isinstance(ours, KVCache):
+                ours.update_and_fetch(keys, values)
+            else:
+                ours.hold(keys, values, total)
+        # computed now, so that nothing in `cache` keeps the batch's buffers alive after the row leaves
+        mx.eval([array for layer in cache for array in (layer.keys, layer.values) if array is not None])
+        return True
 
     def clear(self) -> None:
         self.rows, self.cache = [], None

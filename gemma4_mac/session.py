@@ -133,11 +133,8 @@ class ChatSession:
         self.tokens = []
         self.restore_points = []
 
-    def prepare(self, prompt_tokens: Sequence[int]) -> int:
-        """Make the cache hold the longest reusable prefix of `prompt_tokens`; returns its length.
-
-        At least one prompt token is always left to feed, since its logits start the answer.
-        """
+    def reusable(self, prompt_tokens: Sequence[int]) -> int:
+        """How many of `prompt_tokens` `prepare` would keep in the cache (nothing changes here)."""
         limit = len(prompt_tokens) - 1
         common = 0
         for cached, new in zip(self.tokens, prompt_tokens[:limit]):
@@ -146,12 +143,22 @@ class ChatSession:
             common += 1
         if common == len(self.tokens):
             return common
-        candidates = [p for p in self.restore_points if p.n_tokens <= common]
-        if not candidates:
+        return max((p.n_tokens for p in self.restore_points if p.n_tokens <= common), default=0)
+
+    def prepare(self, prompt_tokens: Sequence[int]) -> int:
+        """Make the cache hold the longest reusable prefix of `prompt_tokens`; returns its length.
+
+        At least one prompt token is always left to feed, since its logits start the answer.
+        """
+        kept = self.reusable(prompt_tokens)
+        if kept == len(self.tokens):
+            return kept
+        points = [p for p in self.restore_points if p.n_tokens == kept]
+        if not points:
             self.reset()
             return 0
-        self._rewind_to(candidates[-1])
-        return len(self.tokens)
+        self._rewind_to(points[-1])
+        return kept
 
     def append(self, tokens: Sequence[int]) -> None:
         """Record tokens that have just been run through the model into the cache."""

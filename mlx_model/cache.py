@@ -277,6 +277,15 @@ class SlidingKVCache(_LayerCache):
             _write(new_v, 0, _read(self.values, 0, used))
         self.keys, self.values = new_k, new_v
 
+    def hold(self, keys: mx.array, values: mx.array, offset: int) -> None:
+        """Become the ring after `offset` tokens, given the keys/values of its last min(offset, window)
+        positions oldest first (a conversation's row taken out of a batch cache)."""
+        kept = min(offset, self.window)
+        if _length(keys) != kept or _length(values) != kept:
+            raise ValueError(f"a ring after {offset} tokens holds {kept} positions, not {_length(keys)}")
+        self.offset = offset
+        self._store_tail(keys, values)
+
     def _store_tail(self, tail_k, tail_v) -> None:
         """Make the ring hold `tail_*`, the last min(offset, window) positions in temporal order."""
         kept = min(self.offset, self.window)

@@ -217,3 +217,118 @@ def test_a_lost_mac_of_a_split_model_is_a_503_group_degraded():
     error = as_api_error(PeerLostError("a Mac of the 2-Mac group stopped answering"))
     assert isinstance(error, GroupDegraded) and error.status == 503 and "stopped answering" in str(error)
     assert LeaderModel.supports_batching is False  # its followers mirror its own caches, not a batch's
+
+
+# ------------------------------------------------------------------- replies written back to their sessions
+# Thinking on: the template's generation prompt then is what the next turn renders before the answer (with
+# thinking off it adds an empty thought block the history leaves out, so no path can reuse the answer).
+THINKING = {"chat_template_kwargs": {"enable_thinking": True}}
+
+
+def solo_two_turns(served, first: str, answer: str, follow_up: str, max_tokens: tuple[int, int]) -> dict:
+    """On the model thread: the first turn and then the second on one session (`run_prompt`, as the window
+    does), and the second turn on a fresh session; the second turn's reused tokens and both of its texts."""
+    def run(slot):
+        def turn(session, messages, n):
+            prepared = prepare_prompt(slot.processor, messages, enable_thinking=True)
+            events = list(run_prompt(slot.model, slot.processor, prepared, SamplingSettings(
+                temperature=0.0, max_tokens=n, draft="off"), session=session))
+            text = "".join(e.text for e in events if e.kind == "answer")
+            return text, events[-1].stats, len(prepared.tokens)
+
+        session = ChatSession(slot.model)
+        first_answer, _, first_length = turn(session, [{"role": "user", "content": first}], max_tokens[0])
+        text, stats, _ = turn(session, conversation(first, answer, follow_up), max_tokens[1])
+        fresh, _, _ = turn(ChatSession(slot.model), conversation(first, answer, follow_up), max_tokens[1])
+        return {"first_answer": first_answer, "first_length": first_length, "reused": stats.cached_tokens,
+                "text": text, "fresh": fresh}
+
+    return served.worker.submit("window", run, label="reference").wait(120)
+
+
+def conversation(first: str, answer: str, follow_up: str) -> list[dict]:
+    return [{"role": "user", "content": first}, {"role": "assistant", "content": answer},
+            {"role": "user", "content": follow_up}]
+
+
+def pool_is_consistent(served) -> bool:
+    """Every pooled session's caches hold exactly its tokens (read on the model thread)."""
+    def check(slot):
+        return all(c.offset == len(e.session.tokens)
+                   for e in served.service.pool.entries for c in e.session.cache)
+
+    return served.worker.submit("window", check, label="pool check").wait(60)
+
+
+def test_the_next_turn_of_a_batched_conversation_reuses_its_answer_as_after_a_solo_reply(served):
+    # "Hi" has 16 prompt tokens, the window: its sliding rings wrapped while the answer was decoded
+    firsts, lengths, follow_ups = [PROMPTS[0], PROMPTS[3]], (12, 18), ["And then?", "Go on, please."]
+    served.service.scheduler.most_rows = 0
+    replies = run_concurrently(served, [{"messages": [{"role": "user", "content": p}], "max_tokens": n,
+                                         "temperature": 0, "extra_body": THINKING}
+                                        for p, n in zip(firsts, lengths)])
+    assert served.service.scheduler.most_rows >= 2  # the first turns were decoded together
+    answers = [reply.choices[0].message.content for reply in replies]
+    for first, answer, follow_up, n in zip(firsts, answers, follow_ups, lengths):
+        solo = solo_two_turns(served, first, answer, follow_up, (n, 10))
+        assert solo["first_answer"] == answer
+        reply = client(served).chat.completions.create(
+            model=MODEL_ID, messages=conversation(first, answer, follow_up), max_tokens=10, temperature=0,
+            extra_body=THINKING)
+        # the batched first turn left its session as the solo one did: prompt and answer are reused
+        assert reply.usage.prompt_tokens_details.cached_tokens == solo["reused"] == solo["first_length"] + n
+        assert reply.choices[0].message.content == solo["fresh"] == solo["text"]
+    assert pool_is_consistent(served)
+
+
+def test_n_choices_and_a_cancelled_row_leave_the_pool_sound(served):
+    # two sampled choices (seeds 3 and 4): only choice 0's answer goes back into the conversation's session
+    first = PROMPTS[3]
+    sampled = {"messages": [{"role": "user", "content": first}], "max_tokens": 12, "n": 2, "temperature": 1.0,
+               "seed": 3, "extra_body": {**THINKING, "top_k": 2}}
+    leaver_prompt = [{"role": "user", "content": PROMPTS[2]}]
+    leaver = threading.Thread(target=lambda: leave_after_a_chunk(served, leaver_prompt))
+    together: dict = {}
+    stays = threading.Thread(target=lambda: together.update(
+        reply=client(served).chat.completions.create(model=MODEL_ID, **sampled)))
+    served.service.scheduler.most_rows = 0
+    with model_thread_held(served, 2):
+        leaver.start()
+        stays.start()
+    leaver.join(120)
+    stays.join(120)
+    assert served.service.scheduler.most_rows >= 2
+    choices = [c.message.content for c in together["reply"].choices]
+    assert choices[0] != choices[1]
+    assert pool_is_consistent(served)
+
+    def leaver_kept(slot):  # its session holds its prompt and the part of the reply decoded before it left
+        prompt = prepare_prompt(slot.processor, leaver_prompt).tokens
+        return any(e.session.tokens[:len(prompt)] == prompt and len(e.session.tokens) > len(prompt)
+                   for e in served.service.pool.entries)
+
+    assert served.worker.submit("window", leaver_kept, label="pool check").wait(60)
+    for index, answer in enumerate(choices):
+        solo = solo_two_turns(served, first, answer, "And then?", (12, 10))
+        reply = client(served).chat.completions.create(
+            model=MODEL_ID, messages=conversation(first, answer, "And then?"), max_tokens=10, temperature=0,
+            extra_body=THINKING)
+        reused = reply.usage.prompt_tokens_details.cached_tokens
+        # choice 0's turn reuses its answer; choice 1's (asked after it) the first prompt, which that session
+        # still has a restore point for
+        assert reused == solo["first_length"] + (12 if index == 0 else 0)
+        assert reply.choices[0].message.content == solo["fresh"]
+    # the cancelled reply went back as run_prompt leaves one: the same prompt again is answered as alone
+    again = client(served).chat.completions.create(model=MODEL_ID, messages=leaver_prompt, max_tokens=8,
+                                                   temperature=0)
+    assert again.choices[0].message.content == alone_with_run_prompt(served, PROMPTS[2], 8)
+    assert pool_is_consistent(served)
+
+
+def leave_after_a_chunk(served, messages: list[dict]) -> None:
+    stream = client(served).chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=5000,
+                                                    temperature=0, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()

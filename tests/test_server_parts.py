@@ -95,6 +95,10 @@ class FakeSession:
     def reset(self):
         self.tokens, self.resets = [], self.resets + 1
 
+    def reusable(self, prompt):
+        return next((i for i, (a, b) in enumerate(zip(self.tokens, prompt)) if a != b),
+                    min(len(self.tokens), len(prompt)))
+
 
 def test_a_long_job_serves_waiting_jobs_between_its_steps_but_never_another_long_one():
     worker = ModelWorker()

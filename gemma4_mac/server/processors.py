@@ -3,6 +3,7 @@
 Both follow `gemma4_mac.generate.generate_tokens`' contract: `processor(history, logits)` on the model
 thread, where `history` is the prompt followed by every token sampled so far (the first call sees the
 prompt alone), so each sampled token shows up in the history of the next call, before it is yielded.
+`settle` and `stop_sequence` read the tap once a reply ended (its held tool calls, the stop string it hit).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 from typing import Callable, Optional, Sequence
 
 import mlx.core as mx
+
+from ..generate import GenerationEvent, SamplingSettings
 
 MAX_TOP_LOGPROBS = 20
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -122,3 +125,30 @@ class TokenTap:
 def _finite(value: float) -> float:
     """JSON has no -inf: a token the grammar ruled out gets the lowest finite float32."""
     return value if value > -3.0e38 else -3.0e38
+
+
+def settle(held: list[GenerationEvent], done: GenerationEvent, tap: TokenTap,
+           tokenizer) -> list[GenerationEvent]:
+    """The tool calls held while their block was open, once the reply is `done`: a call cut off by max_tokens
+    (or a cancel) is not a call, its text is answer text."""
+    if not held:
+        return []
+    if done.stats is None or done.stats.finish_reason not in ("length", "cancelled"):
+        return list(held)
+    opener = tokenizer.token_id("<|tool_call>")
+    start = max(i for i, t in enumerate(tap.tokens) if t == opener) if opener in tap.tokens else 0
+    text = tokenizer.decode(tap.tokens[start:])
+    return [GenerationEvent("answer", text)]
+
+
+def stop_sequence(done: GenerationEvent, tap: TokenTap, tokenizer,
+                  sampling: SamplingSettings) -> Optional[str]:
+    """Which stop string ended the reply (None when it ended otherwise)."""
+    if not sampling.stop_strings or done.stats is None or done.stats.finish_reason != "stop":
+        return None
+    if tap.ended_with(tokenizer.eos_token_ids):
+        return None
+    text = tokenizer.decode(tap.tokens)
+    found = [(text.find(s), s) for s in sampling.stop_strings if s in text]
+    return min(found)[1] if found else None
+

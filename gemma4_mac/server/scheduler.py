@@ -14,6 +14,12 @@ load for another request, a cache cleanup) no request joins, so that job runs as
 replies end (a load never swaps the model under them). A request prepared for another model joins
 only an empty batch (the service then loads its model again where it may).
 
+When a row ends (end of turn, a stop string, max_tokens, or a cancel, as `run_prompt` keeps a cancelled
+reply too), its reply goes back into the pooled session its prompt was read in (`SessionPool.hand_back`),
+so the conversation's next turn reuses prompt and answer; of a request's n choices only choice 0 does, and
+never into a session that another request has reacquired or is reading into. A row that failed leaves
+nothing behind.
+
 A model that cannot batch (a split model, whose caches the other Macs mirror: `supports_batching = False`)
 decodes one request at a time on its own cache, through `run_prompt` (the "solo" path); so does a lone
 request that may be drafted (speculative decoding: nothing else running or waiting when it starts), and
@@ -40,7 +46,7 @@ from ..generate import GenerationError, GenerationEvent, GenerationStats, ReplyD
 from ..worker import ModelSlot, ModelWorker, QueueFullError, WorkerJob, WorkerStoppedError
 from .errors import APIError, BadRequest, GroupDegraded, NoModelLoaded, ServerError
 from .library import ModelConflict
-from .processors import TokenTap, token_piece
+from .processors import TokenTap, settle, stop_sequence, token_piece
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,7 @@ class Request:
     rows_left: int = 0
     started: float = 0.0
     slot: Optional[ModelSlot] = None  # the model its prompt is read with, once reading began
+    session: Any = None  # the pooled ChatSession its prompt is read in, once reading began
     done: bool = False
 
 
@@ -293,7 +300,7 @@ class BatchScheduler:
                 stream.push(EVENT, Output(GenerationEvent("notice", note), choice))
         started = time.perf_counter()
         digests = job.conversation.media_digests if job.conversation else []
-        session = service.pool.acquire(slot.model, prepared.keys, digests)
+        session = request.session = service.pool.acquire(slot.model, prepared.keys, digests)
         steps = session.reading(prepared, cancel=stream.cancel_event,
                                 reserve_after=min(job.sampling.max_tokens, 4096))
         while True:
@@ -358,8 +365,8 @@ class BatchScheduler:
                 if event.kind != "done":
                     self._push(choice, event)
                 else:
-                    for output in settle(choice.held, event, tap, tokenizer, index):
-                        stream.push(EVENT, output)
+                    for held in settle(choice.held, event, tap, tokenizer):
+                        stream.push(EVENT, Output(held, index))
                     stop = stop_sequence(event, tap, tokenizer, sampling)
                     service.finished.append(event.stats)
                     stream.push(EVENT, Output(event, index, stop_sequence=stop))
@@ -397,12 +404,23 @@ class BatchScheduler:
                     self._push(row.owner, event)
             if row.ended:
                 ended.append(row)
+                if row.error is None and row.owner.index == 0:
+                    self._hand_back(row)
         self._batch.remove(ended)
         for row in ended:
             if row.error is not None:
                 self._fail(row.owner.request, row.error)
             else:
                 self._close(row)
+
+    def _hand_back(self, row: BatchRow) -> None:
+        """Choice 0's reply into the session its prompt was read in, unless a request is reading into it."""
+        request = row.owner.request
+        reading = self._joining[0].session if self._joining is not None else None
+        if request.session is None or request.session is reading:
+            return
+        self.service.pool.hand_back(request.session, request.job.prepared.keys, row.reply,
+                                    lambda cache: self._batch.copy_reply(row, cache))
 
     def _push(self, choice: Choice, event: GenerationEvent) -> None:
         if event.kind == "tool_call" and choice.tap.call_is_open:
@@ -423,8 +441,8 @@ class BatchScheduler:
         done = row.decoder.time(choice.started, choice.prompt_done, row.first_token_at or ended, ended,
                                 choice.reused)
         tokenizer = self._batch_slot.processor.tokenizer
-        for output in settle(choice.held, done, choice.tap, tokenizer, choice.index):
-            request.stream.push(EVENT, output)
+        for held in settle(choice.held, done, choice.tap, tokenizer):
+            request.stream.push(EVENT, Output(held, choice.index))
         stop = stop_sequence(done, choice.tap, tokenizer, choice.sampling)
         self.service.finished.append(done.stats)
         request.stream.push(EVENT, Output(done, choice.index, stop_sequence=stop))
@@ -479,28 +497,3 @@ def as_api_error(error: BaseException) -> APIError:
         return ServerError("out of memory: load a smaller model or send a shorter conversation")
     log.error("generation failed", exc_info=error)
     return ServerError(f"generation failed: {type(error).__name__}: {error}")
-
-
-def settle(held: list[GenerationEvent], done: GenerationEvent, tap: TokenTap, tokenizer, choice: int) -> list:
-    """A call cut off by max_tokens (or a cancel) is not a call: its text is answer text."""
-    if not held:
-        return []
-    if done.stats is None or done.stats.finish_reason not in ("length", "cancelled"):
-        return [Output(event, choice) for event in held]
-    opener = tokenizer.token_id("<|tool_call>")
-    start = max(i for i, t in enumerate(tap.tokens) if t == opener) if opener in tap.tokens else 0
-    text = tokenizer.decode(tap.tokens[start:])
-    return [Output(GenerationEvent("answer", text), choice)]
-
-
-def stop_sequence(done: GenerationEvent, tap: TokenTap, tokenizer,
-                  sampling: SamplingSettings) -> Optional[str]:
-    """Which stop string ended the reply (None when it ended otherwise)."""
-    if not sampling.stop_strings or done.stats is None or done.stats.finish_reason != "stop":
-        return None
-    if tap.ended_with(tokenizer.eos_token_ids):
-        return None
-    text = tokenizer.decode(tap.tokens)
-    found = [(text.find(s), s) for s in sampling.stop_strings if s in text]
-    return min(found)[1] if found else None
-

@@ -1,10 +1,16 @@
 """Conversation caches for API clients, matched by prompt prefix.
 
 OpenAI clients resend the whole conversation each turn and name no conversation, so the pool keeps
-a few `ChatSession`s and gives each request the one whose tokens share the longest prefix with its
-prompt: a client's next turn lands on its own cache and costs only the new tokens. Two sessions never
-serve one request, and a session with attachments only matches a prompt with the same attachments
-in the same order (placeholder tokens are equal for every image, so tokens alone cannot tell).
+a few `ChatSession`s and gives each request the one that can keep the longest prefix of its prompt
+(`ChatSession.reusable`: the tokens it holds, or a restore point): a client's next turn lands on its own
+cache and costs only the new tokens. A session that could keep nothing is not taken from its conversation
+while the pool has room (every chat prompt starts with the same few template tokens, which alone would
+send every new conversation to the same cache and empty it). Two sessions never serve one request, and a
+session with attachments only matches a prompt with the same attachments in the same order (placeholder
+tokens are equal for every image, so tokens alone cannot tell).
+
+A batched reply is decoded in a copy of its session's cache; `hand_back` puts it back, so that the next
+turn reuses the answer as it does after a reply decoded on the session itself.
 """
 
 from __future__ import annotations
@@ -14,16 +20,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 DEFAULT_SESSIONS = 2
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the shared start of two token lists."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -65,7 +61,7 @@ class SessionPool:
         for entry in self.entries:
             if entry.media_digests != media[: len(entry.media_digests)]:
                 continue
-            shared = common_prefix(entry.session.tokens, prompt_tokens)
+            shared = entry.session.reusable(prompt_tokens)
             if shared > best_len:
                 best, best_len = entry, shared
         if best is None:
@@ -78,6 +74,21 @@ class SessionPool:
         best.media_digests = media
         best.last_used = next(self._clock)
         return best.session
+
+    def hand_back(self, session, prompt_keys: Sequence[int], reply: Sequence[int],
+                  copy_reply: Callable[[list], bool]) -> bool:
+        """Put a reply decoded elsewhere (a batch row) into `session`, the one its prompt was read in, when
+        the session is still this pool's and still holds exactly that prompt (not reacquired meanwhile by
+        another request); `copy_reply(session.cache)` writes the reply's keys and values. Afterwards the
+        session holds prompt + `reply` (the tokens fed to the model) with a restore point at the end, as
+        `run_prompt` leaves it. Returns whether it did."""
+        if not any(entry.session is session for entry in self.entries):
+            return False  # dropped (another model, memory pressure): nothing to keep
+        if session.tokens != list(prompt_keys) or not copy_reply(session.cache):
+            return False
+        session.append(reply)
+        session.mark()
+        return True
 
     def clear(self) -> None:
         """Drop every cache (memory pressure, or the model is being unloaded)."""
