@@ -7,6 +7,7 @@ Two ranks on 127.0.0.1 (`mlx.launch --backend ring`), the follower stopped with 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -50,7 +51,8 @@ def test_a_silent_follower_ends_the_request_after_the_peer_timeout(tiny_chat_mod
             waited = time.monotonic() - started
             assert status == 503 and body["error"]["code"] == "group_degraded", body
             message = body["error"]["message"]
-            assert "the Mac at 127.0.0.1 stopped answering for 6 s" in message
+            # the time the step had waited when the watchdog ran: 6 s, more on a busy machine
+            assert re.search(r"the Mac at 127\.0\.0\.1 stopped answering for \d+ s \(it is still connected", message)
             assert "--peer-timeout" in message
             assert PEER_TIMEOUT <= waited < PEER_TIMEOUT + 20
             status, health, _ = raw_request(url[: -len("/v1")], "GET", "/health")
