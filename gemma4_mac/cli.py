@@ -10,6 +10,7 @@ from typing import Optional, Sequence, TextIO
 from .agent import DEFAULT_MAX_STEPS
 from .builtin_tools import BUILTIN_NAMES
 from .cli_stream import print_events
+from .ringwatch import DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT
 
 
 class CliError(Exception):
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--hosts", metavar="HOSTS.JSON",
                      help="split the model across the Macs of this MLX hostfile, this Mac first "
                           "(docs/distributed.md)")
+    ask.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
+                     help="with --hosts: give up when a model step waits this long for another Mac "
+                          "(default %(default)s)")
     sub.add_parser("serve", help="serve the model to local apps over an OpenAI-compatible HTTP API "
                                  "(python -m gemma4_mac serve --help)", add_help=False)
     mcp = sub.add_parser("mcp", help="MCP servers: `mcp list CONFIG.json` prints the tools of each server")
@@ -169,7 +173,7 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             from .cluster import ClusterError, start
 
             try:
-                cluster = start(args.hosts, args.model)
+                cluster = start(args.hosts, args.model, peer_timeout=args.peer_timeout)
             except ClusterError as error:
                 raise CliError(str(error)) from error
         try:
@@ -181,7 +185,7 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             from .distributed import LeaderModel, PeerLostError
 
             try:
-                model = LeaderModel(model, cluster.group)
+                model = LeaderModel(model, cluster.group, cluster.watchdog)
             except PeerLostError as error:  # a follower could not load its shard
                 raise CliError(str(error)) from error
         try:

@@ -5,7 +5,9 @@ hosts.json is MLX's hostfile (what `mlx.distributed_config` writes): a list of
 rank 0; the other Macs are started through `mlx.launch` (ssh, ring backend) as followers
 (`python -m gemma4_mac.cluster --model PATH`) that load their shard and repeat rank 0's model calls
 (gemma4_mac/distributed.py). Rank 0 stays outside the launcher so that a follower that dies ends the request
-with a clear error and leaves the server up, instead of the launcher stopping every rank.
+with a clear error and leaves the server up, instead of the launcher stopping every rank. Every rank watches
+its ring connections (gemma4_mac/ringwatch.py): a Mac that stays connected but stops answering for
+`peer_timeout` seconds in the middle of a model call is dropped the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import tempfile
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .ringwatch import DEFAULT_TIMEOUT, RingWatchdog
 
 RING_ENV = "GEMMA4_MAC_RING"  # the ring's addresses, given to the followers by mlx.launch
 DEFAULT_PORT = 32323  # mlx.launch's own default first port
@@ -93,11 +97,23 @@ def _init_group(timeout: float, followers: Optional[subprocess.Popen] = None):
                        "check the IPs in the hosts file and that the port is not blocked.")
 
 
-class Cluster:
-    """Rank 0's view of the group: its `mx.distributed` group and the launcher running the followers."""
+def _described(host: dict, ip: str) -> str:
+    return ip if host.get("ssh") in (None, ip) else f"{host['ssh']} ({ip})"
 
-    def __init__(self, group, followers: subprocess.Popen, hostfile: Path):
+
+def _peers_in_words(hosts: list[dict], rank: int) -> str:
+    """The Macs other than `rank`'s, for the message that says one of them went silent."""
+    others = [_described(host, host["ips"][0]) for index, host in enumerate(hosts) if index != rank]
+    return f"the Mac at {others[0]}" if len(others) == 1 else f"one of the Macs at {', '.join(others)}"
+
+
+class Cluster:
+    """Rank 0's view of the group: its `mx.distributed` group, the watchdog of its ring connections and the
+    launcher running the followers."""
+
+    def __init__(self, group, followers: subprocess.Popen, hostfile: Path, watchdog: RingWatchdog):
         self.group, self.followers, self._hostfile = group, followers, hostfile
+        self.watchdog = watchdog
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait for the followers to end (after `LeaderModel.close`), stopping them if they do not."""
@@ -105,13 +121,20 @@ class Cluster:
             self.followers.wait(timeout)
         except subprocess.TimeoutExpired:
             self.followers.terminate()
-            self.followers.wait(timeout)
+            try:
+                self.followers.wait(timeout)
+            except subprocess.TimeoutExpired:  # the launcher itself waits on a follower that was stopped
+                self.followers.kill()
+                self.followers.wait()
         self._hostfile.unlink(missing_ok=True)
 
 
 def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT,
-          timeout: float = CONNECT_TIMEOUT) -> Cluster:
-    """Start the followers on the other hosts through `mlx.launch` and join the ring as rank 0."""
+          timeout: float = CONNECT_TIMEOUT, peer_timeout: float = DEFAULT_TIMEOUT) -> Cluster:
+    """Start the followers on the other hosts through `mlx.launch` and join the ring as rank 0. A model call
+    that waits more than `peer_timeout` seconds for the other Macs ends with PeerLostError."""
+    if peer_timeout <= 0:
+        raise ClusterError(f"--peer-timeout must be a positive number of seconds, not {peer_timeout:g}.")
     hosts = read_hosts(hosts_file)
     ring = ring_addresses(hosts, port)
     launcher = Path(sys.executable).with_name("mlx.launch")
@@ -128,7 +151,8 @@ def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT
                "--python", sys.executable]
     for item in env:
         command += ["--env", item]
-    command += ["--", "-m", "gemma4_mac.cluster", "--model", str(Path(model).expanduser().resolve())]
+    command += ["--", "-m", "gemma4_mac.cluster", "--model", str(Path(model).expanduser().resolve()),
+                "--peer-timeout", str(peer_timeout)]
     followers = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     _use_ring(ring, 0)
     try:
@@ -136,13 +160,16 @@ def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT
     except ClusterError:
         followers.terminate()
         raise
-    return Cluster(group, followers, Path(handle.name))
+    watchdog = RingWatchdog(ring, 0, peer_timeout, _peers_in_words(hosts, 0))
+    watchdog.keep_alive()
+    return Cluster(group, followers, Path(handle.name), watchdog)
 
 
 def follower_main(argv: Optional[Sequence[str]] = None) -> int:
     """A follower (started by `start` through mlx.launch): load this rank's shard, repeat rank 0's calls."""
     parser = argparse.ArgumentParser(prog="python -m gemma4_mac.cluster")
     parser.add_argument("--model", required=True)
+    parser.add_argument("--peer-timeout", type=float, default=DEFAULT_TIMEOUT)
     args = parser.parse_args(argv)
     ring = json.loads(os.environ[RING_ENV])
     _use_ring(ring, int(os.environ.get("MLX_RANK", "0")) + 1)  # mlx.launch numbers the followers from 0
@@ -151,15 +178,19 @@ def follower_main(argv: Optional[Sequence[str]] = None) -> int:
     from .distributed import follow
 
     group = _init_group(CONNECT_TIMEOUT)
+    leader = ring[0][0].rpartition(":")[0]
+    watchdog = RingWatchdog(ring, group.rank(), args.peer_timeout, f"rank 0's Mac at {leader}")
+    watchdog.keep_alive()  # rank 0's Mac gone from the link while idle: this follower ends too
     try:
         model = load_model(args.model, group=group)
     except ModelLoadError as error:
         sys.stderr.write(f"error on rank {group.rank()}: {error}\n")
         return 2
     try:
-        follow(model, group)
-    except RuntimeError as error:  # rank 0 went away: nothing left to follow
-        sys.stderr.write(f"rank {group.rank()}: rank 0 is gone ({error}); stopping.\n")
+        follow(model, group, watchdog)
+    except RuntimeError as error:  # rank 0 went away or went silent: nothing left to follow
+        reason = watchdog.describe() if watchdog.silent_for is not None else f"rank 0 is gone ({error})"
+        sys.stderr.write(f"rank {group.rank()}: {reason}; stopping.\n")
         return 1
     return 0
 

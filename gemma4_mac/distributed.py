@@ -8,7 +8,9 @@ anything), so the same ring that carries the activations carries the commands.
 
 Followers are started through `mlx.launch` (hosts.json: MLX's hostfile, this Mac first). Rank 0 itself is not
 under the launcher, so a follower that dies ends the request with `PeerLostError` instead of the launcher
-killing the server; the model then refuses further requests with the same clear error.
+killing the server; the model then refuses further requests with the same clear error. A follower that stays
+connected but stops answering is ended the same way by a `RingWatchdog` (gemma4_mac/ringwatch.py) once a
+model call has waited longer than its timeout; followers watch rank 0 likewise while they run its calls.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import itertools
 import json
 import threading
 import weakref
-from typing import Any, Optional
+from contextlib import nullcontext
+from typing import Any, ContextManager, Optional
 
 import mlx.core as mx
 
 from .prefill import GenerationError
+from .ringwatch import LOAD_TIMEOUT, RingWatchdog
 
 STOP = "stop"
 TEXT_ONLY = "images, audio and video are not supported yet when a model is split across Macs; send text only."
@@ -57,9 +61,13 @@ class Channel:
         for array in arrays.values():
             self._share(array.astype(mx.uint8) if array.dtype == mx.bool_ else array)
 
-    def receive(self) -> tuple[dict, dict[str, mx.array]]:
-        """(followers) The next message from rank 0."""
-        size = int(self._share(mx.zeros((1,), dtype=mx.int32)).item())
+    def wait(self) -> int:
+        """(followers) Wait for rank 0's next message (as long as it takes: the server may be idle for hours);
+        the size of its header, for `read`."""
+        return int(self._share(mx.zeros((1,), dtype=mx.int32)).item())
+
+    def read(self, size: int) -> tuple[dict, dict[str, mx.array]]:
+        """(followers) The rest of the message whose header size `wait` returned."""
         header = json.loads(bytes(self._share(mx.zeros((size,), dtype=mx.uint8)).tolist()).decode("utf-8"))
         arrays = {}
         for name, dtype, shape in header.pop("arrays"):
@@ -157,16 +165,19 @@ class LeaderModel:
     # the server's batch caches (mlx-lm's) are not mirrored to the followers: one request at a time, on ours
     supports_batching = False
 
-    def __init__(self, model, group: mx.distributed.Group):
+    def __init__(self, model, group: mx.distributed.Group, watchdog: Optional[RingWatchdog] = None):
+        """`watchdog` bounds each wait for the other Macs (none: a silent Mac blocks rank 0 forever)."""
         self._model = model
         self._channel = Channel(group)
+        self._watchdog = watchdog
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._forgotten: list = []
         self.lost: Optional[str] = None
         self.ranks = group.size()
         try:
-            self._channel.barrier()  # ready once every Mac holds its shard
+            with self._watch(LOAD_TIMEOUT):
+                self._channel.barrier()  # ready once every Mac holds its shard
         except RuntimeError as error:
             raise self._peer_lost(error) from error
 
@@ -177,20 +188,28 @@ class LeaderModel:
     def language_model(self):
         return _LeaderLanguageModel(self)
 
+    def _watch(self, limit: Optional[float] = None) -> ContextManager:
+        return self._watchdog.watch(limit) if self._watchdog else nullcontext()
+
     def _send(self, header: dict, arrays: Optional[dict] = None) -> None:
         if self.lost:
             raise PeerLostError(self.lost)
         forgotten, self._forgotten = self._forgotten, []
         try:
-            with self._lock:
+            with self._lock, self._watch():
                 self._channel.send({**header, "forget": forgotten}, arrays or {})
         except RuntimeError as error:  # MLX's ring: "connection to a peer was lost"
             raise self._peer_lost(error) from error
 
     def _peer_lost(self, error: BaseException) -> PeerLostError:
-        self.lost = (f"a Mac of the {self.ranks}-Mac group stopped answering ({error}); the model is split "
-                     "across the Macs, so it cannot answer until `serve` (or `ask`) is started again on all "
-                     "of them.")
+        restart = ("the model is split across the Macs, so it cannot answer until `serve` (or `ask`) is "
+                   "started again on all of them.")
+        if self._watchdog is not None and self._watchdog.silent_for is not None:
+            self.lost = (f"{self._watchdog.describe()} (it is still connected: asleep, stopped or its link "
+                         f"is down); {restart} If that Mac is only slow, raise --peer-timeout "
+                         f"(now {self._watchdog.timeout:.0f} s).")
+        else:
+            self.lost = f"a Mac of the {self.ranks}-Mac group stopped answering ({error}); {restart}"
         return PeerLostError(self.lost)
 
     def _run(self, target: str, inputs, cache, kwargs):
@@ -202,7 +221,8 @@ class LeaderModel:
         module = self._model.language_model if target == "language_model" else self._model
         out = module(inputs, cache=cache, **kwargs)
         try:
-            mx.eval(out)  # here, so that a lost peer is reported as such and not deep inside generation
+            with self._watch():
+                mx.eval(out)  # here, so that a lost peer is reported as such and not deep inside generation
         except RuntimeError as error:
             raise self._peer_lost(error) from error
         return out
@@ -245,33 +265,44 @@ class LeaderModel:
                 pass
 
 
-def follow(model, group: mx.distributed.Group) -> None:
-    """(ranks 1..N-1) Repeat rank 0's model calls on this rank's shard until it says stop or goes away."""
+def follow(model, group: mx.distributed.Group, watchdog: Optional[RingWatchdog] = None) -> None:
+    """(ranks 1..N-1) Repeat rank 0's model calls on this rank's shard until it says stop or goes away
+    (RuntimeError). With a `watchdog`, a call of rank 0's that stalls past its timeout ends it too."""
     channel = Channel(group)
-    channel.barrier()
+    watch = watchdog.watch if watchdog else nullcontext
+    channel.barrier()  # rank 0 may still be loading its shard
     caches: dict[int, list] = {}
     handles: dict[int, Any] = {}
     while True:
-        header, arrays = channel.receive()
-        for kind, key in header.get("forget", []):
-            (caches if kind == "cache" else handles).pop(key, None)
-        op = header["op"]
-        if op == STOP:
-            return
-        if op == "make_cache":
-            caches[header["id"]] = model.make_cache(kv_bits=header["kv_bits"],
-                                                    kv_group_size=header["kv_group_size"])
-        elif op == "cache":
-            list_id, index = header["cache"]
-            layer = caches[list_id][index]
-            if header["call"] == "checkpoint":
-                handles[header["argument"]] = layer.checkpoint()
-            elif header["call"] == "restore":
-                layer.restore(handles[header["argument"]])
-            else:
-                getattr(layer, header["call"])(header["argument"])
-        elif op == "forward":
-            cache = [caches[list_id][index] for list_id, index in header["cache"] or []] or None
-            inputs = arrays.pop("__inputs__", None)
-            module = model.language_model if header["target"] == "language_model" else model
-            mx.eval(module(inputs, cache=cache, **_join_arguments(header["kwargs"], arrays)))
+        size = channel.wait()
+        with watch():  # from the first word of a message until its call is done, rank 0 must keep up
+            if not _obey(model, channel.read(size), caches, handles):
+                return
+
+
+def _obey(model, message: tuple[dict, dict], caches: dict[int, list], handles: dict[int, Any]) -> bool:
+    """Carry out one message of rank 0's on this rank's shard; False when it says stop."""
+    header, arrays = message
+    for kind, key in header.get("forget", []):
+        (caches if kind == "cache" else handles).pop(key, None)
+    op = header["op"]
+    if op == STOP:
+        return False
+    if op == "make_cache":
+        caches[header["id"]] = model.make_cache(kv_bits=header["kv_bits"],
+                                                kv_group_size=header["kv_group_size"])
+    elif op == "cache":
+        list_id, index = header["cache"]
+        layer = caches[list_id][index]
+        if header["call"] == "checkpoint":
+            handles[header["argument"]] = layer.checkpoint()
+        elif header["call"] == "restore":
+            layer.restore(handles[header["argument"]])
+        else:
+            getattr(layer, header["call"])(header["argument"])
+    elif op == "forward":
+        cache = [caches[list_id][index] for list_id, index in header["cache"] or []] or None
+        inputs = arrays.pop("__inputs__", None)
+        module = model.language_model if header["target"] == "language_model" else model
+        mx.eval(module(inputs, cache=cache, **_join_arguments(header["kwargs"], arrays)))
+    return True

@@ -30,6 +30,7 @@ from .routes_responses import ResponsesRoutes
 from .scheduler import DEFAULT_MAX_BATCH
 from .service import GenerationService
 from .sessions import DEFAULT_SESSIONS
+from ..ringwatch import DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT
 from ..worker import ModelSlot, ModelWorker
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
@@ -181,10 +182,11 @@ def check_binding(host: str, api_key: Optional[str]) -> None:
                          f"{DEFAULT_HOST}.")
 
 
-def load_slot(path: Path, group=None) -> ModelSlot:
+def load_slot(path: Path, group=None, watchdog=None) -> ModelSlot:
     """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
     folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so.
-    With a `group` (serve --hosts) it is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py).
+    With a `group` (serve --hosts) it is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py);
+    `watchdog` (gemma4_mac/ringwatch.py) bounds each wait for them.
     """
     from mlx_model import load
 
@@ -197,7 +199,7 @@ def load_slot(path: Path, group=None) -> ModelSlot:
         from ..distributed import LeaderModel, PeerLostError
 
         try:
-            model = LeaderModel(model, group)
+            model = LeaderModel(model, group, watchdog)
         except PeerLostError as error:  # a follower could not load its shard
             raise ModelLoadError(str(error)) from error
     described = describe_folder(path)
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "follow this one (docs/distributed.md)")
     parser.add_argument("--ring-port", type=int, default=32323,
                         help="first port of the Macs' ring with --hosts (one per Mac; default %(default)s)")
+    parser.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
+                        help="with --hosts: end a request (and mark the group degraded) when a model step "
+                             "waits this long for another Mac (default %(default)s)")
     return parser
 
 
@@ -367,7 +372,7 @@ def _start_group(args, path: Path, err: TextIO):
 
     err.write(f"starting the Macs of {args.hosts} ...\n")
     try:
-        cluster = start(args.hosts, path, port=args.ring_port)
+        cluster = start(args.hosts, path, port=args.ring_port, peer_timeout=args.peer_timeout)
     except ClusterError as error:
         raise ServeError(str(error)) from error
     slots: dict = {}
@@ -376,7 +381,7 @@ def _start_group(args, path: Path, err: TextIO):
         if Path(folder) != path:
             return load_slot(folder)  # other models of the library run on this Mac alone
         if "group" not in slots:
-            slots["group"] = load_slot(path, group=cluster.group)
+            slots["group"] = load_slot(path, group=cluster.group, watchdog=cluster.watchdog)
         return slots["group"]
 
     loader.slots = slots
