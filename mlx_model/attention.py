@@ -66,6 +66,10 @@ class Span:
     length: int
     quant: Optional[QuantSpec] = None
     role: Optional[str] = None
+    # quantized spans of a growing store: the whole (keys, values) store, position start + i at index i.
+    # Few queries read it unsliced and slice their scores instead: a slice of the packed keys along the
+    # tokens is strided, and the quantized matmul would copy it whole at every decode step.
+    store: Optional[tuple] = field(default=None, repr=False)
 
     @property
     def end(self) -> int:
@@ -83,9 +87,12 @@ class Span:
             scales[..., a // group : b // group],
             biases[..., a // group : b // group],
         )
+        if packed and self.store is not None:  # the whole store, unsliced (see `store`)
+            whole = tuple(mx.expand_dims(x, 2) for x in self.store[0])
+            return _per_kv_head(mx.quantized_matmul, q, whole, group, bits)[..., a:b]
         if packed:  # a few queries: the quantized matmul reads the packed keys directly
             parts = tuple(mx.expand_dims(x, 2) for x in parts)
-            return mx.quantized_matmul(q, *parts, transpose=False, group_size=group, bits=bits)
+            return _per_kv_head(mx.quantized_matmul, q, parts, group, bits)
         keys_t = mx.dequantize(*parts, group_size=group, bits=bits)
         return q @ mx.expand_dims(keys_t, 2).astype(q.dtype)
 
@@ -97,9 +104,13 @@ class Span:
         bits, group = self.quant.bits, self.quant.group
         parts = tuple(x[:, :, a:b] for x in self.values)
         dtype = parts[1].dtype
+        if packed and self.store is not None:  # zero weight on every other stored position
+            whole = tuple(mx.expand_dims(x, 2) for x in self.store[1])
+            p = mx.pad(p.astype(dtype), [(0, 0)] * (p.ndim - 1) + [(a, whole[1].shape[3] - b)])
+            return _per_kv_head(mx.quantized_matmul, p, whole, group, bits)
         if packed:
             parts = tuple(mx.expand_dims(x, 2) for x in parts)
-            return mx.quantized_matmul(p.astype(dtype), *parts, transpose=False, group_size=group, bits=bits)
+            return _per_kv_head(mx.quantized_matmul, p.astype(dtype), parts, group, bits)
         values = mx.dequantize(*parts, group_size=group, bits=bits)
         return p.astype(dtype) @ mx.expand_dims(values, 2)
 
@@ -110,6 +121,14 @@ class Span:
         bits, group = self.quant.bits, self.quant.group
         keys = mx.dequantize(*self.keys, group_size=group, bits=bits).swapaxes(-1, -2)
         return keys, mx.dequantize(*self.values, group_size=group, bits=bits)
+
+
+def _per_kv_head(matmul, x: mx.array, packed: tuple, group: int, bits: int) -> mx.array:
+    """x [B, Hkv, rep, L, K] times one packed [B, Hkv, 1, K, N] matrix per KV head, the rep query heads
+    sharing it read as more rows of one product: broadcast over rep, MLX would copy the matrix rep times."""
+    B, H, rep, L, K = x.shape
+    out = matmul(x.reshape(B, H, 1, rep * L, K), *packed, transpose=False, group_size=group, bits=bits)
+    return out.reshape(B, H, rep, L, -1)
 
 
 @dataclass

@@ -172,22 +172,14 @@ class QuantizedKVCache(_QuantizedLayerCache):
         if flushed is not None:
             self._write(flushed, q_old)
         if self.quantized:
-            stored = Span(
-                self._slice_keys(0, self.quantized),
-                tuple(x[:, :, : self.quantized] for x in self.values),
-                0,
-                self.quantized,
-                self.spec,
-                QUANTIZED,
-            )
-            spans = [stored] + spans
+            spans = self._stored() + spans
         return self._view(spans)
 
     def _stored(self) -> list[Span]:
         if not self.quantized:
             return []
         return [Span(self._slice_keys(0, self.quantized), tuple(x[:, :, : self.quantized] for x in self.values),
-                     0, self.quantized, self.spec, QUANTIZED)]
+                     0, self.quantized, self.spec, QUANTIZED, store=(self.keys, self.values))]
 
     def _slice_keys(self, lo: int, hi: int) -> tuple:
         data, scales, biases = self.keys
