@@ -14,7 +14,8 @@ and sends the whole conversation again. The resent request should cost only its 
 server's session pool hands it the cache of its first turn); the same request is then sent once more
 after the caches were dropped, which is the fresh prefill it is compared with. Without --model a
 random-weight model with the real Gemma 4 vocabulary and tokenizer is built (gemma4_mac.bench's
-shape; the tokenizer comes from the test assets). Prints one JSON object.
+shape, converted to the app's 4-bit recipe as a user's model is; the tokenizer comes from the test
+assets). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -36,15 +37,21 @@ WORDS = ("model cache token window layer memory answer question river mountain g
 
 
 def synthetic_model(folder: Path) -> Path:
-    """The benchmark checkpoint of gemma4_mac.bench with the real tokenizer files beside it."""
+    """The benchmark checkpoint of gemma4_mac.bench, converted as the app converts a model (Gemma 4's 4-bit
+    recipe, bfloat16 elsewhere: what a user's folder holds, not the float32 source), with the real tokenizer
+    files beside it. The quality gate is skipped: random weights have no quality to keep."""
+    from convert import convert_checkpoint
     from gemma4_mac.bench import write_checkpoint
     from tests.assets import gemma4_vocab_dir
 
-    folder.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(folder)
+    source = folder.with_name(folder.name + "-float32")
+    source.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(source)
     for file in gemma4_vocab_dir().iterdir():
         if file.is_file() and not file.name.startswith("."):
-            shutil.copy(file, folder / file.name)
+            shutil.copy(file, source / file.name)
+    convert_checkpoint(source, folder, bits=4, force=True, skip_quality_check=True)
+    shutil.rmtree(source)
     return folder
 
 
