@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
@@ -110,6 +111,18 @@ def _folder_text_config(folder: str):
         raise CliError(str(error)) from error
 
 
+def _is_base_model_folder(model: str) -> bool:
+    """Whether `model` is a converted folder recorded as a base model (`"gemma4_mac": {"chat": false}`: the
+    starter, `convert --base-model`); the window continues such a model's text, and so does `ask`."""
+    from mlx_model.model_folder import is_base_model
+
+    config = Path(model).expanduser() / "config.json"
+    try:
+        return config.is_file() and is_base_model(json.loads(config.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False  # unreadable: the loader says what is wrong with it
+
+
 def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> int:
     """`plan --macs N`: memory on each Mac with the model split across N of them."""
     from mlx_model.planner import format_split_table, split_plan, split_table
@@ -164,6 +177,12 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             registry = registry_for(args.mcp, args.builtin)
         except ToolSetupError as error:
             raise CliError(str(error)) from error
+    if not args.raw and _is_base_model_folder(args.model):
+        if args.image or args.audio or args.video or args.mcp or args.builtin or args.system or args.think:
+            raise CliError("this is a base model: it continues text and has no chat format, so it cannot take "
+                           "attachments, tools, --system or --think; ask an instruction-tuned (-it) model")
+        err.write("[note] a base model: continuing your text as is (as --raw does)\n")
+        args.raw = True
     content = _user_content(args.question, args.image, args.audio, args.video)
     if args.hosts and (args.image or args.audio or args.video):
         raise CliError("attachments are not supported yet when the model is split across Macs (--hosts)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import threading
 
 import pytest
@@ -135,3 +137,24 @@ def test_cli_streams_and_fails_cleanly(chat_model, tmp_path):
     assert "not valid JSON" in err.getvalue()
     assert cli_main(["ask", "--model", str(path), "--image", str(tmp_path / "nope.png"), "Hi"], out=out, err=err) == 2
     assert "cannot read image file" in err.getvalue()
+
+
+def test_cli_continues_a_base_models_text_as_the_window_does(chat_model, tmp_path):
+    path, _, _ = chat_model
+    base = tmp_path / "base"
+    shutil.copytree(path, base)
+    config = json.loads((base / "config.json").read_text())
+    config["gemma4_mac"] = {**config.get("gemma4_mac", {}), "chat": False}  # as `convert --base-model` writes
+    (base / "config.json").write_text(json.dumps(config))
+    question = ["--max-tokens", "6", "--temperature", "0", "The capital of France is"]
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_main(["ask", "--model", str(base), *question], out=out, err=err) == 0
+    assert "a base model: continuing your text as is" in err.getvalue()
+    raw_out, raw_err = io.StringIO(), io.StringIO()
+    assert cli_main(["ask", "--model", str(base), "--raw", *question], out=raw_out, err=raw_err) == 0
+    assert out.getvalue() == raw_out.getvalue()  # no chat template around the text
+    tokens = err.getvalue().splitlines()[-1].split(",")[0]
+    assert tokens == raw_err.getvalue().splitlines()[-1].split(",")[0]  # "[6 prompt tokens": the text alone
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_main(["ask", "--model", str(base), "--system", "Be brief.", "Hi"], out=out, err=err) == 2
+    assert "base model" in err.getvalue() and "Traceback" not in err.getvalue()
