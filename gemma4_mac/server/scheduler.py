@@ -351,13 +351,7 @@ class BatchScheduler:
         tokenizer = slot.processor.tokenizer
         digests = job.conversation.media_digests if job.conversation else []
         for index in range(job.n):
-            tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
-                           call_open=tokenizer.token_id("<|tool_call>"),
-                           call_close=tokenizer.token_id("<tool_call|>"))
-            processors = (job.processors[index] if index < len(job.processors) else []) + [tap]
-            sampling = job.sampling
-            if index and sampling.seed is not None:
-                sampling = replace(sampling, seed=sampling.seed + index)
+            tap, processors, sampling = _choice_setup(job, tokenizer, index)
             choice = Choice(request, index, tap, sampling, 0.0, 0.0, 0)
             session = service.pool.acquire(slot.model, job.prepared.keys, digests)
             for event in run_prompt(slot.model, slot.processor, job.prepared, sampling, session=session,
@@ -377,13 +371,7 @@ class BatchScheduler:
              reused: int) -> BatchRow:
         job = request.job
         tokenizer = slot.processor.tokenizer
-        tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
-                       call_open=tokenizer.token_id("<|tool_call>"),
-                       call_close=tokenizer.token_id("<tool_call|>"))
-        processors = (job.processors[choice] if choice < len(job.processors) else []) + [tap]
-        sampling = job.sampling
-        if choice and sampling.seed is not None:
-            sampling = replace(sampling, seed=sampling.seed + choice)
+        tap, processors, sampling = _choice_setup(job, tokenizer, choice)
         stats = GenerationStats(prompt_tokens=len(job.prepared.tokens), cached_tokens=reused)
         row = BatchRow(TokenPicker(sampling, processors),
                        ReplyDecoder(tokenizer, job.prepared, sampling, stats),
@@ -483,6 +471,18 @@ class BatchScheduler:
             self.service._durations.append(time.monotonic() - request.started)
         self.service.library.release()
         request.stream.push(END)
+
+
+def _choice_setup(job, tokenizer, index: int) -> tuple[TokenTap, list, SamplingSettings]:
+    """Choice `index` of a request: its token tap (logprobs, tool-call bounds), its logits processors with the
+    tap last, and its sampling (a seeded request's later choices draw from seed + index)."""
+    tap = TokenTap(top=job.logprobs, describe=lambda token: token_piece(tokenizer, token),
+                   call_open=tokenizer.token_id("<|tool_call>"), call_close=tokenizer.token_id("<tool_call|>"))
+    processors = (job.processors[index] if index < len(job.processors) else []) + [tap]
+    sampling = job.sampling
+    if index and sampling.seed is not None:
+        sampling = replace(sampling, seed=sampling.seed + index)
+    return tap, processors, sampling
 
 
 def as_api_error(error: BaseException) -> APIError:
