@@ -184,8 +184,6 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write("[note] a base model: continuing your text as is (as --raw does)\n")
         args.raw = True
     content = _user_content(args.question, args.image, args.audio, args.video)
-    if args.hosts and (args.image or args.audio or args.video):
-        raise CliError("attachments are not supported yet when the model is split across Macs (--hosts)")
     cluster = None
     try:
         if args.hosts:

@@ -28,11 +28,21 @@ from .prefill import GenerationError
 from .ringwatch import LOAD_TIMEOUT, RingWatchdog
 
 STOP = "stop"
-TEXT_ONLY = "images, audio and video are not supported yet when a model is split across Macs; send text only."
+MEDIA_ARGUMENTS = ("pixel_values", "image_position_ids", "pixel_values_videos", "video_position_ids",
+                   "input_features", "input_features_mask")
+PLE_IDS = "__ple_ids__"  # the text ids from which each rank looks up its own columns of PLE's token half
 
 
 class PeerLostError(GenerationError):
     """A Mac of the group stopped answering (it quit, crashed or its link dropped)."""
+
+
+class _TokenHalf:
+    """PLE's token half of a prompt with attachments, as rank 0 computed it for its own columns, with the text
+    ids each follower needs to look up its columns (the per-layer table is split across the ranks)."""
+
+    def __init__(self, values: mx.array, text_ids: mx.array):
+        self.values, self.text_ids = values, text_ids
 
 
 class Channel:
@@ -213,7 +223,13 @@ class LeaderModel:
         return PeerLostError(self.lost)
 
     def _run(self, target: str, inputs, cache, kwargs):
+        token_half = kwargs.get("per_layer_inputs")
+        if isinstance(token_half, _TokenHalf):
+            kwargs = {**kwargs, "per_layer_inputs": None}
         plain, arrays = _split_arguments(kwargs)
+        if isinstance(token_half, _TokenHalf):
+            arrays[PLE_IDS] = token_half.text_ids
+            kwargs["per_layer_inputs"] = token_half.values
         if inputs is not None:
             arrays["__inputs__"] = inputs
         ids = [layer._mirror_id for layer in cache] if cache else None
@@ -228,14 +244,27 @@ class LeaderModel:
         return out
 
     def __call__(self, inputs=None, cache=None, **kwargs):
-        if any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos", "input_features")):
-            raise GenerationError(TEXT_ONLY)
+        media = {k: kwargs.pop(k, None) for k in MEDIA_ARGUMENTS}
+        if any(media[k] is not None for k in ("pixel_values", "pixel_values_videos", "input_features")):
+            # the towers are replicated: rank 0 runs them alone and the ranks share the merged embeddings
+            model = self._model
+            kwargs["input_embeddings"], kwargs["per_layer_inputs"] = self.embed_multimodal(
+                inputs,
+                image_features=None if media["pixel_values"] is None
+                else model.image_features(media["pixel_values"], media["image_position_ids"]),
+                video_features=None if media["pixel_values_videos"] is None
+                else model.image_features(media["pixel_values_videos"], media["video_position_ids"]),
+                audio_features=None if media["input_features"] is None
+                else model.audio_features(media["input_features"], media["input_features_mask"]))
         return self._run("model", inputs, cache, kwargs)
 
-    def embed_multimodal(self, *args, **kwargs):
-        raise GenerationError(TEXT_ONLY)
-
-    image_features = audio_features = embed_multimodal
+    def embed_multimodal(self, input_ids, **features):
+        """The model's merged embeddings (the token table is replicated); PLE's token half is marked so that
+        each follower looks up its own columns of it from the same text ids."""
+        embeds, per_layer = self._model.embed_multimodal(input_ids, **features)
+        if per_layer is not None:
+            per_layer = _TokenHalf(per_layer, self._model.text_ids(input_ids))
+        return embeds, per_layer
 
     def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
         list_id = next(self._ids)
@@ -303,6 +332,10 @@ def _obey(model, message: tuple[dict, dict], caches: dict[int, list], handles: d
     elif op == "forward":
         cache = [caches[list_id][index] for list_id, index in header["cache"] or []] or None
         inputs = arrays.pop("__inputs__", None)
+        text_ids = arrays.pop(PLE_IDS, None)
+        kwargs = _join_arguments(header["kwargs"], arrays)
+        if text_ids is not None:
+            kwargs["per_layer_inputs"] = model.language_model.per_layer_token_inputs(text_ids)
         module = model.language_model if header["target"] == "language_model" else model
-        mx.eval(module(inputs, cache=cache, **_join_arguments(header["kwargs"], arrays)))
+        mx.eval(module(inputs, cache=cache, **kwargs))
     return True

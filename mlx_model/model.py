@@ -147,9 +147,7 @@ class Model(nn.Module):
         ids = np.array(input_ids)
         placeholder = {cfg.image_token_id: image_features, cfg.video_token_id: video_features,
                        cfg.audio_token_id: audio_features}
-        is_mm = np.isin(ids, list(placeholder))
-        pad = cfg.text_config.pad_token_id or 0
-        text_ids = mx.array(np.where(is_mm, pad, ids))
+        text_ids = self.text_ids(input_ids)
         embeds = lm.embed(text_ids)
         per_layer = lm.per_layer_token_inputs(text_ids) if lm.ple_dim else None
         flat = embeds.reshape(-1, embeds.shape[-1])
@@ -164,6 +162,13 @@ class Model(nn.Module):
             if n_features:
                 flat[mx.array(slots)] = features.astype(flat.dtype)
         return flat.reshape(embeds.shape), per_layer
+
+    def text_ids(self, input_ids: mx.array) -> mx.array:
+        """`input_ids` with the media placeholders turned into pad, as the text lookups see them (HF:2386)."""
+        cfg = self.config
+        ids = np.array(input_ids)
+        is_mm = np.isin(ids, [cfg.image_token_id, cfg.video_token_id, cfg.audio_token_id])
+        return mx.array(np.where(is_mm, cfg.text_config.pad_token_id or 0, ids))
 
     def logits(self, hidden: mx.array) -> mx.array:
         """LM head (tied to the embeddings unless the checkpoint says otherwise) and softcap."""
