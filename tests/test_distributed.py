@@ -53,20 +53,28 @@ def _quantized_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free (the ring backend listens on one port per rank)."""
+def _free_ports(count: int) -> int:
+    """A port p with p .. p + count - 1 free (the ring backend listens on one port per rank)."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
+        sockets = [socket.socket() for _ in range(count)]
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
+            for offset, held in enumerate(sockets):
+                held.bind(("127.0.0.1", port + offset))
             return port
         except OSError:
             continue
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+        finally:
+            for held in sockets:
+                held.close()
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free."""
+    return _free_ports(2)
 
 
 def mlx_launch() -> str:
@@ -237,3 +245,24 @@ def test_hosts_file_in_both_of_mlx_formats(tmp_path):
     for name in ("list.json", "config.json"):
         assert read_hosts(tmp_path / name) == hosts
     assert ring_addresses(hosts, 5000) == [["10.0.0.1:5000"], ["10.0.0.2:5001"]]
+
+
+@pytest.mark.slow
+def test_four_ranks_match_one_process(run, tmp_path):
+    """Four ranks: fewer global KV heads (2) than ranks, two experts per rank, E2B's one KV head on all four."""
+    paths, _ = run
+    cases = {f"{name}-kv16": paths[name] for name in CHECKPOINTS}
+    command = [mlx_launch(), "--backend", "ring", "-n", "4", "--starting-port", str(_free_ports(4)),
+               "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--python", sys.executable,
+               str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path), str(PROMPT_LEN), str(DECODE_STEPS),
+               *[f"{name}={path}:16" for name, path in cases.items()]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(4)]
+    assert int(ranks[0]["ranks"]) == 4
+    for name, path in cases.items():
+        full, cached, tokens = run_case(load_model(path), ranks[0]["prompt"], DECODE_STEPS, None)
+        np.testing.assert_allclose(ranks[0][f"{name}/full"], full, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(ranks[0][f"{name}/cached"], cached, atol=1e-4, rtol=0)
+        for rank in ranks:
+            assert rank[f"{name}/tokens"].tolist() == tokens.tolist()
