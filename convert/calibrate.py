@@ -50,9 +50,10 @@ class CalibrationSettings:
     sequence_tokens: int = 128  # tokens per training sequence (a BOS plus 127 text tokens, and the next one)
     validation_sequences: int = 4  # held out to decide whether the result is kept
     train_sequences: Optional[int] = None  # at most this many training sequences (None: all the texts give)
-    epochs: int = 4
+    epochs: int = 8  # the validation KL still fell at 6 epochs and turned at 8 (Gemma 3 270M)
     batch_size: int = 2
-    learning_rate: float = 2e-5
+    # 5e-6 on the 270M: validation KL 0.284 -> 0.149; 3e-6 slower, 1e-5 noisy (0.173), 2e-5 made it worse
+    learning_rate: float = 5e-6
     top_k: int = 1024  # teacher logits kept per position (mlx-lm's choice)
     temperature: float = 1.0  # of the distillation loss; 1 matches the quality check's KL (mlx-lm's default: 2)
     seed: int = 0
@@ -187,6 +188,7 @@ def _cpu_training_modules(model) -> list[tuple[str, nn.Module]]:
             weight = _dequantize(module)
             replacement = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in module)
             replacement.update({"weight": weight, **({"bias": module.bias} if "bias" in module else {})})
+        replacement.freeze()  # only the low-bit scales and biases train (dwq_quantize unfreezes those)
         swapped.append((path, module))
         replacements.append((path, replacement))
     if replacements:
