@@ -191,7 +191,8 @@ def main() -> int:
     try:
         float_dir = work / "float32"
         if not (float_dir / "config.json").exists():
-            convert_checkpoint(assets.gemma3_270m_gguf(), float_dir, quantize=False, dtype="float32", force=True)
+            convert_checkpoint(assets.gemma3_270m_gguf(), float_dir, quantize=False, dtype="float32", force=True,
+                               metadata={"chat": False})  # the base 270M: no chat template
         variants = dict(VARIANTS)
         if args.rows:
             variants = {k: v for k, v in variants.items() if k in args.rows}
