@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system libraries the app and its tests need: PortAudio (sounddevice), Xvfb and Qt's xcb
-# libraries (the window under a virtual screen), espeak-ng (spoken test audio). Debian/Ubuntu via apt,
+# libraries (the window under a virtual screen), espeak-ng (spoken test audio), OpenBLAS (preloaded by
+# scripts/run_tests.sh in place of the reference BLAS that MLX's Linux CPU wheel links). Debian/Ubuntu via apt,
 # macOS via Homebrew where present; elsewhere it prints what to install and carries on.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ DEBIAN_PACKAGES=(
   libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-xfixes0
   libxcb-shm0 libxcb-sync1 libxcb-glx0 libx11-xcb1 libxrender1 libxi6 libsm6 libice6 libnss3
   fonts-dejavu-core espeak-ng
+  libopenblas0-pthread
 )
 
 if [[ "$(uname -s)" == "Darwin" ]]; then

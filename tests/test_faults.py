@@ -230,11 +230,15 @@ def _run_on_small_filesystem(tmp_path: Path, size_bytes: int, args: list[str], e
         pytest.skip("needs Linux's unshare to mount a small private filesystem")
     mount = tmp_path / "small"
     mount.mkdir()
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    # a user namespace needs a single-threaded caller: a preloaded library that starts threads (run_tests.sh
+    # preloads OpenBLAS) is handed to the Python inside only, not to unshare
+    preload = environment.pop("LD_PRELOAD", None)
+    python = ["env", f"LD_PRELOAD={preload}", sys.executable] if preload else [sys.executable]
     command = ["unshare", "--mount", "--map-root-user", "sh", "-c",
                'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"', "sh", str(size_bytes), str(mount),
-               sys.executable, "-c", _ON_SMALL_FILESYSTEM, str(mount), *args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+               *python, "-c", _ON_SMALL_FILESYSTEM, str(mount), *args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=environment)
     if done.returncode and "mount" in done.stderr and not done.stdout:
         pytest.skip(f"this machine does not allow a private mount: {done.stderr.strip()[-200:]}")
     assert done.returncode == 0, done.stderr[-3000:]
