@@ -247,15 +247,8 @@ class LeaderModel:
         media = {k: kwargs.pop(k, None) for k in MEDIA_ARGUMENTS}
         if any(media[k] is not None for k in ("pixel_values", "pixel_values_videos", "input_features")):
             # the towers are replicated: rank 0 runs them alone and the ranks share the merged embeddings
-            model = self._model
             kwargs["input_embeddings"], kwargs["per_layer_inputs"] = self.embed_multimodal(
-                inputs,
-                image_features=None if media["pixel_values"] is None
-                else model.image_features(media["pixel_values"], media["image_position_ids"]),
-                video_features=None if media["pixel_values_videos"] is None
-                else model.image_features(media["pixel_values_videos"], media["video_position_ids"]),
-                audio_features=None if media["input_features"] is None
-                else model.audio_features(media["input_features"], media["input_features_mask"]))
+                inputs, **self._model.media_features(**media))
         return self._run("model", inputs, cache, kwargs)
 
     def embed_multimodal(self, input_ids, **features):

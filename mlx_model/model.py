@@ -105,15 +105,9 @@ class Model(nn.Module):
         `logits_to_keep=1` computes the LM head for the last position only, as prefill needs.
         """
         if any(x is not None for x in (pixel_values, pixel_values_videos, input_features)):
-            input_embeddings, per_layer_inputs = self.embed_multimodal(
-                inputs,
-                image_features=self.image_features(pixel_values, image_position_ids) if pixel_values is not None
-                else None,
-                video_features=self.image_features(pixel_values_videos, video_position_ids)
-                if pixel_values_videos is not None else None,
-                audio_features=self.audio_features(input_features, input_features_mask)
-                if input_features is not None else None,
-            )
+            input_embeddings, per_layer_inputs = self.embed_multimodal(inputs, **self.media_features(
+                pixel_values, image_position_ids, pixel_values_videos, video_position_ids, input_features,
+                input_features_mask))
         if mm_token_type_ids is not None and self.config.text_config.use_bidirectional_attention == "vision":
             mask_overrides = {**(mask_overrides or {}), "vision_blocks": vision_block_ids(mm_token_type_ids)}
         h = self.language_model(inputs if input_embeddings is None else None, cache=cache,
@@ -122,6 +116,19 @@ class Model(nn.Module):
         if logits_to_keep:
             h = h[:, -logits_to_keep:, :]
         return self.logits(h)
+
+    def media_features(self, pixel_values: Optional[mx.array] = None, image_position_ids: Optional[mx.array] = None,
+                       pixel_values_videos: Optional[mx.array] = None, video_position_ids: Optional[mx.array] = None,
+                       input_features: Optional[mx.array] = None, input_features_mask: Optional[mx.array] = None
+                       ) -> dict[str, Optional[mx.array]]:
+        """The towers' soft tokens for transformers' media inputs, as `embed_multimodal`'s keywords (None for a
+        kind not given)."""
+        return {"image_features": None if pixel_values is None else self.image_features(pixel_values,
+                                                                                        image_position_ids),
+                "video_features": None if pixel_values_videos is None
+                else self.image_features(pixel_values_videos, video_position_ids),
+                "audio_features": None if input_features is None
+                else self.audio_features(input_features, input_features_mask)}
 
     def image_features(self, pixel_values: mx.array, position_ids: mx.array) -> mx.array:
         """Soft tokens of images (or video frames) in text space, padding dropped: [n_tokens, hidden]."""

@@ -1,14 +1,14 @@
 """One model on 1 rank and split across 2 ranks (tensor parallel), measured in the same run.
 
-`python scripts/bench_distributed.py [--model PATH] [--prompt 512] [--decode 16] [--link 1gbit ...]` prints, per
-rank count: resident weight bytes per rank (and the peak while loading), KV-cache bytes per rank after the
+`python scripts/bench_distributed.py [--model PATH] [--prompt 512] [--decode 16] [--link 1gbit ...]` prints,
+per rank count: resident weight bytes per rank (and the peak while loading), KV-cache bytes per rank after the
 prompt, prefill and decode tokens/s, and the collectives tensor parallelism runs (count and bytes, prefill and
 per decoded token) beside what a pipeline split would send. `--link` reruns the 2 ranks with loopback shaped
-to an Ethernet-like rate (Linux tc, root), which shows what those bytes cost on such a link. Without --model it writes a random float16 model shaped like a scaled-down 31B
-(same layer kinds, k_eq_v full layers, GQA, the vocabulary's share of the weights kept small as in the
-real one). The 2 ranks run through `mlx.launch --backend ring` on 127.0.0.1, so they share this machine's
-cores and memory: the memory figures carry over to two Macs, the speeds measure the collectives' overhead
-on one machine, not the speed-up of two.
+to an Ethernet-like rate (Linux tc, root), which shows what those bytes cost on such a link. Without --model
+it writes a random float16 model shaped like a scaled-down 31B (same layer kinds, k_eq_v full layers, GQA, the
+vocabulary's share of the weights kept small as in the real one). The 2 ranks run through `mlx.launch
+--backend ring` on 127.0.0.1, so they share this machine's cores and memory: the memory figures carry over to
+two Macs, the speeds measure the collectives' overhead on one machine, not the speed-up of two.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def measure(path: str, prompt_len: int, decode: int) -> dict:
             "decode_tps": decode / decode_s, "prefill_collectives": prefill_calls,
             "prefill_reduced_bytes": prefill_bytes, "decode_collectives_per_token": decode_calls / decode,
             "decode_reduced_bytes_per_token": decode_bytes / decode,
-            "hidden_bytes_per_token": model.config.text_config.hidden_size * 2}
+            "hidden_bytes_per_token": model.language_model.embed(mx.array([[0]])).nbytes}
 
 
 @contextmanager

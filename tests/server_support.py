@@ -125,8 +125,9 @@ class Served:
         return self.tokenizer.decode(self.observed.prompts[-1])
 
 
-def build_tiny_multimodal_model(path: Path) -> Path:
-    """The tiny chat model plus tiny vision and audio towers (so the processor expands attachments)."""
+def build_tiny_multimodal_model(path: Path, **text_overrides) -> Path:
+    """The tiny chat model plus tiny vision and audio towers (so the processor expands attachments);
+    `text_overrides` change its text config (e.g. hidden_size_per_layer_input for PLE)."""
     from mlx.utils import tree_flatten
     from transformers import Gemma4AudioConfig, Gemma4VisionConfig
 
@@ -138,7 +139,7 @@ def build_tiny_multimodal_model(path: Path) -> Path:
                                 position_embedding_size=64).to_dict()
     audio = Gemma4AudioConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                               subsampling_conv_channels=[128, 8], output_proj_dims=32).to_dict()
-    config = {"model_type": "gemma4", "text_config": TINY_CHAT_CONFIG, "vision_config": vision,
+    config = {"model_type": "gemma4", "text_config": {**TINY_CHAT_CONFIG, **text_overrides}, "vision_config": vision,
               "audio_config": audio, "eos_token_id": TINY_CHAT_CONFIG["eos_token_id"]}
     mx.random.seed(0)
     model = Model(ModelConfig.from_dict(config))

@@ -14,23 +14,6 @@ from tests.test_distributed import _free_port_pair
 from tests.test_server import wav_base64
 
 
-def _with_per_layer_embeddings(path: Path) -> Path:
-    """The tiny multimodal model rebuilt with PLE (split by columns across ranks, unlike the towers)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from mlx_model.model import Model, ModelConfig
-
-    config = json.loads((path / "config.json").read_text())
-    config["text_config"] = {**config["text_config"], "hidden_size_per_layer_input": 8}
-    mx.random.seed(1)
-    model = Model(ModelConfig.from_dict(config))
-    weights = {k: 0.05 * mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters())}
-    mx.save_safetensors(str(path / "model.safetensors"), weights)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 def _answer(model: Path, home: Path, request: dict, *flags: str) -> dict:
     with serve_process(model, home, *flags) as (_, url):
         status, body, _ = raw_request(url, "POST", "/chat/completions", json.dumps(request).encode(),
@@ -41,7 +24,8 @@ def _answer(model: Path, home: Path, request: dict, *flags: str) -> dict:
 
 @pytest.mark.slow
 def test_image_and_audio_on_a_split_model_answer_as_on_one_mac(tmp_path):
-    model = _with_per_layer_embeddings(build_tiny_multimodal_model(tmp_path / "tiny-gemma-4-mm"))
+    # with PLE, which is split by columns across the ranks, unlike the towers
+    model = build_tiny_multimodal_model(tmp_path / "tiny-gemma-4-mm", hidden_size_per_layer_input=8)
     content = [{"type": "text", "text": "What is in these?"},
                {"type": "image_url", "image_url": {"url": png_data_url(16)}},
                {"type": "input_audio", "input_audio": {"data": wav_base64(), "format": "wav"}}]
