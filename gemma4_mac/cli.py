@@ -11,6 +11,7 @@ from typing import Optional, Sequence, TextIO
 from .agent import DEFAULT_MAX_STEPS
 from .builtin_tools import BUILTIN_NAMES
 from .cli_stream import print_events
+from .links import SPLITS
 from .ringwatch import DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT
 
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--hosts", metavar="HOSTS.JSON",
                      help="split the model across the Macs of this MLX hostfile, this Mac first "
                           "(docs/distributed.md)")
+    ask.add_argument("--split", choices=SPLITS, default="auto",
+                     help="with --hosts: split the model by layers (for Ethernet and Wi-Fi) or by heads (for "
+                          "Thunderbolt); auto picks by the link (default)")
     ask.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
                      help="with --hosts: give up when a model step waits this long for another Mac "
                           "(default %(default)s)")
@@ -133,13 +137,23 @@ def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> i
         rows = split_table(args.macs, tuple(args.context or (32768, 262144)))
         out.write(format_split_table(rows, args.macs) + "\n")
         return 0
+    from mlx_model.sharding import ShardingError
+
     config, weights = _folder_text_config(args.model)
-    for context in contexts:
-        for bits in (None, 8, 4):
-            p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights)
-            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, on each of {args.macs} Macs: weights "
-                      f"{format_size(p.weights)}, KV {format_size(p.kv)}, scratch {format_size(p.scratch)}, "
-                      f"total {format_size(p.total)}\n")
+    for split in ("heads", "layers"):
+        for context in contexts:
+            for bits in (None, 8, 4):
+                try:
+                    p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights, split=split)
+                except ShardingError as error:
+                    out.write(f"split by {split}: {error}\n")
+                    break
+                out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, by {split:<6} on each of {args.macs} "
+                          f"Macs: weights {format_size(p.weights)}, KV {format_size(p.kv)}, scratch "
+                          f"{format_size(p.scratch)}, total {format_size(p.total)}\n")
+            else:
+                continue
+            break
     return 0
 
 
@@ -190,12 +204,14 @@ def run_ask(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             from .cluster import ClusterError, start
 
             try:
-                cluster = start(args.hosts, args.model, peer_timeout=args.peer_timeout)
+                cluster = start(args.hosts, args.model, peer_timeout=args.peer_timeout, split=args.split,
+                                err=err)
             except ClusterError as error:
                 raise CliError(str(error)) from error
         try:
             # a GGUF or weights file, a missing folder, a damaged or incomplete one: refused here, in words
-            model, processor = load(Path(args.model).expanduser(), group=cluster.group if cluster else None)
+            model, processor = load(Path(args.model).expanduser(), group=cluster.group if cluster else None,
+                                    split=cluster.split if cluster else "heads")
         except ModelLoadError as error:
             raise CliError(str(error)) from error
         if cluster is not None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
 
+from .links import choose_split
 from .ringwatch import DEFAULT_TIMEOUT, RingWatchdog
 
 RING_ENV = "GEMMA4_MAC_RING"  # the ring's addresses, given to the followers by mlx.launch
@@ -111,9 +111,11 @@ class Cluster:
     """Rank 0's view of the group: its `mx.distributed` group, the watchdog of its ring connections and the
     launcher running the followers."""
 
-    def __init__(self, group, followers: subprocess.Popen, hostfile: Path, watchdog: RingWatchdog):
+    def __init__(self, group, followers: subprocess.Popen, hostfile: Path, watchdog: RingWatchdog,
+                 split: str = "heads"):
         self.group, self.followers, self._hostfile = group, followers, hostfile
         self.watchdog = watchdog
+        self.split = split  # how the model is split: "layers" or "heads" (gemma4_mac/links.py)
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait for the followers to end (after `LeaderModel.close`), stopping them if they do not."""
@@ -130,29 +132,35 @@ class Cluster:
 
 
 def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT,
-          timeout: float = CONNECT_TIMEOUT, peer_timeout: float = DEFAULT_TIMEOUT) -> Cluster:
+          timeout: float = CONNECT_TIMEOUT, peer_timeout: float = DEFAULT_TIMEOUT, split: str = "auto",
+          err: Optional[TextIO] = None) -> Cluster:
     """Start the followers on the other hosts through `mlx.launch` and join the ring as rank 0. A model call
-    that waits more than `peer_timeout` seconds for the other Macs ends with PeerLostError."""
+    that waits more than `peer_timeout` seconds for the other Macs ends with PeerLostError. `split`: "layers",
+    "heads" or "auto" (by the link, gemma4_mac/links.py); the choice is written to `err`."""
     if peer_timeout <= 0:
         raise ClusterError(f"--peer-timeout must be a positive number of seconds, not {peer_timeout:g}.")
     hosts = read_hosts(hosts_file)
+    try:
+        split, why = choose_split(split, [host["ips"][0] for host in hosts[1:]])
+    except ValueError as error:
+        raise ClusterError(str(error)) from error
+    if err is not None:
+        other = "heads" if split == "layers" else "layers"
+        err.write(f"splitting the model by {split} ({why}); --split {other} to change\n")
     ring = ring_addresses(hosts, port)
-    launcher = Path(sys.executable).with_name("mlx.launch")
-    launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
-    if launcher is None:
-        raise ClusterError("mlx.launch is not installed with this Python; install mlx.")
     handle = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gemma4-followers-", delete=False)
     with handle:
         json.dump(hosts[1:], handle)
     env = [f"{RING_ENV}={json.dumps(ring)}"]
     if os.environ.get("PYTHONPATH"):
         env.append(f"PYTHONPATH={os.environ['PYTHONPATH']}")
-    command = [launcher, "--backend", "ring", "--hostfile", handle.name, "--cwd", os.getcwd(),
-               "--python", sys.executable]
+    # mlx.launch, less the busy loop that would take a core of this Mac (gemma4_mac/launcher.py)
+    command = [sys.executable, "-m", "gemma4_mac.launcher", "--backend", "ring", "--hostfile", handle.name,
+               "--cwd", os.getcwd(), "--python", sys.executable]
     for item in env:
         command += ["--env", item]
     command += ["--", "-m", "gemma4_mac.cluster", "--model", str(Path(model).expanduser().resolve()),
-                "--peer-timeout", str(peer_timeout)]
+                "--peer-timeout", str(peer_timeout), "--split", split]
     followers = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     _use_ring(ring, 0)
     try:
@@ -162,7 +170,7 @@ def start(hosts_file: str | Path, model: str | Path, *, port: int = DEFAULT_PORT
         raise
     watchdog = RingWatchdog(ring, 0, peer_timeout, _peers_in_words(hosts, 0))
     watchdog.keep_alive()
-    return Cluster(group, followers, Path(handle.name), watchdog)
+    return Cluster(group, followers, Path(handle.name), watchdog, split)
 
 
 def follower_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -170,6 +178,7 @@ def follower_main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gemma4_mac.cluster")
     parser.add_argument("--model", required=True)
     parser.add_argument("--peer-timeout", type=float, default=DEFAULT_TIMEOUT)
+    parser.add_argument("--split", choices=("layers", "heads"), default="heads")
     args = parser.parse_args(argv)
     ring = json.loads(os.environ[RING_ENV])
     _use_ring(ring, int(os.environ.get("MLX_RANK", "0")) + 1)  # mlx.launch numbers the followers from 0
@@ -182,7 +191,7 @@ def follower_main(argv: Optional[Sequence[str]] = None) -> int:
     watchdog = RingWatchdog(ring, group.rank(), args.peer_timeout, f"rank 0's Mac at {leader}")
     watchdog.keep_alive()  # rank 0's Mac gone from the link while idle: this follower ends too
     try:
-        model = load_model(args.model, group=group)
+        model = load_model(args.model, group=group, split=args.split)
     except ModelLoadError as error:
         sys.stderr.write(f"error on rank {group.rank()}: {error}\n")
         return 2

@@ -185,6 +185,7 @@ class LeaderModel:
         self._forgotten: list = []
         self.lost: Optional[str] = None
         self.ranks = group.size()
+        self.layers_split = model.language_model.stage is not None  # else split by heads
         try:
             with self._watch(LOAD_TIMEOUT):
                 self._channel.barrier()  # ready once every Mac holds its shard
@@ -224,20 +225,30 @@ class LeaderModel:
 
     def _run(self, target: str, inputs, cache, kwargs):
         token_half = kwargs.get("per_layer_inputs")
-        if isinstance(token_half, _TokenHalf):
-            kwargs = {**kwargs, "per_layer_inputs": None}
-        plain, arrays = _split_arguments(kwargs)
-        if isinstance(token_half, _TokenHalf):
-            arrays[PLE_IDS] = token_half.text_ids
-            kwargs["per_layer_inputs"] = token_half.values
-        if inputs is not None:
-            arrays["__inputs__"] = inputs
+        text_ids = token_half.text_ids if isinstance(token_half, _TokenHalf) else None
+        if text_ids is not None:
+            kwargs = {**kwargs, "per_layer_inputs": token_half.values}
+        shared = {k: v for k, v in kwargs.items() if not (k == "per_layer_inputs" and text_ids is not None)}
+        embeds = kwargs.get("input_embeddings")
+        if self.layers_split and embeds is not None:
+            # split by layers, the other Macs take hidden states from the Mac before them: they need the
+            # prompt's shape and, for PLE's token half, its text ids; not the embeddings themselves
+            shared = {k: v for k, v in shared.items() if k not in ("input_embeddings", "per_layer_inputs")}
+            inputs_shared = text_ids if text_ids is not None else mx.zeros(embeds.shape[:2], dtype=mx.int32)
+            text_ids = None
+        else:
+            inputs_shared = inputs
+        plain, arrays = _split_arguments(shared)
+        if text_ids is not None:
+            arrays[PLE_IDS] = text_ids
+        if inputs_shared is not None:
+            arrays["__inputs__"] = inputs_shared
         ids = [layer._mirror_id for layer in cache] if cache else None
         self._send({"op": "forward", "target": target, "cache": ids, "kwargs": plain}, arrays)
         module = self._model.language_model if target == "language_model" else self._model
-        out = module(inputs, cache=cache, **kwargs)
         try:
-            with self._watch():
+            with self._watch():  # split by layers, the call itself waits for the other Macs
+                out = module(inputs, cache=cache, **kwargs)
                 mx.eval(out)  # here, so that a lost peer is reported as such and not deep inside generation
         except RuntimeError as error:
             raise self._peer_lost(error) from error

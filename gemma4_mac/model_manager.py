@@ -196,11 +196,12 @@ def hub_fit(model: HubModel, total: Optional[int] = None) -> MemoryFit:
 
 def split_fit(config: dict, total: int, *, weights: Optional[int] = None, towers: int = 0,
               max_macs: int = MAX_SPLIT_MACS) -> tuple[Optional[int], int]:
-    """The fewest Macs (2..max_macs) with `total` bytes each that hold a model split across them
-    (mlx_model/sharding.py) and the bytes each then needs, or (None, 0). `config`: a config.json's contents
+    """The fewest Macs (2..max_macs) with `total` bytes each that hold a model split across them (by heads,
+    mlx_model/sharding.py, or by layers, mlx_model/pipeline.py: the smaller share) and the bytes each then
+    needs, or (None, 0). `config`: a config.json's contents
     (or a text config); `weights`: its bytes on disk, shared out as the planner's split_plan does (else 4-bit
-    weights are counted); `towers`: bytes held whole on every Mac. Macs counts the split cannot use (not
-    dividing the attention heads, or neither dividing nor divided by the KV heads) are skipped."""
+    weights are counted); `towers`: bytes held whole on a Mac. Split by heads, Macs counts that do not divide
+    the attention heads (or neither divide nor are divided by the KV heads) are not used."""
     from mlx_model.config import ModelConfig, TextConfig
     from mlx_model.planner import split_plan
 
@@ -211,12 +212,23 @@ def split_fit(config: dict, total: int, *, weights: Optional[int] = None, towers
                 else TextConfig.from_dict(config))
     except (ValueError, TypeError, KeyError):  # not a Gemma config the planner knows: no verdict
         return None, 0
+    from mlx_model.sharding import ShardingError
+
     for macs in range(2, max_macs + 1):
         kv_heads = text.layer_kv_heads
-        if text.num_attention_heads % macs or any(heads % macs and macs % heads for heads in kv_heads):
+        splits = ["layers"]
+        if not (text.num_attention_heads % macs or any(heads % macs and macs % heads for heads in kv_heads)):
+            splits.append("heads")
+        shares = []
+        for split in splits:
+            try:
+                shares.append(split_plan(text, 1024, macs, weights=weights, split=split).weights)
+            except ShardingError:  # more Macs than the layers can be cut for
+                continue
+        if not shares:
             continue
         # the allowance stands for KV and scratch as on one Mac (the KV is divided too: on the safe side)
-        per_mac = split_plan(text, 1024, macs, weights=weights).weights + towers + RUNTIME_ALLOWANCE
+        per_mac = min(shares) + towers + RUNTIME_ALLOWANCE
         if per_mac <= usable_bytes(total):
             return macs, per_mac
     return None, 0

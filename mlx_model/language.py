@@ -19,6 +19,7 @@ from .attention import KVView, attend
 from .cache import KVCache, SlidingKVCache, window_mask
 from .quantized_cache import RECENT_TOKENS, QuantizedKVCache, QuantizedSlidingKVCache
 from .config import FULL, SLIDING, TextConfig
+from .pipeline import remote_cache
 from .layers import ExpertLinear, OffsetRMSNorm, RMSNorm, RotaryEmbedding, _sort_by_expert, gated_gelu
 
 def all_sum(x: mx.array, group) -> mx.array:
@@ -233,6 +234,14 @@ class TextModel(nn.Module):
             self.per_layer_projection_norm = _norm(config, self.ple_dim)
         # under sharding each rank holds ple_local of the ple_dim columns of every layer's input
         self.ple_local, self.ple_group = self.ple_dim, None
+        # split by layers (mlx_model/pipeline.py): this rank runs layers stage.start..stop, PLE slots for them
+        self.stage = None
+        self.ple_layers = config.num_hidden_layers
+
+    @property
+    def span(self) -> range:
+        """The layers this rank runs (all of them unless the model is split by layers)."""
+        return range(len(self.layers)) if self.stage is None else range(self.stage.start, self.stage.stop)
 
     def embed(self, input_ids: mx.array) -> mx.array:
         """Scaled token embeddings; the scale is rounded to the weight dtype first (HF:1438)."""
@@ -243,12 +252,12 @@ class TextModel(nn.Module):
         """The token-identity half of PLE, [B, L, layers, ple_dim] (HF:1713)."""
         h = self.embed_tokens_per_layer(input_ids)
         h = h * mx.array(math.sqrt(self.ple_dim), dtype=h.dtype)
-        return h.reshape(*input_ids.shape, self.config.num_hidden_layers, self.ple_local)
+        return h.reshape(*input_ids.shape, self.ple_layers, self.ple_local)
 
     def project_per_layer_inputs(self, embeds: mx.array, token_inputs: Optional[mx.array]) -> mx.array:
         """Combine the context projection of the embeddings with the token half (HF:1760-1792)."""
         proj = self.per_layer_model_projection(embeds) * (self.config.hidden_size ** -0.5)
-        proj = proj.reshape(*embeds.shape[:-1], self.config.num_hidden_layers, self.ple_local)
+        proj = proj.reshape(*embeds.shape[:-1], self.ple_layers, self.ple_local)
         if self.ple_group is None:
             proj = self.per_layer_projection_norm(proj)
         else:  # the norm's mean of squares runs over all ranks' columns
@@ -271,7 +280,8 @@ class TextModel(nn.Module):
         overrides = dict(overrides or {})
         blocks = overrides.pop("vision_blocks", None)
         masks = dict(overrides)
-        for layer, c in zip(self.layers, cache):
+        for i in self.span:
+            layer, c = self.layers[i], cache[i]
             kind = layer.layer_type
             if kind in masks:
                 continue
@@ -296,8 +306,8 @@ class TextModel(nn.Module):
     def _block_mask(self, kind: str, blocks: mx.array, cache: list) -> mx.array:
         """The layer type's causal (or window) mask OR same image block, over the keys its cache returns."""
         n = blocks.shape[1]
-        layer_cache = next((c for layer, c in zip(self.layers, cache)
-                            if c is not None and layer.layer_type == kind), None)
+        layer_cache = next((cache[i] for i in self.span
+                            if cache[i] is not None and self.layers[i].layer_type == kind), None)
         offset = layer_cache.offset if layer_cache is not None else 0
         window = self.config.sliding_window if kind == SLIDING else None
         kept = offset if window is None else min(offset, window)
@@ -313,31 +323,50 @@ class TextModel(nn.Module):
 
     def __call__(self, inputs: Optional[mx.array] = None, cache: Optional[list] = None,
                  input_embeddings: Optional[mx.array] = None, per_layer_inputs: Optional[mx.array] = None,
-                 mask_overrides: Optional[dict] = None) -> mx.array:
-        """Hidden states after the final norm, [B, L, hidden].
+                 mask_overrides: Optional[dict] = None, hidden_to_keep: int = 0) -> mx.array:
+        """Hidden states after the final norm, [B, L, hidden] (the last `hidden_to_keep` positions only when
+        given).
 
         `input_embeddings` are already scaled (soft tokens merged in); `per_layer_inputs` is PLE's
         token half, needed with `input_embeddings` since ids cannot be recovered from soft tokens.
+        Split by layers, a rank after the first takes its input from the rank before and returns the
+        send of its result (mlx_model/pipeline.py).
         """
-        h = self.embed(inputs) if input_embeddings is None else input_embeddings
+        stage, span = self.stage, self.span
+        if stage is None or stage.first:
+            h = self.embed(inputs) if input_embeddings is None else input_embeddings
+            embeds = h
+        else:
+            shape = inputs.shape if inputs is not None else input_embeddings.shape[:2]
+            h, embeds = stage.receive(*shape, self.config.hidden_size)
         if self.ple_dim:
             if per_layer_inputs is None:
                 if inputs is None:
                     raise ValueError("PLE models need input_ids or per_layer_inputs alongside input_embeddings.")
                 per_layer_inputs = self.per_layer_token_inputs(inputs)
-            per_layer_inputs = self.project_per_layer_inputs(h, per_layer_inputs)
+            per_layer_inputs = self.project_per_layer_inputs(embeds, per_layer_inputs)
 
-        n_layers = len(self.layers)
+        n_layers, n_queries = len(self.layers), h.shape[1]
         cache = list(cache or []) + [None] * (n_layers - len(cache or []))
-        offset = next((c.offset for c in cache if c is not None), 0)
-        masks, custom = self.make_masks(h.shape[1], cache, mask_overrides)
+        offset = next((cache[i].offset for i in span if cache[i] is not None), 0)
+        masks, custom = self.make_masks(n_queries, cache, mask_overrides)
         kvs: list = [None] * n_layers
-        for i, (layer, c) in enumerate(zip(self.layers, cache)):
+        for i in span:
+            layer, c = self.layers[i], cache[i]
             source = self.kv_sources[i]
             shared = kvs[source] if source != i else None
-            ple = per_layer_inputs[:, :, i, :] if self.ple_dim else None
+            ple = per_layer_inputs[:, :, i - span.start, :] if self.ple_dim else None
             kind = layer.layer_type
             h, kvs[i] = layer(h, masks[kind], c, ple, shared, offset, kind in custom)
+        if stage is not None:
+            for i, c in enumerate(cache):
+                if c is not None and i not in span:
+                    c.skip(n_queries)
+            h = stage.hand_on(h, embeds, hidden_to_keep)
+            if not stage.first:
+                return h
+        elif hidden_to_keep:
+            h = h[:, -hidden_to_keep:]
         return self.norm(h)
 
     def make_cache(self, kv_bits: Optional[int] = None, kv_group_size: int = 64) -> list:
@@ -349,7 +378,11 @@ class TextModel(nn.Module):
         """
         window, owners = self.config.sliding_window, self.config.layer_types[: self.config.first_shared_layer]
         if not kv_bits:
-            return [SlidingKVCache(window) if t == SLIDING else KVCache() for t in owners]
-        sliding = (lambda: QuantizedSlidingKVCache(window, kv_bits, kv_group_size)) if window > RECENT_TOKENS \
-            else (lambda: SlidingKVCache(window))
-        return [sliding() if t == SLIDING else QuantizedKVCache(kv_bits, kv_group_size) for t in owners]
+            caches = [SlidingKVCache(window) if t == SLIDING else KVCache() for t in owners]
+        else:
+            sliding = (lambda: QuantizedSlidingKVCache(window, kv_bits, kv_group_size)) \
+                if window > RECENT_TOKENS else (lambda: SlidingKVCache(window))
+            caches = [sliding() if t == SLIDING else QuantizedKVCache(kv_bits, kv_group_size) for t in owners]
+        if self.stage is not None:  # the other ranks' layers: their position only
+            caches = [c if i in self.span else remote_cache(owners[i], window) for i, c in enumerate(caches)]
+        return caches

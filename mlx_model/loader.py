@@ -16,6 +16,7 @@ from .config import ModelConfig, ModelConfigError
 from .model import Model
 from .model_folder import IncompleteModelError, ModelLoadError, check_complete, check_model_path, read_config
 from .safetensors_header import SafetensorsHeaderError, read_header
+from .pipeline import pipeline_model
 from .sharding import Cut, ShardingError, cut_tensor, shard_model
 
 __all__ = ["IncompleteModelError", "ModelLoadError", "check_complete", "check_model_path", "load",
@@ -178,14 +179,20 @@ def _apply_quantization(model: nn.Module, quantization: dict, weights: dict[str,
                              "config do not belong together. Re-download or re-convert the model.")
 
 
+SPLITS = ("heads", "layers")  # tensor parallel (mlx_model/sharding.py), pipeline (mlx_model/pipeline.py)
+
+
 def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
-               group: Optional[mx.distributed.Group] = None) -> Model:
+               group: Optional[mx.distributed.Group] = None, split: str = "heads") -> Model:
     """Build the model described by `path`/config.json and load its weights.
 
     Missing or unexpected tensors are an error that names them. `dtype` casts float weights. With a
-    `group` of two or more ranks the text decoder is sharded (mlx_model/sharding.py) and this rank reads
-    only its slice of the split tensors.
+    `group` of two or more ranks the model is split across them, by `split`: "heads" shards every layer
+    (mlx_model/sharding.py), "layers" gives each rank a run of whole layers (mlx_model/pipeline.py); this
+    rank reads only its part of the checkpoint.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     path = Path(path).expanduser()
     check_model_path(path)
     config = parse_config(path, read_config(path))
@@ -196,7 +203,7 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
         raise ModelLoadError(f"{path / 'config.json'} has a value the model cannot use ({err}); re-download or "
                              "re-convert the model.") from err
     if group is not None and group.size() > 1:
-        _fill_shard(model, config.quantization, group, path, dtype)
+        _fill_shard(model, config.quantization, group, path, dtype, split)
     else:
         _fill(model, config.quantization, read_weights(path), path, dtype)
     if not lazy:
@@ -205,17 +212,25 @@ def load_model(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype
 
 
 def _fill_shard(model: nn.Module, quantization: Optional[dict], group, path: Path,
-                dtype: Optional[mx.Dtype]) -> None:
-    """This rank's slice of every split tensor, read from the files; the rest as `_fill` loads it."""
+                dtype: Optional[mx.Dtype], split: str = "heads") -> None:
+    """This rank's part of the checkpoint, read from the files: its slice of every split tensor and, split
+    by layers, only the tensors of the modules it keeps; the rest as `_fill` loads it."""
     located = _located_tensors(path, model)
     weights = {k: v[3] for k, v in located.items()}
     if quantization:  # on the whole model, checked against the whole tensors' shapes
         _apply_quantization(model, quantization, weights, path)
-    try:
-        plan = shard_model(model, group)  # slices the still-lazy initial weights: nothing is computed
+    _check_names(model, weights, path)  # before the split drops other ranks' modules
+    try:  # slices (or drops) the still-lazy initial weights: nothing is computed
+        plan = shard_model(model, group) if split == "heads" else pipeline_model(model, group)
     except ShardingError as err:
         raise ModelLoadError(f"{path} cannot be split across {group.size()} ranks: {err}") from err
+    if split == "layers":
+        kept = {name for name, _ in tree_flatten(model.parameters())}
+        located = {name: entry for name, entry in located.items() if name in kept}
     _load_checked(model, read_sharded_weights(path, model, located, plan), path, dtype)
+    stage = model.language_model.stage
+    if stage is not None:
+        stage.wire = model.language_model.norm.weight.dtype
 
 
 def _fill(model: nn.Module, quantization: Optional[dict], raw_weights: dict[str, mx.array], path: Path,
@@ -229,6 +244,17 @@ def _fill(model: nn.Module, quantization: Optional[dict], raw_weights: dict[str,
 
 def _load_checked(model: nn.Module, weights: dict[str, mx.array], path: Path, dtype: Optional[mx.Dtype]) -> None:
     """Check every name and shape against the model, then load the weights."""
+    _check_names(model, weights, path)
+    if dtype is not None:
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(".scales")
+                   and not k.endswith(".biases") else v for k, v in weights.items()}
+    _check_shapes(model, weights, path)
+    model.load_weights(list(weights.items()), strict=True)
+    model.eval()
+
+
+def _check_names(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
+    """The checkpoint holds exactly the model's tensors; else a ModelLoadError naming the odd ones."""
     expected = {name for name, _ in tree_flatten(model.parameters())}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
@@ -240,12 +266,6 @@ def _load_checked(model: nn.Module, weights: dict[str, mx.array], path: Path, dt
             parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:8])}"
                          + (" ..." if len(unexpected) > 8 else ""))
         raise ModelLoadError(f"{path} does not match its config.json: " + "; ".join(parts) + ".")
-    if dtype is not None:
-        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(".scales")
-                   and not k.endswith(".biases") else v for k, v in weights.items()}
-    _check_shapes(model, weights, path)
-    model.load_weights(list(weights.items()), strict=True)
-    model.eval()
 
 
 def _check_shapes(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
@@ -267,11 +287,11 @@ def parse_config(path: Path, raw_config: dict) -> ModelConfig:
 
 
 def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = None,
-         group: Optional[mx.distributed.Group] = None):
+         group: Optional[mx.distributed.Group] = None, split: str = "heads"):
     """`model, processor = load(path)` for a complete model folder (the app, the CLI and the server load this
     way). Completeness (tokenizer, chat template, processor settings) is checked before any weight is read:
-    an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's shard
-    of the text decoder is loaded (mlx_model/sharding.py). The MTP drafter the folder records is loaded
+    an incomplete folder raises IncompleteModelError saying what is missing. With a `group`, this rank's part
+    of the model is loaded, split by `split` as `load_model` says. The MTP drafter the folder records is loaded
     beside the model (`mlx_model.assistant.attached_drafter(model)`)."""
     from .processor import load_processor
     from .tokenizer import TokenizerLoadError
@@ -281,7 +301,7 @@ def load(path: str | Path, *, lazy: bool = False, dtype: Optional[mx.Dtype] = No
     raw_config = read_config(folder)
     parse_config(folder, raw_config)
     check_complete(folder, raw_config)
-    model = load_model(folder, lazy=lazy, dtype=dtype, group=group)
+    model = load_model(folder, lazy=lazy, dtype=dtype, group=group, split=split)
     if group is None or group.size() == 1:  # a split model decodes without its drafter
         _load_recorded_drafter(folder, raw_config, model, lazy, dtype)
     try:

@@ -112,9 +112,10 @@ class Model(nn.Module):
             mask_overrides = {**(mask_overrides or {}), "vision_blocks": vision_block_ids(mm_token_type_ids)}
         h = self.language_model(inputs if input_embeddings is None else None, cache=cache,
                                 input_embeddings=input_embeddings, per_layer_inputs=per_layer_inputs,
-                                mask_overrides=mask_overrides)
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:, :]
+                                mask_overrides=mask_overrides, hidden_to_keep=logits_to_keep)
+        stage = self.language_model.stage
+        if stage is not None and not stage.first:
+            return h  # split by layers: this rank's part ends with sending its result on
         return self.logits(h)
 
     def media_features(self, pixel_values: Optional[mx.array] = None, image_position_ids: Optional[mx.array] = None,

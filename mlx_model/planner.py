@@ -6,6 +6,7 @@ context that fits and to refuse a model that would not, with the numbers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -341,19 +342,25 @@ def format_table(rows: list[dict]) -> str:
 
 
 def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Optional[int] = 4,
-               kv_bits: Optional[int] = None, chunk: int = 512, weights: Optional[int] = None) -> MemoryPlan:
-    """Memory on each Mac when the model is split across `macs` (mlx_model/sharding.py): the token embeddings,
-    norms and routers on every Mac, the rest divided; KV heads divided, or one kept per Mac where there are
-    fewer KV heads than Macs. `weights` (bytes on disk) is scaled by the same shares. Scratch is not divided
-    (the logits and the hidden states are whole on every Mac)."""
+               kv_bits: Optional[int] = None, chunk: int = 512, weights: Optional[int] = None,
+               split: str = "heads") -> MemoryPlan:
+    """Memory on each Mac (the one that needs the most) when the model is split across `macs`.
+
+    By heads (mlx_model/sharding.py): the token embeddings, norms and routers on every Mac, the rest
+    divided; KV heads divided, or one kept per Mac where there are fewer KV heads than Macs. By layers
+    (mlx_model/pipeline.py): runs of whole layers with their KV, the token embeddings on the first Mac, cut
+    where the pipeline cuts them. `weights` (bytes on disk) is scaled by the same shares. Scratch is not
+    divided (the logits and the hidden states are whole on a Mac)."""
     from .quant_recipe import group_size_for, module_bits
 
     count = count_text_weights(config)
     k_eq_v = frozenset(i for i in range(config.first_shared_layer)
                        if config.attention_k_eq_v and config.layer_types[i] == FULL)
+    n_layers = config.num_hidden_layers
     replicated, divided = count.floats * 2, 0  # norms and scalars stay whole on every Mac
+    per_layer, first_only = [0] * n_layers, 0
     for path, in_features, n in text_modules(config):  # at the bits the recipe gives them, as weight_bytes
-        chosen = (module_bits(path, weight_bits, config.num_hidden_layers, values_from_keys=k_eq_v)
+        chosen = (module_bits(path, weight_bits, n_layers, values_from_keys=k_eq_v)
                   if weight_bits else None)
         group = group_size_for(chosen, weight_bits, 64, in_features) if chosen else 64
         size = quantized_bytes(n, chosen if chosen and in_features % group == 0 else None, group)
@@ -361,24 +368,44 @@ def split_plan(config: TextConfig, context: int, macs: int, *, weight_bits: Opti
             replicated += size
         else:
             divided += size
+        layer = re.search(r"\.layers\.(\d+)\.", path)
+        if layer:
+            per_layer[int(layer.group(1))] += size
+        elif path.endswith(".embed_tokens"):
+            first_only += size
+        else:  # the per-layer embedding's table and projection: each layer's slots go with it
+            per_layer = [b + size // n_layers for b in per_layer]
     whole = replicated + divided
-    per_mac = replicated + -(-divided // macs)
-    if weights is not None:
-        per_mac = int(weights * per_mac / whole)
-    kv = 0
+    layer_kv = []
     for i in range(config.first_shared_layer):
         heads = config.layer_kv_heads[i]
-        local = heads // macs if heads % macs == 0 else 1
+        local = heads if split == "layers" else heads // macs if heads % macs == 0 else 1
         sliding = config.layer_types[i] == SLIDING
         tokens = min(context, config.sliding_window) if sliding else -(-context // 256) * 256
-        kv += 2 * quantized_bytes(tokens * local * config.layer_head_dims[i], kv_bits)
+        layer_kv.append(2 * quantized_bytes(tokens * local * config.layer_head_dims[i], kv_bits))
+    if split == "layers":
+        from .pipeline import plan_stages
+
+        stages = plan_stages(per_layer, first_only, config.kv_source_layers(), macs)
+        floats = count.floats * 2 // n_layers
+        shares = [(sum(per_layer[a:b]) + floats * (b - a) + (first_only if a == 0 else 0),
+                   sum(layer_kv[a:min(b, len(layer_kv))])) for a, b in stages]
+        per_mac, kv = max(shares, key=sum)
+    else:
+        per_mac, kv = replicated + -(-divided // macs), sum(layer_kv)
+    if weights is not None:
+        per_mac = int(weights * per_mac / whole)
     scratch = prefill_scratch_bytes(config, chunk, context)
     return MemoryPlan(weights=per_mac, kv=kv, scratch=scratch, chunk=chunk)
 
 
-def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) -> list[dict]:
-    """Per variant, context and KV precision: GiB on each of `macs` Macs (4-bit weights) and the smallest Mac
-    memory size (of MAC_MEMORY_GIB) that holds it with the margin left to macOS."""
+def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8),
+                splits=("heads", "layers")) -> list[dict]:
+    """Per variant, context, KV precision and split: GiB on each of `macs` Macs (4-bit weights, the Mac that
+    needs the most) and the smallest Mac memory size (of MAC_MEMORY_GIB) that holds it with the margin left
+    to macOS. A split the variant cannot take on `macs` Macs is left out."""
+    from .sharding import ShardingError
+
     rows = []
     for name, raw in VARIANT_CONFIGS.items():
         config = TextConfig.from_dict({**raw, "max_position_embeddings": VARIANT_CONTEXTS[name]})
@@ -386,23 +413,27 @@ def split_table(macs: int, contexts=(32768, 262144), kv_precisions=(None, 8)) ->
             if context > VARIANT_CONTEXTS[name]:
                 continue
             for bits in kv_precisions:
-                p = split_plan(config, context, macs, kv_bits=bits)
-                usable = 1 - DEFAULT_SAFETY_MARGIN
-                fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * usable), None)
-                rows.append(dict(variant=name, context=context, kv_bits=bits or 16,
-                                 weights_gib=p.weights / GIB, kv_gib=p.kv / GIB, total_gib=p.total / GIB,
-                                 smallest_mac_gib=fits))
+                for split in splits:
+                    try:
+                        p = split_plan(config, context, macs, kv_bits=bits, split=split)
+                    except ShardingError:
+                        continue
+                    usable = 1 - DEFAULT_SAFETY_MARGIN
+                    fits = next((s for s in MAC_MEMORY_GIB if p.total <= s * GIB * usable), None)
+                    rows.append(dict(variant=name, context=context, kv_bits=bits or 16, split=split,
+                                     weights_gib=p.weights / GIB, kv_gib=p.kv / GIB, total_gib=p.total / GIB,
+                                     smallest_mac_gib=fits))
     return rows
 
 
 def format_split_table(rows: list[dict], macs: int) -> str:
     """`split_table` as aligned text."""
-    header = (f"{'variant':<9}{'context':>9}{'KV':>5}{'weights':>10}{'KV cache':>10}{'total':>9}"
+    header = (f"{'variant':<9}{'context':>9}{'KV':>5}{'split':>8}{'weights':>10}{'KV cache':>10}{'total':>9}"
               f"{'smallest Mac':>14}")
-    lines = [f"memory on each of {macs} Macs (4-bit weights, the model split across them)", header,
-             "-" * len(header)]
+    lines = [f"memory on each of {macs} Macs (4-bit weights, the model split across them by heads or by "
+             "layers; the Mac that needs the most)", header, "-" * len(header)]
     for r in rows:
         smallest = f"{r['smallest_mac_gib']} GB" if r["smallest_mac_gib"] else "-"
-        lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b{r['weights_gib']:>9.2f}G"
-                     f"{r['kv_gib']:>9.2f}G{r['total_gib']:>8.2f}G{smallest:>14}")
+        lines.append(f"{r['variant']:<9}{r['context'] // 1024:>8}K{r['kv_bits']:>4}b{r['split']:>8}"
+                     f"{r['weights_gib']:>9.2f}G{r['kv_gib']:>9.2f}G{r['total_gib']:>8.2f}G{smallest:>14}")
     return "\n".join(lines)

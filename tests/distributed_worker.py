@@ -1,9 +1,10 @@
 """One rank of tests/test_distributed.py, started by `mlx.launch --backend ring`: loads each checkpoint
-sharded across the group and saves its logits (full forward, then cached prefill and greedy decode) for
-the test to compare with the single-process model.
+split across the group and saves its logits (full forward, then cached prefill and greedy decode) for
+the test to compare with the single-process model. Split by heads every rank makes the same calls; split by
+layers rank 0 leads through gemma4_mac.distributed.LeaderModel and the other ranks follow it.
 
-Usage: distributed_worker.py OUT_DIR PROMPT_LEN DECODE_STEPS CASE... where a CASE is NAME=CHECKPOINT:KV_BITS
-(KV_BITS 16 or 8).
+Usage: distributed_worker.py OUT_DIR PROMPT_LEN DECODE_STEPS CASE... where a CASE is
+NAME=CHECKPOINT:KV_BITS[:SPLIT] (KV_BITS 16 or 8; SPLIT heads, the default, or layers).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 import mlx.core as mx
 
+from gemma4_mac.distributed import LeaderModel, follow
 from mlx_model import load_model
 
 
@@ -38,9 +40,19 @@ def main(argv: list[str]) -> int:
     results = {"ranks": np.array(group.size())}
     for case in cases:
         name, spec = case.split("=", 1)
+        split = "heads"
+        if spec.endswith((":heads", ":layers")):
+            spec, split = spec.rsplit(":", 1)
         path, bits = spec.rsplit(":", 1)
-        model = load_model(path, group=group)
+        model = load_model(path, group=group, split=split)
+        if split == "layers":  # the ranks work in turn: rank 0 leads, the others follow, as in the app
+            if group.rank():
+                follow(model, group)
+                continue
+            model = LeaderModel(model, group)
         full, cached, tokens = run_case(model, prompt, int(steps), None if bits == "16" else int(bits))
+        if split == "layers":
+            model.close()
         results.update({f"{name}/full": full, f"{name}/cached": cached, f"{name}/tokens": tokens})
     np.savez(Path(out_dir) / f"rank{group.rank()}.npz", prompt=prompt, **results)
     return 0

@@ -8,7 +8,6 @@ identical on every rank.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,11 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN, DECODE_STEPS = 16 * WINDOW, 2 * WINDOW
 WIDE_HEADS = dict(head_dim=32, global_head_dim=64)  # so 8-bit KV's group of 32 fits a head
 CHECKPOINTS = {"dense": "31b", "moe": "26b", "e2b": "e2b"}
-CASES = {  # name -> (checkpoint, KV bits)
-    "dense-kv16": ("dense", 16), "dense-kv8": ("dense", 8),
-    "moe-kv16": ("moe", 16), "moe-kv8": ("moe", 8),
-    "e2b-kv16": ("e2b", 16), "e2b-kv8": ("e2b", 8),
-    "dense-q8-kv16": ("dense-q8", 16), "moe-q8-kv8": ("moe-q8", 8),
+CASES = {  # name -> (checkpoint, KV bits, split)
+    "dense-kv16": ("dense", 16, "heads"), "dense-kv8": ("dense", 8, "heads"),
+    "moe-kv16": ("moe", 16, "heads"), "moe-kv8": ("moe", 8, "heads"),
+    "e2b-kv16": ("e2b", 16, "heads"), "e2b-kv8": ("e2b", 8, "heads"),
+    "dense-q8-kv16": ("dense-q8", 16, "heads"), "moe-q8-kv8": ("moe-q8", 8, "heads"),
+    # split by layers: E2B's KV-shared layers stay with the layers they read, PLE slots go with their layers
+    "layers-dense-kv16": ("dense", 16, "layers"), "layers-dense-kv8": ("dense", 8, "layers"),
+    "layers-moe-kv16": ("moe", 16, "layers"), "layers-e2b-kv16": ("e2b", 16, "layers"),
+    "layers-e2b-kv8": ("e2b", 8, "layers"), "layers-moe-q8-kv8": ("moe-q8", 8, "layers"),
 }
 
 
@@ -77,10 +80,14 @@ def _free_port_pair() -> int:
     return _free_ports(2)
 
 
-def mlx_launch() -> str:
-    """The `mlx.launch` of the running interpreter's environment."""
-    beside = Path(sys.executable).with_name("mlx.launch")
-    return str(beside) if beside.exists() else shutil.which("mlx.launch")
+def is_launcher(process) -> bool:
+    """Whether a process (psutil) is the launcher of the followers rather than a follower."""
+    return any(part == "gemma4_mac.launcher" or part.endswith("mlx.launch") for part in process.cmdline())
+
+
+def mlx_launch() -> list[str]:
+    """mlx.launch as the app starts it (gemma4_mac/launcher.py: without the busy loop that takes a core)."""
+    return [sys.executable, "-m", "gemma4_mac.launcher"]
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +102,8 @@ def run(tmp_path_factory):
     paths["moe-q8"] = _quantized_copy(paths["moe"], root / "moe-q8")
     out = root / "out"
     out.mkdir()
-    cases = [f"{name}={paths[ckpt]}:{bits}" for name, (ckpt, bits) in CASES.items()]
-    command = [mlx_launch(), "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()),
+    cases = [f"{name}={paths[ckpt]}:{bits}:{split}" for name, (ckpt, bits, split) in CASES.items()]
+    command = [*mlx_launch(), "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()),
                "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--python", sys.executable,
                str(ROOT / "tests" / "distributed_worker.py"), str(out), str(PROMPT_LEN), str(DECODE_STEPS),
                *cases]
@@ -109,11 +116,15 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_match_one_process(run, case):
     paths, ranks = run
-    checkpoint, bits = CASES[case]
+    checkpoint, bits, split = CASES[case]
     assert int(ranks[0]["ranks"]) == 2
     full, cached, tokens = run_case(load_model(paths[checkpoint]), ranks[0]["prompt"], DECODE_STEPS,
                                     None if bits == 16 else bits)
     np.testing.assert_allclose(ranks[0][f"{case}/full"], full, atol=1e-4, rtol=0)
+    if split == "layers":  # each layer runs whole on one rank: the same sums as one process, any KV precision
+        np.testing.assert_allclose(ranks[0][f"{case}/cached"], cached, atol=1e-4, rtol=0)
+        assert ranks[0][f"{case}/tokens"].tolist() == tokens.tolist()
+        return  # the other rank follows rank 0's calls: it makes no logits of its own
     if bits == 16:
         np.testing.assert_allclose(ranks[0][f"{case}/cached"], cached, atol=1e-4, rtol=0)
     else:
@@ -155,6 +166,41 @@ def test_rank_holds_its_share_of_the_weights(run):
     assert halves[0].layers[0].self_attn.n_heads == whole.layers[0].self_attn.n_heads // 2
 
 
+def test_split_by_layers_each_rank_holds_its_layers_only(run):
+    paths, _ = run
+    size = lambda m: sum(v.nbytes for _, v in tree_flatten(m.parameters()))  # noqa: E731
+    for name in ("dense", "moe"):
+        whole = load_model(paths[name])
+        parts = [load_model(paths[name], group=_Group(r, 2), split="layers") for r in range(2)]
+        assert sum(size(p) for p in parts) == size(whole) + whole.language_model.norm.weight.nbytes
+        assert all(size(p) <= 0.55 * size(whole) for p in parts)
+        first, second = (p.language_model.stage for p in parts)
+        assert (first.start, first.stop, second.start, second.stop) == (0, 3, 3, 6)
+        assert "embed_tokens" not in parts[1].language_model  # the embeddings and the head: rank 0 only
+    # E2B: the per-layer embedding goes with the layers; the KV-shared layers (6-9 read 4 and 5) with theirs
+    e2b = [load_model(paths["e2b"], group=_Group(r, 2), split="layers") for r in range(2)]
+    assert [(p.language_model.stage.start, p.language_model.stage.stop) for p in e2b] == [(0, 4), (4, 10)]
+    ple = [p.language_model.embed_tokens_per_layer.weight.shape[1] for p in e2b]
+    assert ple == [4 * e2b[0].language_model.ple_dim, 6 * e2b[0].language_model.ple_dim]
+    caches = e2b[1].make_cache()  # layers 0-3 (sliding) on rank 0: their positions only; 4 (full), 5 here
+    assert [type(c).__name__ for c in caches] == ["RemoteLayerCache"] * 4 + ["KVCache", "SlidingKVCache"]
+    caches = e2b[0].make_cache()
+    assert [type(c).__name__ for c in caches[3:]] == ["SlidingKVCache", "RemoteFullCache", "RemoteLayerCache"]
+
+
+def test_layer_cuts_balance_bytes_and_keep_kv_sharing_together():
+    from mlx_model.pipeline import plan_stages, valid_cuts
+
+    assert plan_stages([10] * 6, 0, list(range(6)), 2) == [(0, 3), (3, 6)]
+    assert plan_stages([10] * 6, 25, list(range(6)), 2) == [(0, 2), (2, 6)]  # rank 0 also holds 25
+    assert plan_stages([10] * 6, 0, list(range(6)), 3) == [(0, 2), (2, 4), (4, 6)]
+    shared = [0, 1, 2, 3, 3, 2]  # layers 4 and 5 read 3 and 2: no cut after 2
+    assert valid_cuts(shared) == [1, 2]
+    assert plan_stages([10] * 6, 0, shared, 2) == [(0, 2), (2, 6)]
+    with pytest.raises(ShardingError, match="at most 3 runs"):
+        plan_stages([10] * 6, 0, shared, 4)
+
+
 def test_head_counts_that_do_not_split_are_named(run):
     paths, _ = run
     model = load_model(paths["dense"], lazy=True)
@@ -176,7 +222,8 @@ def _answer_alone(model_dir: Path, question: str, max_tokens: int) -> str:
 
 
 @pytest.mark.slow
-def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat_model_dir, tmp_path):
+@pytest.mark.parametrize("split", ["layers", "heads"])
+def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat_model_dir, tmp_path, split):
     import psutil
 
     from tests.server_support import raw_request, serve_process
@@ -186,7 +233,7 @@ def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat
     question = {"model": tiny_chat_model_dir.name, "messages": [{"role": "user", "content": "Hello there"}],
                 "max_tokens": 8, "temperature": 0}
     expected = _answer_alone(tiny_chat_model_dir, "Hello there", 8)
-    with serve_process(tiny_chat_model_dir, tmp_path / "home", "--hosts", str(hosts),
+    with serve_process(tiny_chat_model_dir, tmp_path / "home", "--hosts", str(hosts), "--split", split,
                        "--ring-port", str(_free_port_pair())) as (process, url):
         status, body, _ = raw_request(url, "POST", "/chat/completions", json.dumps(question).encode(),
                                       timeout=120)
@@ -195,9 +242,11 @@ def test_serve_split_across_two_ranks_answers_then_reports_a_lost_rank(tiny_chat
 
         children = psutil.Process(process.pid).children(recursive=True)
         followers = [p for p in children  # the follower itself, not the mlx.launch that started it
-                     if "gemma4_mac.cluster" in p.cmdline()
-                     and not any("mlx.launch" in part for part in p.cmdline())]
+                     if "gemma4_mac.cluster" in p.cmdline() and not is_launcher(p)]
         assert len(followers) == 1
+        # the launcher waits for the followers' output without spinning (mlx.launch alone takes a core)
+        launcher = next(p for p in children if is_launcher(p))
+        assert launcher.cpu_percent(interval=2.0) < 25
         followers[0].kill()
         followers[0].wait(30)
         status, body, _ = raw_request(url, "POST", "/chat/completions", json.dumps(question).encode())
@@ -252,7 +301,7 @@ def test_four_ranks_match_one_process(run, tmp_path):
     """Four ranks: fewer global KV heads (2) than ranks, two experts per rank, E2B's one KV head on all four."""
     paths, _ = run
     cases = {f"{name}-kv16": paths[name] for name in CHECKPOINTS}
-    command = [mlx_launch(), "--backend", "ring", "-n", "4", "--starting-port", str(_free_ports(4)),
+    command = [*mlx_launch(), "--backend", "ring", "-n", "4", "--starting-port", str(_free_ports(4)),
                "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--python", sys.executable,
                str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path), str(PROMPT_LEN), str(DECODE_STEPS),
                *[f"{name}={path}:16" for name, path in cases.items()]]
@@ -266,3 +315,24 @@ def test_four_ranks_match_one_process(run, tmp_path):
         np.testing.assert_allclose(ranks[0][f"{name}/cached"], cached, atol=1e-4, rtol=0)
         for rank in ranks:
             assert rank[f"{name}/tokens"].tolist() == tokens.tolist()
+
+
+@pytest.mark.slow
+def test_three_ranks_split_by_layers_match_one_process(run, tmp_path):
+    """Three ranks by layers: the middle one takes hidden states (and E2B's input embeddings) from rank 0 and
+    hands them on to the last, which sends them back to rank 0."""
+    paths, _ = run
+    cases = {f"{name}-kv{bits}": (paths[name], bits) for name in CHECKPOINTS for bits in (16, 8)}
+    command = [*mlx_launch(), "--backend", "ring", "-n", "3", "--starting-port", str(_free_ports(3)),
+               "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--python", sys.executable,
+               str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path), str(PROMPT_LEN), str(DECODE_STEPS),
+               *[f"{name}={path}:{bits}:layers" for name, (path, bits) in cases.items()]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = dict(np.load(tmp_path / "rank0.npz"))
+    assert int(result["ranks"]) == 3
+    for name, (path, bits) in cases.items():
+        full, cached, tokens = run_case(load_model(path), result["prompt"], DECODE_STEPS, None if bits == 16 else bits)
+        np.testing.assert_allclose(result[f"{name}/full"], full, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(result[f"{name}/cached"], cached, atol=1e-4, rtol=0)
+        assert result[f"{name}/tokens"].tolist() == tokens.tolist()

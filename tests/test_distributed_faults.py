@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_distributed import _free_port_pair
+from tests.test_distributed import _free_port_pair, is_launcher
 
 PEER_TIMEOUT = 6.0  # seconds
 
@@ -23,7 +23,7 @@ def _follower(server_pid: int):
 
     children = psutil.Process(server_pid).children(recursive=True)
     found = [p for p in children if "gemma4_mac.cluster" in p.cmdline()
-             and not any("mlx.launch" in part for part in p.cmdline())]
+             and not is_launcher(p)]
     assert len(found) == 1
     return found[0]
 

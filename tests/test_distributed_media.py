@@ -1,6 +1,8 @@
 """Attachments on a model split across two ranks (`serve --hosts`, ring backend on 127.0.0.1): rank 0 runs
-the replicated vision and audio towers alone, each rank looks up its own columns of the per-layer embeddings
-(PLE) for the prompt's text, and the answer equals the one-process server's, token for token."""
+the vision and audio towers alone and each rank looks up its own part of the per-layer embeddings (PLE) for
+the prompt's text (split by heads its columns of every layer, split by layers its layers' slots, with the
+input embeddings handed on beside the hidden states), and the answer equals the one-process server's, token
+for token."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def _answer(model: Path, home: Path, request: dict, *flags: str) -> dict:
 
 
 @pytest.mark.slow
-def test_image_and_audio_on_a_split_model_answer_as_on_one_mac(tmp_path):
+@pytest.mark.parametrize("split", ["layers", "heads"])
+def test_image_and_audio_on_a_split_model_answer_as_on_one_mac(tmp_path, split):
     # with PLE, which is split by columns across the ranks, unlike the towers
     model = build_tiny_multimodal_model(tmp_path / "tiny-gemma-4-mm", hidden_size_per_layer_input=8)
     content = [{"type": "text", "text": "What is in these?"},
@@ -35,7 +38,7 @@ def test_image_and_audio_on_a_split_model_answer_as_on_one_mac(tmp_path):
     hosts.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
 
     alone = _answer(model, tmp_path / "home-alone", request)
-    split = _answer(model, tmp_path / "home-split", request, "--hosts", str(hosts),
+    split = _answer(model, tmp_path / "home-split", request, "--hosts", str(hosts), "--split", split,
                     "--ring-port", str(_free_port_pair()))
     assert split["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"] > 100  # media expanded
     assert split["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]

@@ -30,6 +30,7 @@ from .routes_responses import ResponsesRoutes
 from .scheduler import DEFAULT_MAX_BATCH
 from .service import GenerationService
 from .sessions import DEFAULT_SESSIONS
+from ..links import SPLITS
 from ..ringwatch import DEFAULT_TIMEOUT as DEFAULT_PEER_TIMEOUT
 from ..worker import ModelSlot, ModelWorker
 
@@ -182,17 +183,17 @@ def check_binding(host: str, api_key: Optional[str]) -> None:
                          f"{DEFAULT_HOST}.")
 
 
-def load_slot(path: Path, group=None, watchdog=None) -> ModelSlot:
+def load_slot(path: Path, group=None, watchdog=None, split: str = "heads") -> ModelSlot:
     """Load a model folder as the worker's slot, with the context this machine can hold. An incomplete
     folder (no tokenizer, chat template or processor settings) raises IncompleteModelError saying so.
     With a `group` (serve --hosts) it is rank 0's shard, leading the other Macs' (gemma4_mac/distributed.py);
-    `watchdog` (gemma4_mac/ringwatch.py) bounds each wait for them.
+    `watchdog` (gemma4_mac/ringwatch.py) bounds each wait for them; `split` says how ("layers" or "heads").
     """
     from mlx_model import load
 
     from .library import describe_folder
 
-    model, processor = load(path, group=group)
+    model, processor = load(path, group=group, split=split)
     if group is not None:
         from mlx_model import ModelLoadError
 
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "follow this one (docs/distributed.md)")
     parser.add_argument("--ring-port", type=int, default=32323,
                         help="first port of the Macs' ring with --hosts (one per Mac; default %(default)s)")
+    parser.add_argument("--split", choices=SPLITS, default="auto",
+                        help="with --hosts: split the model by layers (for Ethernet and Wi-Fi) or by heads "
+                             "(for Thunderbolt); auto picks by the link (default)")
     parser.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
                         help="with --hosts: end a request (and mark the group degraded) when a model step "
                              "waits this long for another Mac (default %(default)s)")
@@ -372,7 +376,8 @@ def _start_group(args, path: Path, err: TextIO):
 
     err.write(f"starting the Macs of {args.hosts} ...\n")
     try:
-        cluster = start(args.hosts, path, port=args.ring_port, peer_timeout=args.peer_timeout)
+        cluster = start(args.hosts, path, port=args.ring_port, peer_timeout=args.peer_timeout,
+                        split=args.split, err=err)
     except ClusterError as error:
         raise ServeError(str(error)) from error
     slots: dict = {}
@@ -381,7 +386,7 @@ def _start_group(args, path: Path, err: TextIO):
         if Path(folder) != path:
             return load_slot(folder)  # other models of the library run on this Mac alone
         if "group" not in slots:
-            slots["group"] = load_slot(path, group=cluster.group, watchdog=cluster.watchdog)
+            slots["group"] = load_slot(path, group=cluster.group, watchdog=cluster.watchdog, split=cluster.split)
         return slots["group"]
 
     loader.slots = slots
