@@ -1,10 +1,12 @@
 """One model across several Macs: rank 0 runs the app's code as usual, the other ranks follow its model calls.
 
-The model is sharded (mlx_model/sharding.py), so every forward pass must run on every rank at once, in the
-same order, with the same caches. Rank 0 wraps its model in `LeaderModel`: each forward call, each new cache
-and each cache operation (reserve, trim, checkpoint, restore) is first sent to the followers, which repeat it
-on their own shard (`follow`). Messages go over MLX's collectives (an `all_sum` where only rank 0 adds
-anything), so the same ring that carries the activations carries the commands.
+The model is split by heads (mlx_model/sharding.py) or by layers (mlx_model/pipeline.py), so every forward
+pass must run on every rank at once, in the same order, with the same caches. Rank 0 wraps its model in
+`LeaderModel`: each forward call, each new cache and each cache operation (reserve, trim, checkpoint,
+restore) is first sent to the followers, which repeat it on their own part (`follow`). Messages go over
+MLX's collectives (an `all_sum` where only rank 0 adds anything), so the same ring that carries the
+activations carries the commands. Split by layers, the followers get no embeddings, only the prompt's ids:
+they take their input from the rank before them.
 
 Followers are started through `mlx.launch` (hosts.json: MLX's hostfile, this Mac first). Rank 0 itself is not
 under the launcher, so a follower that dies ends the request with `PeerLostError` instead of the launcher
@@ -23,6 +25,7 @@ from contextlib import nullcontext
 from typing import Any, ContextManager, Optional
 
 import mlx.core as mx
+import numpy as np
 
 from .prefill import GenerationError
 from .ringwatch import LOAD_TIMEOUT, RingWatchdog
@@ -30,6 +33,8 @@ from .ringwatch import LOAD_TIMEOUT, RingWatchdog
 STOP = "stop"
 MEDIA_ARGUMENTS = ("pixel_values", "image_position_ids", "pixel_values_videos", "video_position_ids",
                    "input_features", "input_features_mask")
+FIRST_BLOCK = 2048  # bytes of a message's first collective: its whole header, unless a long one follows
+INLINE_LIMIT = 64  # integer arrays up to this many elements travel inside the header
 PLE_IDS = "__ple_ids__"  # the text ids from which each rank looks up its own columns of PLE's token half
 
 
@@ -62,29 +67,50 @@ class Channel:
         return out
 
     def send(self, header: dict, arrays: dict[str, mx.array]) -> None:
-        """(rank 0) Send a message; followers get it from `receive`."""
-        header = {**header, "arrays": [[name, str(a.dtype).split(".")[-1], list(a.shape)]
-                                       for name, a in arrays.items()]}
-        raw = mx.array(list(json.dumps(header).encode("utf-8")), dtype=mx.uint8)
-        self._share(mx.array([raw.size], dtype=mx.int32))
-        self._share(raw)
-        for array in arrays.values():
-            self._share(array.astype(mx.uint8) if array.dtype == mx.bool_ else array)
+        """(rank 0) Send a message; followers get it from `wait` and `read`. A decode step's message (its
+        token ids inline) is one collective: each costs a round trip, which slow links make dear."""
+        inline = {name: [str(a.dtype).split(".")[-1], list(a.shape), a.reshape(-1).tolist()]
+                  for name, a in arrays.items() if _inlined(a)}
+        header = {**header, "inline": inline,
+                  "arrays": [[name, str(a.dtype).split(".")[-1], list(a.shape)]
+                             for name, a in arrays.items() if name not in inline]}
+        raw = json.dumps(header).encode("utf-8")
+        first = np.zeros(FIRST_BLOCK, dtype=np.uint8)
+        first[:4] = np.frombuffer(len(raw).to_bytes(4, "little"), dtype=np.uint8)
+        if len(raw) <= FIRST_BLOCK - 4:
+            first[4:4 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        self._share(mx.array(first))
+        if len(raw) > FIRST_BLOCK - 4:
+            self._share(mx.array(np.frombuffer(raw, dtype=np.uint8)))
+        for name, array in arrays.items():
+            if name not in inline:
+                self._share(array.astype(mx.uint8) if array.dtype == mx.bool_ else array)
 
-    def wait(self) -> int:
+    def wait(self) -> np.ndarray:
         """(followers) Wait for rank 0's next message (as long as it takes: the server may be idle for hours);
-        the size of its header, for `read`."""
-        return int(self._share(mx.zeros((1,), dtype=mx.int32)).item())
+        its first block, for `read`."""
+        return np.array(self._share(mx.zeros((FIRST_BLOCK,), dtype=mx.uint8)))
 
-    def read(self, size: int) -> tuple[dict, dict[str, mx.array]]:
-        """(followers) The rest of the message whose header size `wait` returned."""
-        header = json.loads(bytes(self._share(mx.zeros((size,), dtype=mx.uint8)).tolist()).decode("utf-8"))
-        arrays = {}
+    def read(self, first: np.ndarray) -> tuple[dict, dict[str, mx.array]]:
+        """(followers) The message whose first block `wait` returned."""
+        size = int.from_bytes(first[:4].tobytes(), "little")
+        if size <= FIRST_BLOCK - 4:
+            raw = first[4:4 + size].tobytes()
+        else:
+            raw = bytes(self._share(mx.zeros((size,), dtype=mx.uint8)).tolist())
+        header = json.loads(raw.decode("utf-8"))
+        arrays = {name: mx.array(values, dtype=mx.bool_ if dtype == "bool" else getattr(mx, dtype)).reshape(shape)
+                  for name, (dtype, shape, values) in header.pop("inline").items()}
         for name, dtype, shape in header.pop("arrays"):
             wire = mx.uint8 if dtype == "bool" else getattr(mx, dtype)
             value = self._share(mx.zeros(shape, dtype=wire))
             arrays[name] = value.astype(mx.bool_) if dtype == "bool" else value
         return header, arrays
+
+
+def _inlined(array: mx.array) -> bool:
+    """Small integer arrays (a decode step's token ids) travel inside the header."""
+    return array.size <= INLINE_LIMIT and (array.dtype == mx.bool_ or mx.issubdtype(array.dtype, mx.integer))
 
 
 def _split_arguments(kwargs: dict) -> tuple[dict, dict[str, mx.array]]:
@@ -307,9 +333,9 @@ def follow(model, group: mx.distributed.Group, watchdog: Optional[RingWatchdog] 
     caches: dict[int, list] = {}
     handles: dict[int, Any] = {}
     while True:
-        size = channel.wait()
+        first = channel.wait()
         with watch():  # from the first word of a message until its call is done, rank 0 must keep up
-            if not _obey(model, channel.read(size), caches, handles):
+            if not _obey(model, channel.read(first), caches, handles):
                 return
 
 

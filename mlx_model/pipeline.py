@@ -176,12 +176,10 @@ def plan_stages(per_layer: list[int], rank0_extra: int, kv_sources: list[int], s
     prefix = [0]
     for b in per_layer:
         prefix.append(prefix[-1] + b)
-    starts = [0] + cuts
-    # best[k][j]: the smallest largest-stage bytes covering layers [0, starts[j]) with k stages
-    inf = float("inf")
-    best = [[inf] * (len(starts) + 1) for _ in range(size + 1)]
-    back = [[0] * (len(starts) + 1) for _ in range(size + 1)]
-    ends = starts[1:] + [n]  # ends[j] == starts[j + 1]
+    ends = cuts + [n]  # where a stage may end
+    # best[k][j]: the smallest largest-stage bytes of layers [0, ends[j]) cut into k stages; back: the cut
+    best = [[float("inf")] * len(ends) for _ in range(size + 1)]
+    back = [[0] * len(ends) for _ in range(size + 1)]
     for j, end in enumerate(ends):
         best[1][j] = prefix[end] + rank0_extra
     for k in range(2, size + 1):

@@ -102,19 +102,30 @@ class LinkCounter:
         return taken
 
 
+def _round_trip_ms(group, count: int = 30) -> float:
+    """The median time of one 16-byte all_sum on the idle link: what each collective costs at least."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        mx.eval(mx.distributed.all_sum(mx.ones((4,)), group=group))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def measure(path: str, prompt_len: int, decode: int, split: str) -> dict:
     """This rank's figures. Rank 0 runs the prompt and the answer through the app's LeaderModel; the other
     ranks follow its calls (their speeds are rank 0's)."""
     from gemma4_mac.distributed import LeaderModel, follow
 
     group = mx.distributed.init(backend="ring")  # a single process without a hostfile: a group of one
+    round_trip = _round_trip_ms(group) if group.size() > 1 else 0.0
     counter = LinkCounter(group.size())
     mx.reset_peak_memory()
     model = load_model(path, group=group if group.size() > 1 else None, split=split)
     weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     load_peak = mx.get_peak_memory()
     result = {"ranks": group.size(), "rank": group.rank(), "split": split, "weight_bytes": weights,
-              "load_peak_bytes": load_peak}
+              "load_peak_bytes": load_peak, "round_trip_ms": round_trip}
     if group.rank():
         made: list = []
         make_cache = model.make_cache
@@ -233,6 +244,9 @@ def report(results: dict[str, list[list[dict]]], args) -> None:
             print(f"{label:>18} {r['rank']:>4} {r['weight_bytes'] / 2**20:>11.1f} "
                   f"{r['weight_bytes'] / one['weight_bytes']:>6.3f} {r['load_peak_bytes'] / 2**20:>13.1f} "
                   f"{r['kv_bytes'] / 2**20:>7.2f} {r['kv_bytes'] / one['kv_bytes']:>6.3f} {speed}")
+    print("one 16-byte all_sum on the idle link (median):",
+          ", ".join(f"{label[2:] if label != '2 heads' else 'direct'} {repeats[0][0]['round_trip_ms']:.2f} ms"
+                    for label, repeats in results.items() if label.startswith("2 heads")))
     print("rank 0's link traffic (operations; bytes sent + received):")
     for label, repeats in results.items():
         r = repeats[0][0]

@@ -188,6 +188,15 @@ def test_split_by_layers_each_rank_holds_its_layers_only(run):
     assert [type(c).__name__ for c in caches[3:]] == ["SlidingKVCache", "RemoteFullCache", "RemoteLayerCache"]
 
 
+def test_split_by_layers_the_towers_stay_on_rank_0(tmp_path):
+    from tests.server_support import build_tiny_multimodal_model
+
+    model = build_tiny_multimodal_model(tmp_path / "mm")
+    first, second = (load_model(model, group=_Group(r, 2), split="layers") for r in range(2))
+    for name in ("vision_tower", "embed_vision", "audio_tower", "embed_audio"):
+        assert name in first.model and name not in second.model
+
+
 def test_layer_cuts_balance_bytes_and_keep_kv_sharing_together():
     from mlx_model.pipeline import plan_stages, valid_cuts
 
@@ -336,3 +345,29 @@ def test_three_ranks_split_by_layers_match_one_process(run, tmp_path):
         np.testing.assert_allclose(result[f"{name}/full"], full, atol=1e-4, rtol=0)
         np.testing.assert_allclose(result[f"{name}/cached"], cached, atol=1e-4, rtol=0)
         assert result[f"{name}/tokens"].tolist() == tokens.tolist()
+
+
+def test_channel_messages_round_trip_with_short_and_long_headers():
+    """What rank 0 sends is what a follower reads: a decode step's ids inside the one first block, a long
+    header and float arrays in the collectives after it."""
+    from gemma4_mac.distributed import FIRST_BLOCK, Channel
+
+    wire: list = []
+    leader, follower = Channel(_Group(0, 2)), Channel(_Group(1, 2))
+    leader._share = lambda value: wire.append(value) or value  # noqa: E731 (the collective, recorded)
+    follower._share = lambda like: wire.pop(0)  # noqa: E731
+    step = {"op": "forward", "cache": [[1, 0]], "kwargs": {}}
+    leader.send(step, {"__inputs__": mx.array([[42]])})
+    assert len(wire) == 1 and wire[0].size == FIRST_BLOCK
+    header, arrays = follower.read(np.array(follower.wait()))
+    assert header["cache"] == [[1, 0]] and arrays["__inputs__"].tolist() == [[42]]
+    assert arrays["__inputs__"].dtype == mx.int32
+    long = {"op": "forward", "forget": [["handle", i] for i in range(400)]}
+    embeds = mx.random.normal((1, 3, 8)).astype(mx.bfloat16)
+    mask = mx.array([[True, False, True]])
+    leader.send(long, {"input_embeddings": embeds, "mask": mask, "ids": mx.arange(100)[None]})
+    assert len(wire) == 4  # first block, the rest of the header, the embeddings, the 100 ids
+    header, arrays = follower.read(np.array(follower.wait()))
+    assert header["forget"] == long["forget"] and not wire
+    assert mx.array_equal(arrays["input_embeddings"], embeds) and arrays["input_embeddings"].dtype == mx.bfloat16
+    assert arrays["mask"].tolist() == [[True, False, True]] and arrays["ids"].tolist() == [list(range(100))]
