@@ -94,6 +94,17 @@ class _LayerCache:
         """Bytes actually allocated (capacity, not just the filled part)."""
         return 0 if self.keys is None else _nbytes(self.keys) + _nbytes(self.values)
 
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Forget the last `n` tokens (none where the cache cannot rewind); returns how many were removed."""
+        if not self.is_trimmable():
+            return 0
+        n = min(self.offset, n)
+        self.offset -= n
+        return n
+
 
 class KVCache(_LayerCache):
     """Cache of a full-attention layer: grows in steps of `step` tokens."""
@@ -147,15 +158,6 @@ class KVCache(_LayerCache):
 
     def size(self) -> int:
         return self.offset
-
-    def is_trimmable(self) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        """Forget the last `n` tokens; returns how many were removed."""
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     def checkpoint(self) -> int:
         """A restore point: writes only ever go past the offset, so the offset alone is enough."""
@@ -320,13 +322,6 @@ class SlidingKVCache(_LayerCache):
     def is_trimmable(self) -> bool:
         # Tokens that fell out of the ring are gone; only an unwrapped ring can be rewound.
         return self.offset < self.window
-
-    def trim(self, n: int) -> int:
-        if not self.is_trimmable():
-            return 0
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     def checkpoint(self):
         """A restore point: new array handles on the ring (copied lazily on the next in-place write)."""

@@ -22,6 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .cache import _LayerCache
 from .config import SLIDING
 from .sharding import Cut, ShardingError, cut_tensor
 
@@ -72,22 +73,17 @@ class Stage:
         return back
 
 
-class RemoteLayerCache:
+class RemoteLayerCache(_LayerCache):
     """Stands in for a layer cache another rank holds: the position only, no keys or values. Rank 0 mirrors
     every cache operation to the followers by index; this answers them as the real cache would."""
 
-    bits = None
-
     def __init__(self, window: Optional[int] = None):
-        self.window, self.offset = window, 0
+        super().__init__(step=0)
+        self.window = window
 
     def skip(self, n_tokens: int) -> None:
         """The tokens the real cache took on its rank during this forward pass."""
         self.offset += n_tokens
-
-    @property
-    def nbytes(self) -> int:
-        return 0
 
     @property
     def state(self):
@@ -97,9 +93,6 @@ class RemoteLayerCache:
     def meta_state(self):
         return ()
 
-    def empty(self) -> bool:
-        return True
-
     def size(self) -> int:
         return self.offset if self.window is None else min(self.offset, self.window)
 
@@ -108,13 +101,6 @@ class RemoteLayerCache:
 
     def is_trimmable(self) -> bool:
         return self.window is None or self.offset < self.window
-
-    def trim(self, n: int) -> int:
-        if not self.is_trimmable():
-            return 0
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     def checkpoint(self) -> int:
         return self.offset
