@@ -187,7 +187,8 @@ def run(path: Path, ranks: int, split: str, prompt_len: int, decode: int, out: P
         subprocess.run([sys.executable, *worker], check=True, cwd=ROOT)
     elif not latency_ms:
         # as the app starts its followers: mlx.launch less its busy loop (gemma4_mac/launcher.py)
-        subprocess.run([sys.executable, "-m", "gemma4_mac.launcher", "--backend", "ring", "-n", str(ranks), "--starting-port", "42323",
+        subprocess.run([sys.executable, "-m", "gemma4_mac.launcher", "--backend", "ring", "-n", str(ranks),
+                        "--starting-port", "42323",
                         "--env", f"PYTHONPATH={ROOT}", "--python", sys.executable, *worker], check=True, cwd=ROOT)
     else:
         _run_delayed(worker, out, latency_ms / 1000)
