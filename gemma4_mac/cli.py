@@ -141,19 +141,16 @@ def _run_split_plan(args: argparse.Namespace, contexts: tuple, out: TextIO) -> i
 
     config, weights = _folder_text_config(args.model)
     for split in ("heads", "layers"):
-        for context in contexts:
-            for bits in (None, 8, 4):
-                try:
-                    p = split_plan(config, context, args.macs, kv_bits=bits, weights=weights, split=split)
-                except ShardingError as error:
-                    out.write(f"split by {split}: {error}\n")
-                    break
-                out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, by {split:<6} on each of {args.macs} "
-                          f"Macs: weights {format_size(p.weights)}, KV {format_size(p.kv)}, scratch "
-                          f"{format_size(p.scratch)}, total {format_size(p.total)}\n")
-            else:
-                continue
-            break
+        try:
+            plans = [(context, bits, split_plan(config, context, args.macs, kv_bits=bits, weights=weights,
+                                                split=split)) for context in contexts for bits in (None, 8, 4)]
+        except ShardingError as error:
+            out.write(f"split by {split}: {error}\n")
+            continue
+        for context, bits, p in plans:
+            out.write(f"{context:>7} tokens, {bits or 16:>2}-bit KV, by {split:<6} on each of {args.macs} "
+                      f"Macs: weights {format_size(p.weights)}, KV {format_size(p.kv)}, scratch "
+                      f"{format_size(p.scratch)}, total {format_size(p.total)}\n")
     return 0
 
 

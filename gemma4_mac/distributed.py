@@ -211,7 +211,6 @@ class LeaderModel:
         self._forgotten: list = []
         self.lost: Optional[str] = None
         self.ranks = group.size()
-        self.layers_split = model.language_model.stage is not None  # else split by heads
         try:
             with self._watch(LOAD_TIMEOUT):
                 self._channel.barrier()  # ready once every Mac holds its shard
@@ -224,6 +223,11 @@ class LeaderModel:
     @property
     def language_model(self):
         return _LeaderLanguageModel(self)
+
+    @property
+    def layers_split(self) -> bool:
+        """Split by layers (mlx_model/pipeline.py), else by heads."""
+        return self._model.language_model.stage is not None
 
     def _watch(self, limit: Optional[float] = None) -> ContextManager:
         return self._watchdog.watch(limit) if self._watchdog else nullcontext()

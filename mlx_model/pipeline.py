@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten
 
 from .cache import _LayerCache
 from .config import SLIDING
-from .sharding import Cut, ShardingError, cut_tensor
+from .sharding import Cut, ShardingError, cut_module
 
 
 class Stage:
@@ -140,15 +140,9 @@ def _bytes(module: nn.Module) -> int:
 def layer_bytes(model) -> tuple[list[int], int]:
     """Weight bytes of each layer (its PLE slots included) and of what only rank 0 holds."""
     lm = model.language_model
-    n = len(lm.layers)
-    per_layer = [_bytes(layer) for layer in lm.layers]
-    if lm.ple_dim:
-        table = _bytes(lm.embed_tokens_per_layer) + _bytes(lm.per_layer_model_projection)
-        per_layer = [b + table // n for b in per_layer]
-    rank0 = _bytes(model) - sum(_bytes(layer) for layer in lm.layers)
-    if lm.ple_dim:
-        rank0 -= _bytes(lm.embed_tokens_per_layer) + _bytes(lm.per_layer_model_projection)
-    return per_layer, rank0
+    layers = [_bytes(layer) for layer in lm.layers]
+    table = _bytes(lm.embed_tokens_per_layer) + _bytes(lm.per_layer_model_projection) if lm.ple_dim else 0
+    return [b + table // len(layers) for b in layers], _bytes(model) - sum(layers) - table
 
 
 def plan_stages(per_layer: list[int], rank0_extra: int, kv_sources: list[int], size: int) -> list[tuple[int, int]]:
@@ -210,13 +204,7 @@ def pipeline_model(model, group: mx.distributed.Group) -> dict[str, Cut]:
         plan[f"{prefix}.embed_tokens_per_layer"] = Cut(-1, slots)
         plan[f"{prefix}.per_layer_model_projection"] = Cut(-2, slots)
         for name, cut in plan.items():
-            module = getattr(lm, name.rsplit(".", 1)[1])
-            for kind in ("weight", "scales", "biases"):
-                if kind in module:
-                    module[kind] = cut_tensor(module[kind], kind, cut, getattr(module, "bits", None),
-                                              getattr(module, "group_size", None))
-            if isinstance(module, nn.QuantizedEmbedding):
-                module.dims = cut.size
+            cut_module(getattr(lm, name.rsplit(".", 1)[1]), cut)
         lm.ple_layers = stop - start
     lm.stage = Stage(group, start, stop, bool(lm.ple_dim))
     return plan

@@ -152,6 +152,16 @@ def cut_tensor(tensor, kind: str, cut: Cut, bits: Optional[int] = None, group_si
     return pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=axis)
 
 
+def cut_module(module: nn.Module, cut: Cut) -> None:
+    """Keep `cut` of a module's weight (and scales, biases, bias), in memory or still lazy before loading."""
+    bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
+    for kind in ("weight", "scales", "biases", "bias"):
+        if kind in module and isinstance(module[kind], mx.array):
+            module[kind] = cut_tensor(module[kind], kind, cut, bits, group_size)
+    if isinstance(module, nn.QuantizedEmbedding):
+        module.dims = cut.size
+
+
 def _take(tensor: mx.array, axis: int, start: int, stop: int) -> mx.array:
     index = [slice(None)] * tensor.ndim
     index[axis] = slice(start, stop)
@@ -170,13 +180,7 @@ def shard_model(model, group: mx.distributed.Group) -> dict[str, Cut]:
                             "does not split; run it on one Mac.")
     plan = plan_shards(model, rank, size)
     for path, cut in plan.items():
-        module = _module(model, path)
-        bits, group_size = getattr(module, "bits", None), getattr(module, "group_size", None)
-        for kind in ("weight", "scales", "biases", "bias"):
-            if kind in module and isinstance(module[kind], mx.array):
-                module[kind] = cut_tensor(module[kind], kind, cut, bits, group_size)
-        if isinstance(module, nn.QuantizedEmbedding):
-            module.dims = cut.size
+        cut_module(_module(model, path), cut)
     lm = model.language_model
     for i, layer in enumerate(lm.layers):
         attn = layer.self_attn
